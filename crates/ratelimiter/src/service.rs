@@ -1,0 +1,322 @@
+//! The seed's rate-limit service: one check per operation, a status query,
+//! and the fail-open policy when the store is unavailable.
+
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Limits;
+use crate::gcra::{CostExceedsCapacity, Decision, Outcome, Quota, Status, Step, ceil_secs};
+use crate::key::{Identifier, IdentifierKind, Key, Operation};
+use crate::memory::MemoryStore;
+use crate::store::{Store, StoreError};
+
+/// Checks requests against each operation's quota, with state kept in a [`Store`].
+///
+/// Create one per process (per Lambda container) and share it: it holds no
+/// per-request state.
+///
+/// ```
+/// use ratelimiter::{Limits, RateLimitError, RateLimitService};
+///
+/// # tokio_test_block_on(async {
+/// let service = RateLimitService::in_memory(Limits::default());
+/// service.check_heartbeat_limit("conn-1").await.unwrap();
+/// service.check_heartbeat_limit("conn-1").await.unwrap();
+/// match service.check_heartbeat_limit("conn-1").await {
+///     Err(RateLimitError::Exceeded { retry_after, .. }) => assert_eq!(retry_after, 30),
+///     other => panic!("expected a denial, got {other:?}"),
+/// }
+/// # });
+/// # fn tokio_test_block_on(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
+    store: S,
+    clock: C,
+    limits: Limits,
+}
+
+/// The outcome of one check, allowed or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The operation that was checked.
+    pub operation: Operation,
+    /// The decision's numbers.
+    pub decision: Decision,
+    /// True when the store could not be used and the request was allowed
+    /// anyway (fail open): the numbers then describe a fresh bucket.
+    pub degraded: bool,
+}
+
+impl Verdict {
+    /// Whether the request may proceed.
+    #[inline]
+    pub fn allowed(&self) -> bool {
+        self.decision.allowed
+    }
+
+    /// `Ok(self)` when allowed, the seed's rate-limit error when denied.
+    #[inline]
+    pub fn into_result(self) -> Result<Self, RateLimitError> {
+        if self.allowed() {
+            Ok(self)
+        } else {
+            Err(RateLimitError::Exceeded {
+                operation: self.operation,
+                retry_after: self.retry_after_secs(),
+                limit: self.decision.limit,
+            })
+        }
+    }
+
+    /// `retry_after` in whole seconds, rounded up; never 0 for a denial.
+    #[inline]
+    pub fn retry_after_secs(&self) -> u64 {
+        if self.decision.allowed {
+            0
+        } else {
+            ceil_secs(self.decision.retry_after).max(1)
+        }
+    }
+}
+
+/// Why a check did not let a request through.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateLimitError {
+    /// The request is over its operation's limit.
+    #[error("rate limit exceeded for {operation}; retry after {retry_after} seconds")]
+    Exceeded {
+        /// The operation whose limit was reached.
+        operation: Operation,
+        /// Whole seconds until the same request would be allowed (at least 1).
+        retry_after: u64,
+        /// The operation's limit.
+        limit: u32,
+    },
+    /// The request asked for more tokens than the operation's bucket holds.
+    #[error("invalid cost for {operation}: {source}")]
+    InvalidCost {
+        /// The operation that was checked.
+        operation: Operation,
+        /// What was wrong with the cost.
+        source: CostExceedsCapacity,
+    },
+    /// The store failed where failing open does not apply (status, reset).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RateLimitError {
+    /// Whole seconds to wait, when this is a rate-limit denial.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            RateLimitError::Exceeded { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl RateLimitService<MemoryStore, SystemClock> {
+    /// A service keeping its state in this process's memory.
+    pub fn in_memory(limits: Limits) -> Self {
+        Self::new(MemoryStore::new(), limits)
+    }
+}
+
+impl<S: Store> RateLimitService<S, SystemClock> {
+    /// A service on `store`, using the system clock.
+    pub fn new(store: S, limits: Limits) -> Self {
+        Self::with_clock(store, limits, SystemClock)
+    }
+}
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// A service on `store`, taking time from `clock`.
+    pub fn with_clock(store: S, limits: Limits, clock: C) -> Self {
+        Self {
+            store,
+            clock,
+            limits,
+        }
+    }
+
+    /// The quotas in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The store the state lives in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Counts a connection attempt from `ip` (default 20 per minute).
+    pub async fn check_connection_attempt_limit(
+        &self,
+        ip: &str,
+    ) -> Result<Verdict, RateLimitError> {
+        self.check(Operation::ConnectionAttempt, Identifier::ip(ip), 1)
+            .await
+    }
+
+    /// Counts a session created by `user_id` (default 50 per hour).
+    pub async fn check_session_creation_limit(
+        &self,
+        user_id: &str,
+    ) -> Result<Verdict, RateLimitError> {
+        self.check(Operation::SessionCreate, Identifier::user(user_id), 1)
+            .await
+    }
+
+    /// Counts a listener joining from `ip` (default 10 per minute).
+    pub async fn check_listener_join_limit(&self, ip: &str) -> Result<Verdict, RateLimitError> {
+        self.check(Operation::ListenerJoin, Identifier::ip(ip), 1)
+            .await
+    }
+
+    /// Counts a heartbeat on `connection_id` (default 2 per minute).
+    pub async fn check_heartbeat_limit(
+        &self,
+        connection_id: &str,
+    ) -> Result<Verdict, RateLimitError> {
+        self.check(
+            Operation::Heartbeat,
+            Identifier::connection(connection_id),
+            1,
+        )
+        .await
+    }
+
+    /// Consumes `cost` tokens of `operation` for `identifier`; a denial is an
+    /// [`RateLimitError::Exceeded`] error.
+    pub async fn check(
+        &self,
+        operation: Operation,
+        identifier: Identifier<'_>,
+        cost: u32,
+    ) -> Result<Verdict, RateLimitError> {
+        self.decide(operation, identifier, cost)
+            .await?
+            .into_result()
+    }
+
+    /// Consumes `cost` tokens of `operation` for `identifier` and reports the
+    /// verdict, allowed or denied, as a value.
+    ///
+    /// When the store fails, the request is allowed and the verdict is marked
+    /// degraded, with a warning logged: the seed's graceful degradation.
+    pub async fn decide(
+        &self,
+        operation: Operation,
+        identifier: Identifier<'_>,
+        cost: u32,
+    ) -> Result<Verdict, RateLimitError> {
+        let (quota, step) = self.step(operation, cost)?;
+        let key = Key::new(operation, identifier);
+        let outcome = self.store.apply(&key, &step).await;
+        Ok(verdict(operation, identifier, quota, &step, outcome))
+    }
+
+    fn step(&self, operation: Operation, cost: u32) -> Result<(&Quota, Step), RateLimitError> {
+        let quota = self.limits.quota(operation);
+        let step = quota
+            .step(self.clock.now(), cost)
+            .map_err(|source| RateLimitError::InvalidCost { operation, source })?;
+        Ok((quota, step))
+    }
+
+    /// The seed's status of one key, without consuming anything.
+    pub async fn get_rate_limit_status(
+        &self,
+        operation: Operation,
+        identifier_type: IdentifierKind,
+        identifier_value: &str,
+    ) -> Result<Status, RateLimitError> {
+        let key = Key::new(
+            operation,
+            Identifier {
+                kind: identifier_type,
+                value: identifier_value,
+            },
+        );
+        let tat = self.store.load(&key).await?;
+        Ok(self.limits.quota(operation).status(tat, self.clock.now()))
+    }
+
+    /// Forgets one key's usage, so its bucket is full again.
+    pub async fn reset(
+        &self,
+        operation: Operation,
+        identifier: Identifier<'_>,
+    ) -> Result<(), RateLimitError> {
+        Ok(self.store.remove(&Key::new(operation, identifier)).await?)
+    }
+}
+
+impl<C: Clock> RateLimitService<MemoryStore, C> {
+    /// [`RateLimitService::decide`] without a future, for synchronous callers
+    /// of an in-memory service.
+    pub fn decide_now(
+        &self,
+        operation: Operation,
+        identifier: Identifier<'_>,
+        cost: u32,
+    ) -> Result<Verdict, RateLimitError> {
+        let (quota, step) = self.step(operation, cost)?;
+        let outcome = self
+            .store
+            .apply_now(&Key::new(operation, identifier), &step);
+        Ok(verdict(operation, identifier, quota, &step, Ok(outcome)))
+    }
+
+    /// [`RateLimitService::check`] without a future.
+    pub fn check_now(
+        &self,
+        operation: Operation,
+        identifier: Identifier<'_>,
+        cost: u32,
+    ) -> Result<Verdict, RateLimitError> {
+        self.decide_now(operation, identifier, cost)
+            .and_then(Verdict::into_result)
+    }
+}
+
+/// The verdict on a step, or the fail-open verdict when the store failed.
+#[inline]
+fn verdict(
+    operation: Operation,
+    identifier: Identifier<'_>,
+    quota: &Quota,
+    step: &Step,
+    outcome: Result<Outcome, StoreError>,
+) -> Verdict {
+    match outcome {
+        Ok(outcome) => Verdict {
+            operation,
+            decision: quota.decision(step, outcome),
+            degraded: false,
+        },
+        Err(error) => {
+            tracing::warn!(
+                operation = operation.as_str(),
+                key_type = identifier.kind.as_str(),
+                %error,
+                "rate-limit store unavailable; allowing the request (fail open)"
+            );
+            Verdict {
+                operation,
+                decision: Decision {
+                    allowed: true,
+                    limit: quota.limit(),
+                    remaining: quota.limit() - step.cost(),
+                    retry_after: Duration::ZERO,
+                    reset_after: Duration::ZERO,
+                },
+                degraded: true,
+            }
+        }
+    }
+}

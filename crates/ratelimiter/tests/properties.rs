@@ -1,0 +1,146 @@
+//! Properties of the decision core that must hold for any traffic.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use ratelimiter::gcra::{Nanos, Outcome, Quota};
+use ratelimiter::key::{Identifier, Key, Operation};
+use ratelimiter::memory::MemoryStore;
+
+const START: Nanos = 1_700_000_000_000_000_000;
+
+fn quotas() -> impl Strategy<Value = Quota> {
+    (1u32..=30, 1u64..=7_200_000).prop_map(|(limit, period_ms)| {
+        Quota::new(
+            NonZeroU32::new(limit).unwrap(),
+            Duration::from_millis(period_ms),
+        )
+        .unwrap()
+    })
+}
+
+/// A quota and requests against it: (gap since the previous request, cost).
+/// Gaps are mostly short, so that buckets run dry, with some long pauses.
+fn traffic() -> impl Strategy<Value = (Quota, Vec<(Nanos, u32)>)> {
+    quotas().prop_flat_map(|quota| {
+        let period = quota.period().as_nanos() as u64;
+        let gap = prop_oneof![
+            4 => 0..=period / quota.limit() as u64 / 2,
+            2 => 0..=period / 4,
+            1 => 0..=period * 2,
+        ];
+        let cost = 1..=quota.limit();
+        (Just(quota), prop::collection::vec((gap, cost), 1..120))
+    })
+}
+
+/// Runs `requests` through the pure core; returns (time, cost, allowed) for each.
+fn simulate(quota: &Quota, requests: &[(Nanos, u32)]) -> Vec<(Nanos, u32, bool)> {
+    let mut tat = 0;
+    let mut now = START;
+    requests
+        .iter()
+        .map(|&(gap, cost)| {
+            now += gap;
+            let decided = quota.decide(tat, now, cost).unwrap();
+            if let Some(new) = decided.new_tat {
+                tat = new;
+            }
+            (now, cost, decided.decision.allowed)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// In any window of length `period`, tokens granted never exceed the
+    /// burst plus what refilled between the window's first and last grant.
+    #[test]
+    fn no_window_admits_more_than_limit_plus_refill((quota, requests) in traffic()) {
+        let period = quota.period().as_nanos() as u64;
+        let emission = quota.emission_interval().as_nanos() as u64;
+        let allowed: Vec<(Nanos, u32)> = simulate(&quota, &requests)
+            .into_iter()
+            .filter(|r| r.2)
+            .map(|r| (r.0, r.1))
+            .collect();
+        for (i, &(start, _)) in allowed.iter().enumerate() {
+            let window: Vec<_> = allowed[i..].iter().take_while(|r| r.0 < start + period).collect();
+            let tokens: u64 = window.iter().map(|r| u64::from(r.1)).sum();
+            let span = window.last().unwrap().0 - start;
+            let refill = span / emission;
+            prop_assert!(
+                tokens <= u64::from(quota.limit()) + refill,
+                "{tokens} tokens in a window from {start} (limit {}, refill {refill})",
+                quota.limit()
+            );
+            // And never more than twice the limit in one period, whatever the refill.
+            prop_assert!(tokens <= 2 * u64::from(quota.limit()));
+        }
+    }
+
+    /// A denied request is allowed exactly `retry_after` later, and not a
+    /// nanosecond before.
+    #[test]
+    fn retry_after_is_exact((quota, requests) in traffic()) {
+        let mut tat = 0;
+        let mut now = START;
+        for (gap, cost) in requests {
+            now += gap;
+            let decided = quota.decide(tat, now, cost).unwrap();
+            match decided.new_tat {
+                Some(new) => {
+                    prop_assert_eq!(decided.decision.retry_after, Duration::ZERO);
+                    tat = new;
+                }
+                None => {
+                    let wait = decided.decision.retry_after.as_nanos() as u64;
+                    prop_assert!(wait > 0);
+                    prop_assert!(quota.decide(tat, now + wait, cost).unwrap().decision.allowed);
+                    prop_assert!(!quota.decide(tat, now + wait - 1, cost).unwrap().decision.allowed);
+                }
+            }
+        }
+    }
+
+    /// Status and decisions never report negative or over-limit counts, and
+    /// an allowed decision's `remaining` is what a status query then sees.
+    #[test]
+    fn counts_stay_within_bounds((quota, requests) in traffic()) {
+        let mut tat = 0;
+        let mut now = START;
+        let period_secs = quota.period().as_secs_f64().ceil() as u64;
+        for (gap, cost) in requests {
+            now += gap;
+            let decided = quota.decide(tat, now, cost).unwrap();
+            let d = decided.decision;
+            prop_assert!(d.remaining <= d.limit);
+            prop_assert!(d.reset_after <= quota.emission_interval() * quota.limit());
+            if let Some(new) = decided.new_tat {
+                tat = new;
+                prop_assert_eq!(quota.snapshot(tat, now).remaining, d.remaining);
+            }
+            let status = quota.status(tat, now);
+            prop_assert!(status.count <= status.limit, "{status:?}");
+            prop_assert_eq!(status.limit, quota.limit());
+            prop_assert_eq!(status.window_duration, period_secs);
+            prop_assert!(status.reset_in_seconds <= period_secs + 1, "{status:?}");
+        }
+    }
+
+    /// The in-memory store decides exactly as the pure core does.
+    #[test]
+    fn memory_store_agrees_with_the_core((quota, requests) in traffic()) {
+        let store = MemoryStore::new();
+        let key = Key::new(Operation::ListenerJoin, Identifier::ip("198.51.100.1"));
+        let expected = simulate(&quota, &requests);
+        let mut now = START;
+        for ((gap, cost), (_, _, allowed)) in requests.iter().zip(expected) {
+            now += gap;
+            let outcome = store.apply_now(&key, &quota.step(now, *cost).unwrap());
+            prop_assert_eq!(matches!(outcome, Outcome::Allowed { .. }), allowed);
+        }
+    }
+}
