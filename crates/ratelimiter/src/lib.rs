@@ -7,6 +7,7 @@
 //! - [`config`]: the seed's four limits and their environment overrides;
 //! - [`store`]: the atomic contract a backing store fulfils, and [`memory`],
 //!   an in-memory implementation;
+//! - [`policy`]: failure modes and the circuit breaker for an unavailable store;
 //! - [`service`]: the seed's `RateLimitService` API;
 //! - [`response`]: the seed's 429 and 500 API Gateway responses.
 //!
@@ -30,6 +31,7 @@ pub mod config;
 pub mod gcra;
 pub mod key;
 pub mod memory;
+pub mod policy;
 pub mod response;
 pub mod service;
 pub mod store;
@@ -39,5 +41,6 @@ pub use config::{ConfigError, Limits};
 pub use gcra::{Decision, Quota, Status};
 pub use key::{Identifier, IdentifierKind, Key, Operation};
 pub use memory::MemoryStore;
+pub use policy::{CircuitBreaker, FailureMode, FailurePolicy};
 pub use service::{RateLimitError, RateLimitService, Verdict};
 pub use store::{Store, StoreError, StoreErrorKind};

@@ -131,19 +131,23 @@ impl MemoryStore {
         }
         let outcome = step.outcome(0);
         if let Outcome::Allowed { tat } = outcome {
-            self.make_room(&mut table, step.now());
-            // Rehashing recomputes hashes from the keys: rare, and it keeps
-            // entries at four words.
-            table.entries.insert_unique(
-                hash,
-                Entry {
-                    key: key.to_owned_key(),
-                    tat: AtomicU64::new(tat),
-                },
-                |e| self.hasher.hash_one(e.key.as_key()),
-            );
+            self.insert(&mut table, hash, key, tat, step.now());
         }
         outcome
+    }
+
+    fn insert(&self, table: &mut ShardTable, hash: u64, key: &Key<'_>, tat: Nanos, now: Nanos) {
+        self.make_room(table, now);
+        // Rehashing recomputes hashes from the keys: rare, and it keeps
+        // entries at four words.
+        table.entries.insert_unique(
+            hash,
+            Entry {
+                key: key.to_owned_key(),
+                tat: AtomicU64::new(tat),
+            },
+            |e| self.hasher.hash_one(e.key.as_key()),
+        );
     }
 
     /// [`Store::load`], without the future.
@@ -153,6 +157,33 @@ impl MemoryStore {
             .entries
             .find(hash, |e| key.matches(&e.key))
             .map_or(0, |e| e.tat.load(Ordering::Acquire))
+    }
+
+    /// The TAT of `key`, or `None` when this store does not know the key.
+    pub fn get_now(&self, key: &Key<'_>) -> Option<Nanos> {
+        let hash = self.hasher.hash_one(key);
+        read(self.shard(hash))
+            .entries
+            .find(hash, |e| key.matches(&e.key))
+            .map(|e| e.tat.load(Ordering::Acquire))
+    }
+
+    /// Remembers that `key`'s TAT is at least `tat`, as seen at `now`: for
+    /// stores that cache what a shared store told them. A TAT only moves
+    /// forward, so the larger of the known and the seen value is kept.
+    pub fn record_now(&self, key: &Key<'_>, tat: Nanos, now: Nanos) {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        if let Some(entry) = read(shard).entries.find(hash, |e| key.matches(&e.key)) {
+            entry.tat.fetch_max(tat, Ordering::AcqRel);
+            return;
+        }
+        let mut table = write(shard);
+        if let Some(entry) = table.entries.find(hash, |e| key.matches(&e.key)) {
+            entry.tat.fetch_max(tat, Ordering::AcqRel);
+            return;
+        }
+        self.insert(&mut table, hash, key, tat, now);
     }
 
     /// [`Store::remove`], without the future.
@@ -347,6 +378,18 @@ mod tests {
             Outcome::Allowed { .. }
         ));
         store.remove_now(&ip_key("never seen"));
+    }
+
+    #[test]
+    fn recorded_tats_only_move_forward() {
+        let store = MemoryStore::new();
+        let key = ip_key("r");
+        assert_eq!(store.get_now(&key), None);
+        store.record_now(&key, NOW + 5, NOW);
+        store.record_now(&key, NOW + 3, NOW);
+        assert_eq!(store.get_now(&key), Some(NOW + 5));
+        store.record_now(&key, NOW + 9, NOW);
+        assert_eq!(store.load_now(&key), NOW + 9);
     }
 
     #[test]

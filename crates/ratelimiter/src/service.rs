@@ -8,6 +8,7 @@ use crate::config::Limits;
 use crate::gcra::{CostExceedsCapacity, Decision, Outcome, Quota, Status, Step, ceil_secs};
 use crate::key::{Identifier, IdentifierKind, Key, Operation};
 use crate::memory::MemoryStore;
+use crate::policy::{CircuitBreaker, FailureMode, FailurePolicy, Permit};
 use crate::store::{Store, StoreError};
 
 /// Checks requests against each operation's quota, with state kept in a [`Store`].
@@ -36,7 +37,14 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     store: S,
     clock: C,
     limits: Limits,
+    policy: FailurePolicy,
+    breaker: CircuitBreaker,
+    /// Decides for operations in [`FailureMode::Local`] while the store is away.
+    local: MemoryStore,
 }
+
+/// Keys the local fallback limiter keeps at most.
+const LOCAL_FALLBACK_KEYS: usize = 10_000;
 
 /// The outcome of one check, allowed or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +53,9 @@ pub struct Verdict {
     pub operation: Operation,
     /// The decision's numbers.
     pub decision: Decision,
-    /// True when the store could not be used and the request was allowed
-    /// anyway (fail open): the numbers then describe a fresh bucket.
+    /// True when the store could not be used and the operation's failure
+    /// mode decided instead: allowed with the numbers of a fresh bucket
+    /// (`open`), denied (`closed`), or decided by this process alone (`local`).
     pub degraded: bool,
 }
 
@@ -140,7 +149,34 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             store,
             clock,
             limits,
+            policy: FailurePolicy::default(),
+            breaker: CircuitBreaker::default(),
+            local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
         }
+    }
+
+    /// The same service, with `policy` deciding what happens when the store fails.
+    #[must_use]
+    pub fn with_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The same service, with `breaker` guarding the store.
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// The failure policy in force.
+    pub fn policy(&self) -> &FailurePolicy {
+        &self.policy
+    }
+
+    /// The circuit breaker guarding the store.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
     }
 
     /// The quotas in force.
@@ -206,8 +242,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// Consumes `cost` tokens of `operation` for `identifier` and reports the
     /// verdict, allowed or denied, as a value.
     ///
-    /// When the store fails, the request is allowed and the verdict is marked
-    /// degraded, with a warning logged: the seed's graceful degradation.
+    /// When the store fails, or the circuit breaker keeps the store out of a
+    /// failing period, the operation's [`FailureMode`] decides and the verdict
+    /// is marked degraded: by default the request is allowed with a warning
+    /// logged (the seed's graceful degradation).
     pub async fn decide(
         &self,
         operation: Operation,
@@ -216,8 +254,73 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Result<Verdict, RateLimitError> {
         let (quota, step) = self.step(operation, cost)?;
         let key = Key::new(operation, identifier);
-        let outcome = self.store.apply(&key, &step).await;
-        Ok(verdict(operation, identifier, quota, &step, outcome))
+        if self.breaker.permit(step.now()) == Permit::Skip {
+            tracing::debug!(
+                operation = operation.as_str(),
+                "circuit breaker open; not calling the rate-limit store"
+            );
+            return Ok(self.degraded(&key, quota, &step));
+        }
+        match self.store.apply(&key, &step).await {
+            Ok(outcome) => {
+                if self.breaker.record_success() {
+                    tracing::info!("rate-limit store answered again; circuit breaker closed");
+                }
+                Ok(verdict(operation, quota, &step, outcome))
+            }
+            Err(error) => {
+                let mode = self.policy.mode(operation);
+                tracing::warn!(
+                    operation = operation.as_str(),
+                    key_type = identifier.kind.as_str(),
+                    failure_mode = mode.as_str(),
+                    %error,
+                    "rate-limit store unavailable; deciding by the failure mode{}",
+                    if mode == FailureMode::Open { " (fail open: allowed)" } else { "" }
+                );
+                if self.breaker.record_failure(self.clock.now()) {
+                    tracing::warn!(
+                        cool_down_ms = self.breaker.cool_down().as_millis() as u64,
+                        "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
+                    );
+                }
+                Ok(self.degraded(&key, quota, &step))
+            }
+        }
+    }
+
+    /// The verdict when the store cannot be used, by the operation's failure mode.
+    fn degraded(&self, key: &Key<'_>, quota: &Quota, step: &Step) -> Verdict {
+        let operation = key.operation();
+        let decision = match self.policy.mode(operation) {
+            FailureMode::Open => Decision {
+                allowed: true,
+                limit: quota.limit(),
+                remaining: quota.limit() - step.cost(),
+                retry_after: Duration::ZERO,
+                reset_after: Duration::ZERO,
+            },
+            FailureMode::Closed => {
+                // Ask the client to come back once the store may be back.
+                let wait = self
+                    .breaker
+                    .open_until(step.now())
+                    .map_or(0, |until| until - step.now());
+                Decision {
+                    allowed: false,
+                    limit: quota.limit(),
+                    remaining: 0,
+                    retry_after: Duration::from_nanos(wait).max(Duration::from_secs(1)),
+                    reset_after: Duration::ZERO,
+                }
+            }
+            FailureMode::Local => quota.decision(step, self.local.apply_now(key, step)),
+        };
+        Verdict {
+            operation,
+            decision,
+            degraded: true,
+        }
     }
 
     fn step(&self, operation: Operation, cost: u32) -> Result<(&Quota, Step), RateLimitError> {
@@ -269,7 +372,7 @@ impl<C: Clock> RateLimitService<MemoryStore, C> {
         let outcome = self
             .store
             .apply_now(&Key::new(operation, identifier), &step);
-        Ok(verdict(operation, identifier, quota, &step, Ok(outcome)))
+        Ok(verdict(operation, quota, &step, outcome))
     }
 
     /// [`RateLimitService::check`] without a future.
@@ -284,39 +387,12 @@ impl<C: Clock> RateLimitService<MemoryStore, C> {
     }
 }
 
-/// The verdict on a step, or the fail-open verdict when the store failed.
+/// The verdict on a step the store applied.
 #[inline]
-fn verdict(
-    operation: Operation,
-    identifier: Identifier<'_>,
-    quota: &Quota,
-    step: &Step,
-    outcome: Result<Outcome, StoreError>,
-) -> Verdict {
-    match outcome {
-        Ok(outcome) => Verdict {
-            operation,
-            decision: quota.decision(step, outcome),
-            degraded: false,
-        },
-        Err(error) => {
-            tracing::warn!(
-                operation = operation.as_str(),
-                key_type = identifier.kind.as_str(),
-                %error,
-                "rate-limit store unavailable; allowing the request (fail open)"
-            );
-            Verdict {
-                operation,
-                decision: Decision {
-                    allowed: true,
-                    limit: quota.limit(),
-                    remaining: quota.limit() - step.cost(),
-                    retry_after: Duration::ZERO,
-                    reset_after: Duration::ZERO,
-                },
-                degraded: true,
-            }
-        }
+fn verdict(operation: Operation, quota: &Quota, step: &Step, outcome: Outcome) -> Verdict {
+    Verdict {
+        operation,
+        decision: quota.decision(step, outcome),
+        degraded: false,
     }
 }

@@ -1,12 +1,13 @@
 //! The seed's behaviours through the service API, with a fake clock.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ratelimiter::gcra::{Nanos, Outcome, Status, Step};
 use ratelimiter::{
-    FakeClock, Identifier, IdentifierKind, Key, Limits, MemoryStore, Operation, RateLimitError,
-    RateLimitService, Store, StoreError, StoreErrorKind,
+    CircuitBreaker, FailureMode, FailurePolicy, FakeClock, Identifier, IdentifierKind, Key, Limits,
+    MemoryStore, Operation, RateLimitError, RateLimitService, Store, StoreError, StoreErrorKind,
 };
 
 fn service() -> (RateLimitService<MemoryStore, FakeClock>, FakeClock) {
@@ -244,11 +245,15 @@ async fn concurrent_tasks_on_one_key_never_over_admit() {
     assert_eq!(allowed, 20);
 }
 
-/// A store that always fails, as an unreachable table does.
-struct BrokenStore;
+/// A store that always fails, as an unreachable table does, counting calls.
+#[derive(Default)]
+struct BrokenStore {
+    calls: AtomicU32,
+}
 
 impl Store for BrokenStore {
     async fn apply(&self, _: &Key<'_>, _: &Step) -> Result<Outcome, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         Err(StoreError::new(
             StoreErrorKind::Unavailable,
             "table RateLimits not found",
@@ -276,39 +281,115 @@ impl std::io::Write for Captured {
     }
 }
 
-#[test]
-fn an_unavailable_store_fails_open_with_a_warning() {
+/// Runs `body` on a current-thread runtime with logs captured; returns the logs.
+fn with_logs(body: impl Future<Output = ()>) -> String {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let service = RateLimitService::new(BrokenStore, Limits::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    tracing::subscriber::with_default(subscriber, || {
-        runtime.block_on(async {
-            for _ in 0..5 {
-                let verdict = service.check_heartbeat_limit("conn-1").await.unwrap();
-                assert!(verdict.allowed() && verdict.degraded);
-            }
-            let err = service
-                .get_rate_limit_status(Operation::Heartbeat, IdentifierKind::Connection, "conn-1")
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, RateLimitError::Store(ref e) if e.kind() == StoreErrorKind::Timeout)
-            );
-        })
+    tracing::subscriber::with_default(subscriber, || runtime.block_on(body));
+    String::from_utf8(logs.0.lock().unwrap().clone()).unwrap()
+}
+
+fn broken(mode: FailureMode, clock: &FakeClock) -> RateLimitService<BrokenStore, FakeClock> {
+    RateLimitService::with_clock(BrokenStore::default(), Limits::default(), clock.clone())
+        .with_policy(FailurePolicy::all(mode))
+        .with_breaker(CircuitBreaker::new(3, Duration::from_secs(5)))
+}
+
+#[test]
+fn an_unavailable_store_fails_open_with_a_warning_then_the_breaker_skips_it() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = broken(FailureMode::Open, &clock);
+    let logs = with_logs(async {
+        for _ in 0..10 {
+            let verdict = service.check_heartbeat_limit("conn-1").await.unwrap();
+            assert!(verdict.allowed() && verdict.degraded);
+        }
+        let err = service
+            .get_rate_limit_status(Operation::Heartbeat, IdentifierKind::Connection, "conn-1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RateLimitError::Store(ref e) if e.kind() == StoreErrorKind::Timeout));
     });
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(logs.matches("WARN").count(), 5, "{logs}");
-    assert!(logs.contains("fail open"), "{logs}");
+    // Three failures open the breaker; the other seven decisions skip the store.
+    assert_eq!(service.store().calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        logs.matches("rate-limit store unavailable").count(),
+        3,
+        "{logs}"
+    );
+    assert_eq!(logs.matches("fail open: allowed").count(), 3, "{logs}");
+    assert_eq!(logs.matches("circuit breaker opened").count(), 1, "{logs}");
     assert!(logs.contains("operation=\"heartbeat\""), "{logs}");
     assert!(
         !logs.contains("conn-1"),
         "identifiers must not be logged: {logs}"
     );
+
+    // After the cool-down one decision probes the store again.
+    clock.advance(Duration::from_secs(5));
+    with_logs(async {
+        service.check_heartbeat_limit("conn-1").await.unwrap();
+        service.check_heartbeat_limit("conn-1").await.unwrap();
+    });
+    assert_eq!(service.store().calls.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn closed_mode_denies_until_the_breaker_may_close() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = broken(FailureMode::Closed, &clock);
+    with_logs(async {
+        let verdict = service
+            .decide(Operation::ListenerJoin, Identifier::ip("a"), 1)
+            .await
+            .unwrap();
+        assert!(!verdict.allowed() && verdict.degraded);
+        assert_eq!(verdict.retry_after_secs(), 1);
+        for _ in 0..2 {
+            service
+                .decide(Operation::ListenerJoin, Identifier::ip("a"), 1)
+                .await
+                .unwrap();
+        }
+        // The breaker is open for 5 s: that is how long to wait.
+        let err = service.check_listener_join_limit("a").await.unwrap_err();
+        assert_eq!(err.retry_after(), Some(5));
+    });
+}
+
+#[test]
+fn local_mode_still_stops_one_abusive_client() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = broken(FailureMode::Local, &clock);
+    with_logs(async {
+        for _ in 0..2 {
+            let verdict = service.check_heartbeat_limit("flood").await.unwrap();
+            assert!(verdict.degraded);
+        }
+        let err = service.check_heartbeat_limit("flood").await.unwrap_err();
+        assert_eq!(err.retry_after(), Some(30));
+        // Others are not affected.
+        service.check_heartbeat_limit("calm").await.unwrap();
+    });
+}
+
+#[test]
+fn modes_apply_per_operation() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = RateLimitService::with_clock(BrokenStore::default(), Limits::default(), clock)
+        .with_policy(
+            FailurePolicy::all(FailureMode::Open)
+                .with(Operation::SessionCreate, FailureMode::Closed),
+        );
+    with_logs(async {
+        assert!(service.check_heartbeat_limit("c").await.is_ok());
+        assert!(service.check_session_creation_limit("u").await.is_err());
+    });
 }

@@ -1,0 +1,196 @@
+//! When DynamoDB is missing, refuses or hangs: decisions stay bounded in
+//! time, follow the failure mode, are marked degraded and logged; the
+//! circuit breaker stops calling a failing table and closes when it is back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Logs, clock_now, dynoxide, service, store_at};
+use ratelimiter::policy::BreakerState;
+use ratelimiter::{CircuitBreaker, FailureMode, FailurePolicy, Operation};
+use tokio::net::TcpListener;
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+/// An endpoint whose port refuses connections.
+async fn refused_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}")
+}
+
+/// An endpoint that accepts connections and never answers.
+async fn hanging_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{address}")
+}
+
+/// Checks a heartbeat on a store at `endpoint` (no table created) and
+/// expects it allowed, degraded, warned about, and answered well within a
+/// second although the store never answers.
+async fn fails_open_quickly(endpoint: &str, table: &str, expect_in_log: &str) {
+    let (logs, _guard) = Logs::capture();
+    let clock = clock_now();
+    let service = service(store_at(endpoint, table, TIMEOUT).await, &clock);
+    let started = Instant::now();
+    let verdict = service.check_heartbeat_limit("conn-1").await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(verdict.allowed() && verdict.degraded, "{verdict:?}");
+    // Bounded: the timeout is 100 ms; without it a hanging endpoint never answers.
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    let text = logs.text();
+    assert!(text.contains("WARN"), "{text}");
+    assert!(text.contains("fail open"), "{text}");
+    assert!(text.contains(expect_in_log), "{text}");
+}
+
+#[tokio::test]
+async fn a_missing_table_fails_open() {
+    let endpoint = dynoxide().await;
+    fails_open_quickly(&endpoint, "Missing", "ResourceNotFoundException").await;
+}
+
+#[tokio::test]
+async fn a_refused_port_fails_open() {
+    fails_open_quickly(&refused_endpoint().await, "RateLimits", "Unavailable").await;
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_fails_open_within_the_timeout() {
+    fails_open_quickly(&hanging_endpoint().await, "RateLimits", "Timeout").await;
+}
+
+#[tokio::test]
+async fn the_breaker_stops_calling_a_hanging_endpoint() {
+    let (_logs, _guard) = Logs::capture();
+    let clock = clock_now();
+    let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT).await;
+    let service =
+        service(store, &clock).with_breaker(CircuitBreaker::new(3, Duration::from_secs(5)));
+    for _ in 0..3 {
+        assert!(service.check_heartbeat_limit("c").await.unwrap().degraded);
+    }
+    assert_eq!(service.store().calls(), 3);
+    let now = ratelimiter::Clock::now(&clock);
+    assert_eq!(service.breaker().state(now), BreakerState::Open);
+    // While open, no call is made at all.
+    for _ in 0..100 {
+        assert!(service.check_heartbeat_limit("c").await.unwrap().degraded);
+    }
+    assert_eq!(service.store().calls(), 3);
+}
+
+#[tokio::test]
+async fn the_breaker_closes_when_the_table_comes_back() {
+    let (logs, _guard) = Logs::capture();
+    let endpoint = dynoxide().await;
+    let clock = clock_now();
+    let store = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
+    let service =
+        service(store, &clock).with_breaker(CircuitBreaker::new(2, Duration::from_secs(5)));
+    for _ in 0..2 {
+        assert!(
+            service
+                .check_listener_join_limit("192.0.2.1")
+                .await
+                .unwrap()
+                .degraded
+        );
+    }
+    assert!(
+        logs.text().contains("circuit breaker opened"),
+        "{}",
+        logs.text()
+    );
+    service.store().create_table().await.unwrap();
+    // Still open: the table is back but nobody asks yet.
+    assert!(
+        service
+            .check_listener_join_limit("192.0.2.1")
+            .await
+            .unwrap()
+            .degraded
+    );
+    clock.advance(Duration::from_secs(5));
+    let verdict = service
+        .check_listener_join_limit("192.0.2.1")
+        .await
+        .unwrap();
+    assert!(
+        !verdict.degraded,
+        "the probe reached the table: {verdict:?}"
+    );
+    let now = ratelimiter::Clock::now(&clock);
+    assert_eq!(service.breaker().state(now), BreakerState::Closed);
+    assert!(
+        logs.text().contains("circuit breaker closed"),
+        "{}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn closed_mode_denies_while_the_table_is_away() {
+    let (logs, _guard) = Logs::capture();
+    let clock = clock_now();
+    let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT).await;
+    let service = service(store, &clock).with_policy(FailurePolicy::all(FailureMode::Closed));
+    let err = service
+        .check_session_creation_limit("user-1")
+        .await
+        .unwrap_err();
+    assert!(err.retry_after().unwrap() >= 1);
+    assert!(
+        logs.text().contains("failure_mode=\"closed\""),
+        "{}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn local_mode_stops_one_client_while_the_table_is_away() {
+    let (_logs, _guard) = Logs::capture();
+    let clock = clock_now();
+    let store = store_at(&refused_endpoint().await, "RateLimits", TIMEOUT).await;
+    let service = service(store, &clock).with_policy(
+        FailurePolicy::all(FailureMode::Open).with(Operation::Heartbeat, FailureMode::Local),
+    );
+    assert!(
+        service
+            .check_heartbeat_limit("noisy")
+            .await
+            .unwrap()
+            .degraded
+    );
+    assert!(
+        service
+            .check_heartbeat_limit("noisy")
+            .await
+            .unwrap()
+            .degraded
+    );
+    assert_eq!(
+        service
+            .check_heartbeat_limit("noisy")
+            .await
+            .unwrap_err()
+            .retry_after(),
+        Some(30)
+    );
+    // Other operations stay in their own mode: open.
+    for _ in 0..30 {
+        service
+            .check_listener_join_limit("192.0.2.9")
+            .await
+            .unwrap();
+    }
+}
