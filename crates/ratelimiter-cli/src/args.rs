@@ -1,0 +1,121 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ratelimiter::{IdentifierKind, Operation};
+
+/// Check, inspect and reset the rate limits of a serverless WebSocket API.
+///
+/// Limits come from RATE_LIMIT_SESSIONS_PER_HOUR, RATE_LIMIT_LISTENER_JOINS_PER_MIN,
+/// RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN and RATE_LIMIT_HEARTBEATS_PER_MIN; failure
+/// handling from RATE_LIMIT_FAILURE_MODE (open, closed, local) and RATE_LIMIT_TIMEOUT_MS.
+#[derive(Debug, Parser)]
+#[command(name = "ratelimit", version)]
+pub struct Cli {
+    /// Options that apply to every command.
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the state lives.
+#[derive(Debug, Args)]
+pub struct GlobalOptions {
+    /// The store: `embedded` (a DynamoDB-compatible store on a SQLite file in
+    /// --data-dir, through the same code as DynamoDB), `memory` (this process
+    /// only), or `dynamodb` (a real table).
+    #[arg(long, global = true, value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+    /// The embedded store's folder.
+    #[arg(long, global = true, default_value = ".ratelimit")]
+    pub data_dir: PathBuf,
+    /// The table's name [default: $RATE_LIMIT_TABLE_NAME, else RateLimits].
+    #[arg(long, global = true)]
+    pub table: Option<String>,
+    /// A DynamoDB endpoint to use instead of the region's (the standard
+    /// AWS_ENDPOINT_URL_DYNAMODB and AWS_ENDPOINT_URL also apply).
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+    /// The AWS region [default: the standard AWS environment].
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+}
+
+/// The kinds of store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// DynamoDB-compatible, in this process, on a SQLite file.
+    Embedded,
+    /// In this process's memory; forgotten when it exits.
+    Memory,
+    /// A DynamoDB table.
+    #[value(name = "dynamodb")]
+    DynamoDb,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume tokens; print the decision as JSON. Exit status 0 when allowed, 1 when rate limited.
+    Check {
+        /// The key.
+        #[command(flatten)]
+        target: Target,
+        /// Tokens to consume.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        cost: u32,
+    },
+    /// Print the seed's status of one key (count, limit, reset_in_seconds, window_duration), consuming nothing.
+    Status {
+        /// The key.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forget one key's usage, so that its bucket is full again.
+    Reset {
+        /// The key.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Create the table (on-demand, TTL enabled) and wait until it is active; nothing happens if it exists.
+    CreateTable,
+}
+
+/// One key: an operation and an identifier.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// session-create, listener-join, connection-attempt or heartbeat.
+    #[arg(value_parser = parse_operation)]
+    pub operation: Operation,
+    /// The user id, IP address or connection id, as the operation counts.
+    pub identifier: String,
+    /// Count the identifier as this kind instead of the operation's own
+    /// (session-create: user; listener-join, connection-attempt: ip; heartbeat: connection).
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Option<IdentifierKind>,
+}
+
+impl Target {
+    /// The identifier kind: the one given, or the operation's.
+    pub fn kind(&self) -> IdentifierKind {
+        self.kind.unwrap_or(self.operation.identifier_kind())
+    }
+}
+
+fn parse_operation(s: &str) -> Result<Operation, String> {
+    s.parse()
+        .map_err(|e: ratelimiter::key::UnknownOperation| e.to_string())
+}
+
+fn parse_kind(s: &str) -> Result<IdentifierKind, String> {
+    s.parse()
+        .map_err(|e: ratelimiter::key::UnknownIdentifierKind| e.to_string())
+}
+
+/// The command-line name of an operation (`session-create`, ...).
+pub fn operation_name(operation: Operation) -> String {
+    operation.as_str().replace('_', "-")
+}

@@ -1,0 +1,160 @@
+//! Opening the store a command line asks for.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ratelimiter::gcra::{Nanos, Outcome, Step};
+use ratelimiter::{Key, MemoryStore, Store, StoreError};
+use ratelimiter_dynamodb::{
+    ClientOptions, DynamoDbConfig, DynamoDbStore, TABLE_VAR, client, validate_table_name,
+};
+
+use crate::CliError;
+use crate::args::{GlobalOptions, StoreKind};
+
+/// The embedded store waits for SQLite's lock when many processes share a
+/// data dir; a timeout there would fail open and could over-admit, so it is
+/// far longer than a network call's.
+const EMBEDDED_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The database file in the embedded store's folder.
+pub const EMBEDDED_FILE: &str = "ratelimit.db";
+
+/// Any of the stores the command line can use.
+#[derive(Debug)]
+pub enum AnyStore {
+    /// This process's memory.
+    Memory(MemoryStore),
+    /// A DynamoDB table, real or embedded.
+    DynamoDb(DynamoDbStore),
+}
+
+impl Store for AnyStore {
+    async fn apply(&self, key: &Key<'_>, step: &Step) -> Result<Outcome, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.apply(key, step).await,
+            AnyStore::DynamoDb(store) => store.apply(key, step).await,
+        }
+    }
+
+    async fn load(&self, key: &Key<'_>) -> Result<Nanos, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.load(key).await,
+            AnyStore::DynamoDb(store) => store.load(key).await,
+        }
+    }
+
+    async fn remove(&self, key: &Key<'_>) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.remove(key).await,
+            AnyStore::DynamoDb(store) => store.remove(key).await,
+        }
+    }
+}
+
+/// Opens the store `options` names. The embedded store's table is created
+/// when missing; a real table is left as it is (see `create-table`).
+pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
+    let config = DynamoDbConfig::from_env()?;
+    let table = match &options.table {
+        Some(table) => validate_table_name("--table", table)?,
+        None => config.table,
+    };
+    match options.store {
+        StoreKind::Memory => Ok(AnyStore::Memory(MemoryStore::new())),
+        StoreKind::DynamoDb => {
+            let options = ClientOptions {
+                timeout: config.timeout,
+                endpoint_url: options.endpoint_url.clone(),
+                region: options.region.clone(),
+                static_credentials: false,
+            };
+            Ok(AnyStore::DynamoDb(DynamoDbStore::new(
+                client(&options).await,
+                table,
+            )))
+        }
+        StoreKind::Embedded => {
+            if options.endpoint_url.is_some() || options.region.is_some() {
+                return Err(CliError::Usage(
+                    "--endpoint-url and --region apply to --store dynamodb, not to the embedded store"
+                        .to_owned(),
+                ));
+            }
+            open_embedded(&options.data_dir, &table)
+                .await
+                .map(AnyStore::DynamoDb)
+        }
+    }
+}
+
+/// Serves a DynamoDB-compatible API from a SQLite file in `data_dir`, in this
+/// process, and returns the DynamoDB store on it.
+async fn open_embedded(data_dir: &Path, table: &str) -> Result<DynamoDbStore, CliError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        CliError::Usage(format!(
+            "--data-dir {}: cannot create the folder: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let file = data_dir.join(EMBEDDED_FILE);
+    let path = file.to_str().ok_or_else(|| {
+        CliError::Usage(format!(
+            "--data-dir {}: the path is not UTF-8",
+            data_dir.display()
+        ))
+    })?;
+    let database = dynoxide::Database::new(path)
+        .map_err(|e| CliError::Store(format!("cannot open the embedded store {path}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| {
+            CliError::Store(format!(
+                "cannot listen on loopback for the embedded store: {e}"
+            ))
+        })?;
+    let endpoint = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_err(|e| CliError::Store(e.to_string()))?
+    );
+    tokio::spawn(dynoxide::server::serve_on(listener, database));
+    let store = DynamoDbStore::new(
+        client(&ClientOptions::local(endpoint, EMBEDDED_TIMEOUT)).await,
+        table,
+    );
+    ensure_table(&store).await?;
+    Ok(store)
+}
+
+/// Creates the table unless it exists. Several processes may race to create
+/// it on a new data dir; whoever loses finds it there.
+async fn ensure_table(store: &DynamoDbStore) -> Result<(), CliError> {
+    let exists = store
+        .client()
+        .describe_table()
+        .table_name(store.table())
+        .send()
+        .await
+        .is_ok();
+    if exists {
+        return Ok(());
+    }
+    if let Err(error) = store.create_table().await {
+        let created_by_another = store
+            .client()
+            .describe_table()
+            .table_name(store.table())
+            .send()
+            .await
+            .is_ok();
+        if !created_by_another {
+            return Err(CliError::Store(format!(
+                "cannot create table {} in the embedded store: {error} ({TABLE_VAR} or --table names it)",
+                store.table()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! The built `ratelimit` binary: JSON shapes, exit statuses, configuration
+//! errors, state that survives between runs, and many processes at once.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A `ratelimit` command in `dir`, with no rate-limit or AWS settings
+/// inherited from the environment, and no way to reach AWS.
+fn ratelimit(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ratelimit"));
+    command.current_dir(dir).stdin(Stdio::null());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("the binary runs")
+}
+
+fn json(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {stdout:?}, stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("the process exited")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_status_reset_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = || run(ratelimit(dir.path()).args(["check", "heartbeat", "conn-1"]));
+
+    let first = check();
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let value = json(&first);
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "allowed",
+            "operation",
+            "identifier",
+            "limit",
+            "remaining",
+            "retry_after",
+            "reset_in_seconds",
+            "degraded"
+        ]
+    );
+    assert_eq!(value["allowed"], true);
+    assert_eq!(value["operation"], "heartbeat");
+    assert_eq!(value["identifier"], "conn-1");
+    assert_eq!(value["limit"], 2);
+    assert_eq!(value["remaining"], 1);
+    assert_eq!(value["retry_after"], 0);
+    assert_eq!(value["reset_in_seconds"], 30);
+    assert_eq!(value["degraded"], false);
+
+    // The state survives between processes.
+    assert_eq!(code(&check()), 0);
+    let third = check();
+    assert_eq!(code(&third), 1);
+    let value = json(&third);
+    assert_eq!(value["allowed"], false);
+    assert!(
+        (29..=30).contains(&value["retry_after"].as_u64().unwrap()),
+        "{value}"
+    );
+    assert!(dir.path().join(".ratelimit/ratelimit.db").exists());
+
+    let status = run(ratelimit(dir.path()).args(["status", "heartbeat", "conn-1"]));
+    assert_eq!(code(&status), 0, "{}", stderr(&status));
+    let value = json(&status);
+    assert_eq!(value["count"], 2);
+    assert_eq!(value["limit"], 2);
+    assert_eq!(value["window_duration"], 60);
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["count", "limit", "reset_in_seconds", "window_duration"]
+    );
+
+    let reset = run(ratelimit(dir.path()).args(["reset", "heartbeat", "conn-1"]));
+    assert_eq!(code(&reset), 0, "{}", stderr(&reset));
+    assert_eq!(json(&reset)["reset"], true);
+    assert_eq!(code(&check()), 0);
+}
+
+#[test]
+fn cost_kind_and_data_dir_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("state");
+    let output = run(ratelimit(dir.path()).args(["--data-dir"]).arg(&data).args([
+        "check",
+        "listener-join",
+        "192.0.2.1",
+        "--cost",
+        "10",
+    ]));
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(json(&output)["remaining"], 0);
+    assert!(data.join("ratelimit.db").exists());
+    // The same value counted as a user is another key.
+    let output = run(ratelimit(dir.path()).args(["--data-dir"]).arg(&data).args([
+        "check",
+        "listener-join",
+        "192.0.2.1",
+        "--kind",
+        "user",
+    ]));
+    assert_eq!(json(&output)["remaining"], 9);
+}
+
+#[test]
+fn the_memory_store_forgets_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let output =
+            run(ratelimit(dir.path()).args(["--store", "memory", "check", "heartbeat", "c"]));
+        assert_eq!(code(&output), 0);
+        assert_eq!(json(&output)["remaining"], 1);
+    }
+    assert!(!dir.path().join(".ratelimit").exists());
+}
+
+#[test]
+fn limits_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_SESSIONS_PER_HOUR", "1")
+        .args(["check", "session-create", "user-1"]));
+    assert_eq!(json(&output)["limit"], 1);
+    let output = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_SESSIONS_PER_HOUR", "1")
+        .args(["check", "session-create", "user-1"]));
+    assert_eq!(code(&output), 1);
+    assert_eq!(json(&output)["retry_after"], 3600);
+}
+
+/// Arguments, environment, and what stderr must say.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_arguments_and_configuration_exit_with_status_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[Case] = &[
+        (
+            &["check", "sessions", "u"],
+            &[],
+            "unknown operation \"sessions\"",
+        ),
+        (&["check", "heartbeat"], &[], "IDENTIFIER"),
+        (&["check", "heartbeat", "c", "--cost", "0"], &[], "--cost"),
+        (
+            &["check", "heartbeat", "c", "--cost", "3"],
+            &[],
+            "exceeds the capacity of 2",
+        ),
+        (
+            &["check", "heartbeat", "c", "--kind", "device"],
+            &[],
+            "unknown identifier type",
+        ),
+        (
+            &["--store", "redis", "check", "heartbeat", "c"],
+            &[],
+            "redis",
+        ),
+        (&["frobnicate"], &[], "frobnicate"),
+        (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_HEARTBEATS_PER_MIN", "0")],
+            "RATE_LIMIT_HEARTBEATS_PER_MIN must be a positive integer",
+        ),
+        (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_HEARTBEATS_PER_MIN", "abc")],
+            "\"abc\"",
+        ),
+        (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_FAILURE_MODE", "maybe")],
+            "RATE_LIMIT_FAILURE_MODE must be one of open, closed, local",
+        ),
+        (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_TIMEOUT_MS", "-5")],
+            "RATE_LIMIT_TIMEOUT_MS",
+        ),
+        (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_TABLE_NAME", "no spaces")],
+            "RATE_LIMIT_TABLE_NAME",
+        ),
+        (&["--table", "x", "check", "heartbeat", "c"], &[], "--table"),
+        (
+            &["--store", "memory", "create-table"],
+            &[],
+            "create-table needs",
+        ),
+        (
+            &[
+                "--endpoint-url",
+                "http://127.0.0.1:9",
+                "check",
+                "heartbeat",
+                "c",
+            ],
+            &[],
+            "not to the embedded store",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut command = ratelimit(dir.path());
+        command.args(*args).envs(env.iter().copied());
+        let output = run(&mut command);
+        assert_eq!(code(&output), 2, "{args:?} {env:?}: {}", stderr(&output));
+        assert!(output.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?} {env:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn many_processes_at_once_never_admit_more_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Create the data dir first, then start 30 processes at once on one key;
+    // the limit is 10 per hour, so no token comes back during the test.
+    assert_eq!(
+        code(&run(ratelimit(dir.path()).args([
+            "status",
+            "heartbeat",
+            "warm-up"
+        ]))),
+        0
+    );
+    let children: Vec<_> = (0..30)
+        .map(|_| {
+            ratelimit(dir.path())
+                .env("RATE_LIMIT_SESSIONS_PER_HOUR", "10")
+                .args(["check", "session-create", "user-1"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("the binary starts")
+        })
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let allowed = outputs.iter().filter(|o| code(o) == 0).count();
+    let limited = outputs.iter().filter(|o| code(o) == 1).count();
+    assert_eq!(
+        (allowed, limited),
+        (10, 20),
+        "{:?}",
+        outputs.iter().map(stderr).collect::<Vec<_>>()
+    );
+    assert!(outputs.iter().all(|o| json(o)["degraded"] == false));
+}
+
+#[test]
+fn the_dynamodb_store_talks_to_an_endpoint() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(dynoxide::server::serve_on(
+            listener,
+            dynoxide::Database::memory().unwrap(),
+        ));
+        format!("http://{address}")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dynamodb = |args: &[&str]| {
+        run(ratelimit(dir.path())
+            .env("RATE_LIMIT_TIMEOUT_MS", "5000")
+            .args([
+                "--store",
+                "dynamodb",
+                "--endpoint-url",
+                &endpoint,
+                "--table",
+                "Limits",
+            ])
+            .args(args))
+    };
+    let created = dynamodb(&["create-table"]);
+    assert_eq!(code(&created), 0, "{}", stderr(&created));
+    assert_eq!(json(&created)["table"], "Limits");
+    assert_eq!(code(&dynamodb(&["create-table"])), 0, "idempotent");
+    for expected in [0, 0, 1] {
+        let output = dynamodb(&["check", "heartbeat", "c"]);
+        assert_eq!(code(&output), expected, "{}", stderr(&output));
+        assert_eq!(json(&output)["degraded"], false);
+    }
+    assert_eq!(json(&dynamodb(&["status", "heartbeat", "c"]))["count"], 2);
+
+    // A table that does not exist: check fails open, status fails with status 3.
+    let output = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_TIMEOUT_MS", "5000")
+        .args([
+            "--store",
+            "dynamodb",
+            "--endpoint-url",
+            &endpoint,
+            "--table",
+            "Missing",
+            "check",
+            "heartbeat",
+            "c",
+        ]));
+    assert_eq!(code(&output), 0);
+    assert_eq!(json(&output)["degraded"], true);
+    assert!(stderr(&output).contains("fail open"), "{}", stderr(&output));
+    let output = run(ratelimit(dir.path()).args([
+        "--store",
+        "dynamodb",
+        "--endpoint-url",
+        &endpoint,
+        "--table",
+        "Missing",
+        "status",
+        "heartbeat",
+        "c",
+    ]));
+    assert_eq!(code(&output), 3, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("ResourceNotFoundException"),
+        "{}",
+        stderr(&output)
+    );
+    drop(runtime);
+}
