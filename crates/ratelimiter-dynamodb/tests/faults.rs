@@ -194,3 +194,27 @@ async fn local_mode_stops_one_client_while_the_table_is_away() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn missing_credentials_fail_open() {
+    let (logs, _guard) = Logs::capture();
+    let endpoint = dynoxide().await;
+    // A client with no credentials provider at all, as on a host where none resolves.
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .build();
+    let store = ratelimiter_dynamodb::DynamoDbStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        "RateLimits",
+    );
+    let clock = clock_now();
+    let service = service(store, &clock);
+    let verdict = service
+        .check_connection_attempt_limit("192.0.2.77")
+        .await
+        .unwrap();
+    assert!(verdict.allowed() && verdict.degraded, "{verdict:?}");
+    assert!(logs.text().contains("fail open"), "{}", logs.text());
+}

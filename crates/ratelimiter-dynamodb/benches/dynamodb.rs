@@ -1,0 +1,292 @@
+//! The DynamoDB store against a release-built dynoxide server on loopback.
+//!
+//! `cargo bench -p ratelimiter-dynamodb --bench dynamodb`
+//!
+//! For each workload: decisions per second, p50 and p99 latency, and
+//! DynamoDB calls per decision; then the overhead of a decision over a raw
+//! `UpdateItem` of the same shape, and the time a decision takes while the
+//! endpoint hangs, before and after the circuit breaker opens.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use ratelimiter::clock::wall_clock;
+use ratelimiter::gcra::Quota;
+use ratelimiter::{Identifier, Key, Limits, Operation, RateLimitService, Store};
+use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Stats {
+    name: String,
+    latencies: Vec<Duration>,
+    wall: Duration,
+    calls: u64,
+}
+
+impl Stats {
+    fn print(&mut self) {
+        self.latencies.sort();
+        let n = self.latencies.len();
+        let at = |p: f64| self.latencies[((n - 1) as f64 * p).round() as usize];
+        println!(
+            "{:<34} {:>9.0} {:>10.1} {:>10.1} {:>10.2}",
+            self.name,
+            n as f64 / self.wall.as_secs_f64(),
+            at(0.5).as_secs_f64() * 1e6,
+            at(0.99).as_secs_f64() * 1e6,
+            self.calls as f64 / n as f64,
+        );
+    }
+}
+
+async fn server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(dynoxide::server::serve_on(
+        listener,
+        dynoxide::Database::memory().unwrap(),
+    ));
+    format!("http://{address}")
+}
+
+async fn store(endpoint: &str) -> DynamoDbStore {
+    DynamoDbStore::new(
+        client(&ClientOptions::local(endpoint, TIMEOUT)).await,
+        "RateLimits",
+    )
+}
+
+/// `n` sequential decisions, each on the key `key(i)`.
+async fn sequential(
+    name: &str,
+    store: &DynamoDbStore,
+    quota: &Quota,
+    n: usize,
+    key: impl Fn(usize) -> String,
+) -> Stats {
+    let calls_before = store.calls();
+    let mut latencies = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let id = key(i);
+        let key = Key::new(Operation::ConnectionAttempt, Identifier::ip(&id));
+        let step = quota.step(wall_clock(), 1).unwrap();
+        let t = Instant::now();
+        store.apply(&key, &step).await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    Stats {
+        name: name.to_owned(),
+        latencies,
+        wall: started.elapsed(),
+        calls: store.calls() - calls_before,
+    }
+}
+
+/// Raw idle-shape `UpdateItem`s on fresh keys, as the store would send them.
+async fn raw_updates(store: &DynamoDbStore, n: usize) -> Stats {
+    let mut latencies = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let now = wall_clock();
+        let t = Instant::now();
+        store
+            .client()
+            .update_item()
+            .table_name("RateLimits")
+            .key(
+                "pk",
+                AttributeValue::S(format!("raw#ip#10.9.{}.{}", i / 256, i % 256)),
+            )
+            .update_expression("SET #tat = :target, #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#tat) OR #tat <= :now")
+            .expression_attribute_names("#tat", "tat")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(
+                ":target",
+                AttributeValue::N((now + 3_000_000_000).to_string()),
+            )
+            .expression_attribute_values(
+                ":ttl",
+                AttributeValue::N((now / 1_000_000_000 + 3).to_string()),
+            )
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .unwrap();
+        latencies.push(t.elapsed());
+    }
+    Stats {
+        name: "raw UpdateItem (idle shape)".into(),
+        latencies,
+        wall: started.elapsed(),
+        calls: n as u64,
+    }
+}
+
+/// `tasks` tasks deciding on one key at once, under `quota` (large enough
+/// that every decision is allowed).
+async fn hot_key(
+    name: &str,
+    store: Arc<DynamoDbStore>,
+    quota: Quota,
+    tasks: usize,
+    per_task: usize,
+) -> Stats {
+    let calls_before = store.calls();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let store = store.clone();
+            let id = name.to_owned();
+            tokio::spawn(async move {
+                let key = Key::new(Operation::ConnectionAttempt, Identifier::ip(&id));
+                let mut latencies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let step = quota.step(wall_clock(), 1).unwrap();
+                    let t = Instant::now();
+                    store.apply(&key, &step).await.unwrap();
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.unwrap());
+    }
+    Stats {
+        name: format!("{name}, {tasks} tasks"),
+        latencies,
+        wall: started.elapsed(),
+        calls: store.calls() - calls_before,
+    }
+}
+
+async fn hanging() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let timeout = Duration::from_millis(100);
+    let store = DynamoDbStore::new(
+        client(&ClientOptions::local(&endpoint, timeout)).await,
+        "RateLimits",
+    );
+    let service = RateLimitService::new(store, Limits::default());
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    for i in 0..1005 {
+        let t = Instant::now();
+        let verdict = service.check_heartbeat_limit("c").await.unwrap();
+        assert!(verdict.degraded);
+        if i < 5 {
+            before.push(t.elapsed())
+        } else {
+            after.push(t.elapsed())
+        }
+    }
+    after.sort();
+    println!(
+        "hanging endpoint (timeout 100 ms): breaker closed: {:.1} ms per decision (max {:.1} ms); breaker open: p50 {:.2} µs, p99 {:.2} µs, max {:.2} µs; calls made {}",
+        before.iter().sum::<Duration>().as_secs_f64() * 1e3 / before.len() as f64,
+        before.iter().max().unwrap().as_secs_f64() * 1e3,
+        after[after.len() / 2].as_secs_f64() * 1e6,
+        after[after.len() * 99 / 100].as_secs_f64() * 1e6,
+        after.last().unwrap().as_secs_f64() * 1e6,
+        service.store().calls(),
+    );
+}
+
+fn main() {
+    // Quiet: the hanging endpoint logs a warning per failed call.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let endpoint = server().await;
+        let setup = store(&endpoint).await;
+        setup.create_table().await.unwrap();
+        let n = 3000;
+        let quota = Quota::per_minute(NonZeroU32::new(20).unwrap());
+        println!(
+            "{:<34} {:>9} {:>10} {:>10} {:>10}",
+            "workload", "dec/s", "p50 µs", "p99 µs", "calls/dec"
+        );
+
+        // Warm the connection pool and the server.
+        sequential("warm-up", &setup, &quota, 300, |i| format!("warm-{i}")).await;
+
+        let raw = raw_updates(&setup, n).await;
+        let ours = sequential("idle keys (new key each time)", &setup, &quota, n, |i| {
+            format!("10.0.{}.{}", i / 256, i % 256)
+        })
+        .await;
+        let (mut raw, mut ours) = (raw, ours);
+        raw.print();
+        ours.print();
+        let overhead =
+            ours.latencies[n / 2].as_secs_f64() / raw.latencies[n / 2].as_secs_f64() - 1.0;
+        println!(
+            "decision overhead over a raw UpdateItem, p50: {:+.1}%",
+            overhead * 100.0
+        );
+
+        // A fresh store (a new container) on keys that are all mid-window.
+        let fresh = store(&endpoint).await;
+        sequential("mid-window keys, fresh container", &fresh, &quota, n, |i| {
+            format!("10.0.{}.{}", i / 256, i % 256)
+        })
+        .await
+        .print();
+
+        // A hot key is busy: requests come faster than tokens come back
+        // (here 1 000 000 an hour, one token every 3.6 ms).
+        let busy = Quota::per_hour(NonZeroU32::new(1_000_000).unwrap());
+        hot_key(
+            "one hot key",
+            Arc::new(store(&endpoint).await),
+            busy,
+            16,
+            300,
+        )
+        .await
+        .print();
+        // The worst case: tokens come back as fast as requests arrive, so the
+        // key hovers between idle and busy and concurrent writers race.
+        let edge = Quota::per_second(NonZeroU32::new(1_000_000).unwrap());
+        hot_key(
+            "one key at the idle/busy edge",
+            Arc::new(store(&endpoint).await),
+            edge,
+            16,
+            300,
+        )
+        .await
+        .print();
+
+        let denier = store(&endpoint).await;
+        let tight = Quota::per_minute(NonZeroU32::new(1).unwrap());
+        sequential("repeated denials, one key", &denier, &tight, 20_000, |_| {
+            "flood".to_owned()
+        })
+        .await
+        .print();
+        println!(
+            "  (the first of those decisions is the one allowed; one more call learns the denial)"
+        );
+
+        hanging().await;
+    });
+}
