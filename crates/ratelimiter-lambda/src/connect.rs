@@ -1,0 +1,179 @@
+//! The `$connect` handler.
+//!
+//! Every connection counts against the connection-attempt limit of its
+//! source IP; then a speaker (the authorizer identified a `userId`) counts
+//! against the session-creation limit of that user, and anyone else against
+//! the listener-join limit of the IP. Both checks are [`RateLimitLayer`]s
+//! around a [`ConnectHook`], where the application's own logic (creating or
+//! joining a session) goes.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use lambda_runtime::LambdaEvent;
+use ratelimiter::response::{INTERNAL_ERROR, error_response};
+use ratelimiter::{Clock, Operation, RateLimitService, Store, SystemClock};
+use serde_json::Value;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+use crate::event::{self, source_ip, user_id};
+use crate::layer::{RateLimitLayer, Subject};
+use crate::ok_response;
+
+/// Who is connecting, as the `$connect` handler sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role<'a> {
+    /// The authorizer identified a user: a speaker creating a session.
+    Speaker {
+        /// The authorizer's `userId`.
+        user_id: &'a str,
+    },
+    /// Anyone else: a listener joining a session.
+    Listener {
+        /// The source IP address (or `unknown`).
+        ip: &'a str,
+    },
+}
+
+/// The application's logic after a connection passed its rate limits.
+///
+/// Return `Ok(None)` to accept the connection (200), `Ok(Some(response))` to
+/// answer with a response of your own (for example 403), or an error, which
+/// is logged and answered with the seed's 500 `INTERNAL_ERROR` without detail.
+pub trait ConnectHook: Send + Sync + 'static {
+    /// Runs once per allowed connection.
+    fn on_connect(
+        &self,
+        event: &ApiGatewayWebsocketProxyRequest,
+        role: Role<'_>,
+    ) -> impl Future<Output = Result<Option<ApiGatewayProxyResponse>, lambda_runtime::Error>> + Send;
+}
+
+/// The default hook: accepts every connection that passed its limits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptAll;
+
+impl ConnectHook for AcceptAll {
+    async fn on_connect(
+        &self,
+        _: &ApiGatewayWebsocketProxyRequest,
+        _: Role<'_>,
+    ) -> Result<Option<ApiGatewayProxyResponse>, lambda_runtime::Error> {
+        Ok(None)
+    }
+}
+
+/// The `$connect` handler: create one per container and share it.
+pub struct ConnectHandler<S, C = SystemClock, H = AcceptAll> {
+    limiter: Arc<RateLimitService<S, C>>,
+    hook: Arc<H>,
+}
+
+impl<S, C, H> Clone for ConnectHandler<S, C, H> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+            hook: self.hook.clone(),
+        }
+    }
+}
+
+impl<S: Store + 'static, C: Clock + 'static> ConnectHandler<S, C, AcceptAll> {
+    /// A handler on `limiter` that accepts every allowed connection.
+    pub fn new(limiter: Arc<RateLimitService<S, C>>) -> Self {
+        Self {
+            limiter,
+            hook: Arc::new(AcceptAll),
+        }
+    }
+}
+
+impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C, H> {
+    /// The same handler, running `hook` after the limits pass.
+    pub fn with_hook<H2: ConnectHook>(self, hook: H2) -> ConnectHandler<S, C, H2> {
+        ConnectHandler {
+            limiter: self.limiter,
+            hook: Arc::new(hook),
+        }
+    }
+
+    /// The rate limiter the handler uses.
+    pub fn limiter(&self) -> &Arc<RateLimitService<S, C>> {
+        &self.limiter
+    }
+
+    /// Handles one raw Lambda invocation; a malformed event gets a 400.
+    pub async fn handle(
+        &self,
+        event: LambdaEvent<Value>,
+    ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
+        let (payload, context) = event.into_parts();
+        match event::parse(payload) {
+            Ok(request) => self.handle_event(LambdaEvent::new(request, context)).await,
+            Err(bad) => {
+                tracing::warn!(error = %bad, "rejected a malformed $connect event");
+                Ok(bad.response())
+            }
+        }
+    }
+
+    /// Handles one typed `$connect` event.
+    pub async fn handle_event(
+        &self,
+        event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
+    ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
+        let hook = self.hook.clone();
+        let service =
+            ServiceBuilder::new()
+                .layer(RateLimitLayer::new(
+                    self.limiter.clone(),
+                    |event: &LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+                        Some(Subject::ip(
+                            Operation::ConnectionAttempt,
+                            source_ip(&event.payload),
+                        ))
+                    },
+                ))
+                .layer(RateLimitLayer::new(
+                    self.limiter.clone(),
+                    |event: &LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+                        Some(match user_id(&event.payload) {
+                            Some(user) => Subject::user(Operation::SessionCreate, &user),
+                            None => Subject::ip(Operation::ListenerJoin, source_ip(&event.payload)),
+                        })
+                    },
+                ))
+                .service(service_fn(
+                    move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+                        let hook = hook.clone();
+                        async move {
+                            Ok::<_, lambda_runtime::Error>(run_hook(&*hook, &event.payload).await)
+                        }
+                    },
+                ));
+        service.oneshot(event).await
+    }
+}
+
+async fn run_hook<H: ConnectHook>(
+    hook: &H,
+    event: &ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let user = user_id(event);
+    let role = match &user {
+        Some(user_id) => Role::Speaker { user_id },
+        None => Role::Listener {
+            ip: source_ip(event),
+        },
+    };
+    match hook.on_connect(event, role).await {
+        Ok(None) => ok_response(),
+        Ok(Some(response)) => response,
+        Err(error) => {
+            // The detail stays in the logs; the client learns nothing internal.
+            tracing::error!(%error, "the $connect hook failed");
+            error_response(500, INTERNAL_ERROR, "Internal server error")
+        }
+    }
+}

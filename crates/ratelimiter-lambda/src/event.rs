@@ -1,0 +1,94 @@
+//! Reading what the handlers need from an API Gateway WebSocket event.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use ratelimiter::response::error_response;
+use serde_json::Value;
+
+/// The identifier used when an event carries no source IP, as the seed says.
+pub const UNKNOWN_IP: &str = "unknown";
+
+/// The code of a malformed event's response.
+pub const BAD_REQUEST: &str = "BAD_REQUEST";
+
+/// An event the handlers cannot use, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed WebSocket event: {0}")]
+pub struct BadEvent(pub String);
+
+impl BadEvent {
+    /// The 400 response in the seed's error format.
+    pub fn response(&self) -> ApiGatewayProxyResponse {
+        error_response(400, BAD_REQUEST, &self.0)
+    }
+}
+
+/// Deserializes a raw Lambda payload as a WebSocket event, or says what is wrong.
+pub fn parse(payload: Value) -> Result<ApiGatewayWebsocketProxyRequest, BadEvent> {
+    if !payload.is_object() {
+        return Err(BadEvent("the event is not a JSON object".to_owned()));
+    }
+    if payload.get("requestContext").is_none_or(Value::is_null) {
+        return Err(BadEvent("the event has no requestContext".to_owned()));
+    }
+    serde_json::from_value(payload).map_err(|e| {
+        BadEvent(format!(
+            "the event does not fit an API Gateway WebSocket event: {e}"
+        ))
+    })
+}
+
+/// The client's IP address: `requestContext.identity.sourceIp` only, never a
+/// client-controlled header such as `X-Forwarded-For`; `unknown` when absent.
+pub fn source_ip(event: &ApiGatewayWebsocketProxyRequest) -> &str {
+    event
+        .request_context
+        .identity
+        .source_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or(UNKNOWN_IP)
+}
+
+/// The user id the authorizer put in its context (`userId`), if any.
+///
+/// API Gateway passes the authorizer's context flat, with strings, numbers
+/// and booleans as they were; a numeric id is used in its decimal form.
+pub fn user_id(event: &ApiGatewayWebsocketProxyRequest) -> Option<String> {
+    match event.request_context.authorizer.fields.get("userId")? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The connection id, which every WebSocket event must carry.
+pub fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<&str, BadEvent> {
+    event
+        .request_context
+        .connection_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| BadEvent("the event has no requestContext.connectionId".to_owned()))
+}
+
+/// The message body as JSON (`{"action": "heartbeat"}` and whatever else it holds).
+pub fn body_json(event: &ApiGatewayWebsocketProxyRequest) -> Result<Value, BadEvent> {
+    let body = event
+        .body
+        .as_deref()
+        .ok_or_else(|| BadEvent("the message has no body".to_owned()))?;
+    serde_json::from_str(body).map_err(|e| BadEvent(format!("the message body is not JSON: {e}")))
+}
+
+/// The Management API endpoint of the event's API: `https://{domainName}/{stage}`.
+pub fn management_endpoint(event: &ApiGatewayWebsocketProxyRequest) -> Result<String, BadEvent> {
+    let context = &event.request_context;
+    match (context.domain_name.as_deref(), context.stage.as_deref()) {
+        (Some(domain), Some(stage)) if !domain.is_empty() && !stage.is_empty() => {
+            Ok(format!("https://{domain}/{stage}"))
+        }
+        _ => Err(BadEvent(
+            "the event has no requestContext.domainName and stage to answer through".to_owned(),
+        )),
+    }
+}

@@ -1,0 +1,28 @@
+//! Lambda handlers for an API Gateway WebSocket API, with the seed's rate
+//! limits, and a tower layer that adds rate limiting to any `lambda_runtime`
+//! service.
+//!
+//! - [`connect::ConnectHandler`]: `$connect`, with a pluggable [`connect::ConnectHook`];
+//! - [`heartbeat::HeartbeatHandler`]: the `heartbeat` route;
+//! - [`layer::RateLimitLayer`]: one limit around any handler;
+//! - [`management`]: `PostToConnection` through the Management API;
+//! - [`runtime`]: start-up (logging, configuration, clients) for the binaries.
+//!
+//! Handlers are plain async functions of a `LambdaEvent`, so they are tested
+//! by calling them; the `connect` and `heartbeat` binaries are thin mains.
+
+pub mod connect;
+pub mod event;
+pub mod heartbeat;
+pub mod layer;
+pub mod management;
+pub mod runtime;
+
+use aws_lambda_events::apigw::ApiGatewayProxyResponse;
+
+/// The 200 response that accepts a connection or a message.
+pub fn ok_response() -> ApiGatewayProxyResponse {
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = 200;
+    response
+}

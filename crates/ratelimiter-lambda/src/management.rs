@@ -1,0 +1,129 @@
+//! Sending messages to WebSocket connections through the API Gateway
+//! Management API (`PostToConnection`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use aws_sdk_apigatewaymanagement::Client;
+use aws_sdk_apigatewaymanagement::error::SdkError;
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+
+use crate::event::{BadEvent, management_endpoint};
+
+/// Replaces the endpoint built from the event's `domainName` and `stage`
+/// (for a local gateway, or a custom domain that does not serve `@connections`).
+pub const MANAGEMENT_ENDPOINT_VAR: &str = "RATE_LIMIT_MANAGEMENT_ENDPOINT";
+
+/// How long one `PostToConnection` may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a message did not reach a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection no longer exists (410 Gone).
+    Gone,
+    /// Anything else.
+    Failed(String),
+}
+
+/// Something that can post a message to a WebSocket connection.
+pub trait ConnectionSender: Send + Sync + 'static {
+    /// The Management API endpoint for the event's API.
+    fn endpoint(&self, event: &ApiGatewayWebsocketProxyRequest) -> Result<String, BadEvent> {
+        management_endpoint(event)
+    }
+
+    /// Posts `data` to `connection_id` through `endpoint`.
+    fn post(
+        &self,
+        endpoint: &str,
+        connection_id: &str,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+/// The real Management API, one SDK client per endpoint, made once.
+#[derive(Debug)]
+pub struct ManagementApi {
+    config: aws_config::SdkConfig,
+    endpoint_override: Option<String>,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl ManagementApi {
+    /// Loads the standard AWS configuration, with bounded calls; honours
+    /// [`MANAGEMENT_ENDPOINT_VAR`].
+    pub async fn from_env() -> Self {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(POST_TIMEOUT)
+                    .operation_timeout(POST_TIMEOUT)
+                    .build(),
+            )
+            .load()
+            .await;
+        let endpoint_override = std::env::var(MANAGEMENT_ENDPOINT_VAR)
+            .ok()
+            .filter(|s| !s.is_empty());
+        Self::new(config, endpoint_override)
+    }
+
+    /// A sender with `config`, posting to `endpoint_override` when given.
+    pub fn new(config: aws_config::SdkConfig, endpoint_override: Option<String>) -> Self {
+        Self {
+            config,
+            endpoint_override,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, endpoint: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.config)
+                    .endpoint_url(endpoint)
+                    .build();
+                Client::from_conf(config)
+            })
+            .clone()
+    }
+}
+
+impl ConnectionSender for ManagementApi {
+    fn endpoint(&self, event: &ApiGatewayWebsocketProxyRequest) -> Result<String, BadEvent> {
+        match &self.endpoint_override {
+            Some(endpoint) => Ok(endpoint.clone()),
+            None => management_endpoint(event),
+        }
+    }
+
+    async fn post(
+        &self,
+        endpoint: &str,
+        connection_id: &str,
+        data: Vec<u8>,
+    ) -> Result<(), SendError> {
+        let result = self
+            .client(endpoint)
+            .post_to_connection()
+            .connection_id(connection_id)
+            .data(Blob::new(data))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_gone_exception() => Err(SendError::Gone),
+            Err(e) => Err(SendError::Failed(
+                aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e).to_string(),
+            )),
+        }
+    }
+}

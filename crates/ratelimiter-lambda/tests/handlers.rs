@@ -1,0 +1,464 @@
+//! The handlers, called with realistic API Gateway WebSocket events.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::encodings::Body;
+use lambda_runtime::{Context, LambdaEvent};
+use ratelimiter::gcra::Quota;
+use ratelimiter::{FakeClock, Limits, MemoryStore, Operation, RateLimitService};
+use ratelimiter_lambda::connect::{ConnectHandler, ConnectHook, Role};
+use ratelimiter_lambda::heartbeat::HeartbeatHandler;
+use ratelimiter_lambda::layer::{RateLimitLayer, Subject};
+use ratelimiter_lambda::management::{ConnectionSender, SendError};
+use serde_json::{Value, json};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+type Limiter = Arc<RateLimitService<MemoryStore, FakeClock>>;
+
+fn limiter(limits: Limits) -> Limiter {
+    Arc::new(RateLimitService::with_clock(
+        MemoryStore::new(),
+        limits,
+        FakeClock::at_secs(1_700_000_000),
+    ))
+}
+
+/// A `$connect` event as API Gateway sends it, with the oddities real events
+/// have: `messageId: null`, an authorizer with numeric fields, `httpMethod`.
+fn connect_event(ip: Option<&str>, user: Option<Value>) -> Value {
+    let mut authorizer = json!({"principalId": "me", "integrationLatency": 12});
+    if let Some(user) = user {
+        authorizer["userId"] = user;
+    }
+    let mut identity = json!({"userAgent": "test", "sourceIp": ip});
+    if ip.is_none() {
+        identity.as_object_mut().unwrap().remove("sourceIp");
+    }
+    json!({
+        "headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com", "X-Forwarded-For": "6.6.6.6", "Sec-WebSocket-Version": "13"},
+        "multiValueHeaders": {"X-Forwarded-For": ["6.6.6.6"]},
+        "isBase64Encoded": false,
+        "httpMethod": "GET",
+        "requestContext": {
+            "routeKey": "$connect",
+            "eventType": "CONNECT",
+            "extendedRequestId": "abc=",
+            "requestTime": "09/Nov/2023:03:22:03 +0000",
+            "messageDirection": "IN",
+            "stage": "prod",
+            "connectedAt": 1_699_500_123_456i64,
+            "requestTimeEpoch": 1_699_500_123_456i64,
+            "identity": identity,
+            "requestId": "req-1",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "connectionId": "L0SM9cOFvHcCIhw=",
+            "apiId": "abc123",
+            "messageId": null,
+            "authorizer": authorizer
+        }
+    })
+}
+
+fn heartbeat_event(connection: &str, body: &str) -> Value {
+    json!({
+        "isBase64Encoded": false,
+        "body": body,
+        "requestContext": {
+            "routeKey": "heartbeat",
+            "messageId": "msg-1",
+            "eventType": "MESSAGE",
+            "extendedRequestId": "def=",
+            "requestTime": "09/Nov/2023:03:22:04 +0000",
+            "messageDirection": "IN",
+            "stage": "prod",
+            "connectedAt": 1_699_500_123_456i64,
+            "requestTimeEpoch": 1_699_500_124_000i64,
+            "identity": {"sourceIp": "203.0.113.1"},
+            "requestId": "req-2",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "connectionId": connection,
+            "apiId": "abc123"
+        }
+    })
+}
+
+fn invoke(payload: Value) -> LambdaEvent<Value> {
+    LambdaEvent::new(payload, Context::default())
+}
+
+fn body(response: &ApiGatewayProxyResponse) -> Value {
+    match &response.body {
+        Some(Body::Text(text)) => serde_json::from_str(text).unwrap(),
+        other => panic!("expected a JSON text body, got {other:?}"),
+    }
+}
+
+fn assert_rate_limited(response: &ApiGatewayProxyResponse, retry_after: u64) {
+    assert_eq!(response.status_code, 429, "{response:?}");
+    assert_eq!(
+        response.headers["retry-after"],
+        retry_after.to_string().as_str()
+    );
+    let body = body(response);
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(
+        body["message"],
+        format!("Rate limit exceeded. Retry after {retry_after} seconds.")
+    );
+    assert_eq!(body["details"]["retryAfter"], retry_after);
+    assert!(body["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+}
+
+#[tokio::test]
+async fn the_eleventh_listener_from_one_ip_is_refused() {
+    let handler = ConnectHandler::new(limiter(Limits::default()));
+    for i in 0..10 {
+        let response = handler
+            .handle(invoke(connect_event(Some("198.51.100.1"), None)))
+            .await
+            .unwrap();
+        assert_eq!(response.status_code, 200, "listener {}", i + 1);
+    }
+    let response = handler
+        .handle(invoke(connect_event(Some("198.51.100.1"), None)))
+        .await
+        .unwrap();
+    assert_rate_limited(&response, 6);
+    // Another IP is not affected.
+    let response = handler
+        .handle(invoke(connect_event(Some("198.51.100.2"), None)))
+        .await
+        .unwrap();
+    assert_eq!(response.status_code, 200);
+}
+
+#[tokio::test]
+async fn speakers_count_against_sessions_and_everyone_against_connection_attempts() {
+    let limits = Limits::default().with(
+        Operation::SessionCreate,
+        Quota::per_hour(NonZeroU32::new(2).unwrap()),
+    );
+    let handler = ConnectHandler::new(limiter(limits));
+    let speaker = || connect_event(Some("192.0.2.1"), Some(json!("user-1")));
+    assert_eq!(
+        handler.handle(invoke(speaker())).await.unwrap().status_code,
+        200
+    );
+    assert_eq!(
+        handler.handle(invoke(speaker())).await.unwrap().status_code,
+        200
+    );
+    assert_rate_limited(&handler.handle(invoke(speaker())).await.unwrap(), 1800);
+    // Sessions are per user, whatever the IP.
+    let elsewhere = connect_event(Some("192.0.2.99"), Some(json!("user-1")));
+    assert_rate_limited(&handler.handle(invoke(elsewhere)).await.unwrap(), 1800);
+    // A numeric user id from the authorizer counts as that user.
+    let numeric = || connect_event(Some("192.0.2.50"), Some(json!(42)));
+    assert_eq!(
+        handler.handle(invoke(numeric())).await.unwrap().status_code,
+        200
+    );
+    assert_eq!(
+        handler.handle(invoke(numeric())).await.unwrap().status_code,
+        200
+    );
+    assert_eq!(
+        handler.handle(invoke(numeric())).await.unwrap().status_code,
+        429
+    );
+
+    // Connection attempts: the 21st from one IP is refused, even by new speakers.
+    let handler = ConnectHandler::new(limiter(Limits::default()));
+    for i in 0..20 {
+        let event = connect_event(Some("203.0.113.5"), Some(json!(format!("speaker-{i}"))));
+        assert_eq!(
+            handler.handle(invoke(event)).await.unwrap().status_code,
+            200
+        );
+    }
+    let event = connect_event(Some("203.0.113.5"), Some(json!("speaker-new")));
+    assert_rate_limited(&handler.handle(invoke(event)).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn the_source_ip_comes_from_the_request_context_only() {
+    let handler = ConnectHandler::new(limiter(Limits::default()));
+    // Different X-Forwarded-For headers do not make different clients.
+    for i in 0..10 {
+        let mut event = connect_event(Some("198.51.100.7"), None);
+        event["headers"]["X-Forwarded-For"] = json!(format!("10.0.0.{i}"));
+        assert_eq!(
+            handler.handle(invoke(event)).await.unwrap().status_code,
+            200
+        );
+    }
+    assert_eq!(
+        handler
+            .handle(invoke(connect_event(Some("198.51.100.7"), None)))
+            .await
+            .unwrap()
+            .status_code,
+        429
+    );
+    // No source IP at all: counted as "unknown".
+    for _ in 0..10 {
+        assert_eq!(
+            handler
+                .handle(invoke(connect_event(None, None)))
+                .await
+                .unwrap()
+                .status_code,
+            200
+        );
+    }
+    assert_eq!(
+        handler
+            .handle(invoke(connect_event(None, None)))
+            .await
+            .unwrap()
+            .status_code,
+        429
+    );
+    let status = handler
+        .limiter()
+        .get_rate_limit_status(
+            Operation::ListenerJoin,
+            ratelimiter::IdentifierKind::Ip,
+            "unknown",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.count, 10);
+}
+
+struct Gatekeeper {
+    calls: Arc<AtomicU32>,
+}
+
+impl ConnectHook for Gatekeeper {
+    async fn on_connect(
+        &self,
+        _: &ApiGatewayWebsocketProxyRequest,
+        role: Role<'_>,
+    ) -> Result<Option<ApiGatewayProxyResponse>, lambda_runtime::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match role {
+            Role::Speaker { user_id: "banned" } => Ok(Some(ratelimiter::response::error_response(
+                403,
+                "FORBIDDEN",
+                "No.",
+            ))),
+            Role::Speaker { user_id: "broken" } => Err("database password is hunter2".into()),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_hook_runs_after_the_limits_and_its_errors_do_not_leak() {
+    let hook = Gatekeeper {
+        calls: Arc::default(),
+    };
+    let handler = ConnectHandler::new(limiter(Limits::default())).with_hook(hook);
+    let banned = handler
+        .handle(invoke(connect_event(
+            Some("192.0.2.1"),
+            Some(json!("banned")),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(banned.status_code, 403);
+    let broken = handler
+        .handle(invoke(connect_event(
+            Some("192.0.2.1"),
+            Some(json!("broken")),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(broken.status_code, 500);
+    let body = body(&broken);
+    assert_eq!(body["code"], "INTERNAL_ERROR");
+    assert_eq!(body["message"], "Internal server error");
+    assert!(!format!("{broken:?}").contains("hunter2"));
+    // A refused connection never reaches the hook.
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = ConnectHandler::new(limiter(Limits::default())).with_hook(Gatekeeper {
+        calls: calls.clone(),
+    });
+    for _ in 0..11 {
+        handler
+            .handle(invoke(connect_event(Some("192.0.2.2"), None)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn malformed_connect_events_get_a_clear_400() {
+    let handler = ConnectHandler::new(limiter(Limits::default()));
+    for (payload, expected) in [
+        (json!({"headers": {}}), "no requestContext"),
+        (json!([1, 2]), "not a JSON object"),
+        (
+            json!({"requestContext": {"routeKey": "$connect"}}),
+            "connectedAt",
+        ),
+    ] {
+        let response = handler.handle(invoke(payload)).await.unwrap();
+        assert_eq!(response.status_code, 400);
+        let body = body(&response);
+        assert_eq!(body["code"], "BAD_REQUEST");
+        assert!(
+            body["message"].as_str().unwrap().contains(expected),
+            "{body}"
+        );
+    }
+}
+
+/// Records what the handler posts, as the Management API would receive it.
+#[derive(Default)]
+struct Recorder {
+    posts: Mutex<Vec<(String, String, Value)>>,
+    answer: Mutex<Option<SendError>>,
+}
+
+impl ConnectionSender for Recorder {
+    async fn post(
+        &self,
+        endpoint: &str,
+        connection_id: &str,
+        data: Vec<u8>,
+    ) -> Result<(), SendError> {
+        let value = serde_json::from_slice(&data).unwrap();
+        self.posts
+            .lock()
+            .unwrap()
+            .push((endpoint.to_owned(), connection_id.to_owned(), value));
+        match self.answer.lock().unwrap().clone() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_are_acked_then_limited_with_the_error_on_the_connection() {
+    let sender = Arc::new(Recorder::default());
+    let handler = HeartbeatHandler::new(limiter(Limits::default()), sender.clone());
+    let beat = || invoke(heartbeat_event("conn-1", r#"{"action":"heartbeat"}"#));
+    for _ in 0..2 {
+        assert_eq!(handler.handle(beat()).await.unwrap().status_code, 200);
+    }
+    let limited = handler.handle(beat()).await.unwrap();
+    assert_rate_limited(&limited, 30);
+    let posts = sender.posts.lock().unwrap().clone();
+    assert_eq!(posts.len(), 3);
+    for (endpoint, connection, _) in &posts {
+        assert_eq!(
+            endpoint,
+            "https://abc123.execute-api.us-east-1.amazonaws.com/prod"
+        );
+        assert_eq!(connection, "conn-1");
+    }
+    assert_eq!(posts[0].2["type"], "heartbeat_ack");
+    assert!(posts[0].2["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+    assert_eq!(
+        posts[2].2,
+        body(&limited),
+        "the client gets the same error body"
+    );
+}
+
+#[tokio::test]
+async fn a_gone_connection_is_not_an_error_but_a_failed_post_is() {
+    let sender = Arc::new(Recorder::default());
+    *sender.answer.lock().unwrap() = Some(SendError::Gone);
+    let handler = HeartbeatHandler::new(limiter(Limits::default()), sender.clone());
+    let beat = || invoke(heartbeat_event("conn-2", r#"{"action":"heartbeat"}"#));
+    assert_eq!(handler.handle(beat()).await.unwrap().status_code, 200);
+    *sender.answer.lock().unwrap() = Some(SendError::Failed("boom".into()));
+    let response = handler.handle(beat()).await.unwrap();
+    assert_eq!(response.status_code, 500);
+    assert_eq!(body(&response)["code"], "INTERNAL_ERROR");
+}
+
+#[tokio::test]
+async fn malformed_heartbeats_get_a_clear_400() {
+    let sender = Arc::new(Recorder::default());
+    let handler = HeartbeatHandler::new(limiter(Limits::default()), sender.clone());
+    let mut no_connection = heartbeat_event("x", r#"{"action":"heartbeat"}"#);
+    no_connection["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("connectionId");
+    let mut no_domain = heartbeat_event("x", r#"{"action":"heartbeat"}"#);
+    no_domain["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("domainName");
+    for (payload, expected) in [
+        (heartbeat_event("x", "heartbeat please"), "not JSON"),
+        (no_connection, "connectionId"),
+        (no_domain, "domainName"),
+        (json!("hello"), "not a JSON object"),
+    ] {
+        let response = handler.handle(invoke(payload)).await.unwrap();
+        assert_eq!(response.status_code, 400);
+        assert!(
+            body(&response)["message"]
+                .as_str()
+                .unwrap()
+                .contains(expected),
+            "{:?}",
+            response.body
+        );
+    }
+    assert!(
+        sender.posts.lock().unwrap().is_empty(),
+        "nothing is sent for a malformed event"
+    );
+}
+
+#[tokio::test]
+async fn the_layer_limits_any_handler_without_calling_it_when_denied() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let limiter = limiter(Limits::default().with(
+        Operation::ListenerJoin,
+        Quota::per_minute(NonZeroU32::new(3).unwrap()),
+    ));
+    let service = ServiceBuilder::new()
+        .layer(RateLimitLayer::new(
+            limiter,
+            |event: &LambdaEvent<Value>| {
+                event.payload["ip"]
+                    .as_str()
+                    .map(|ip| Subject::ip(Operation::ListenerJoin, ip))
+            },
+        ))
+        .service(service_fn(move |_event: LambdaEvent<Value>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, lambda_runtime::Error>(ratelimiter_lambda::ok_response()) }
+        }));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = service
+            .clone()
+            .oneshot(invoke(json!({"ip": "192.0.2.8"})))
+            .await
+            .unwrap();
+        statuses.push(response.status_code);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Requests the classifier skips are not counted.
+    for _ in 0..5 {
+        let response = service.clone().oneshot(invoke(json!({}))).await.unwrap();
+        assert_eq!(response.status_code, 200);
+    }
+}

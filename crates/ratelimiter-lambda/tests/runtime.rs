@@ -1,0 +1,282 @@
+//! The `connect` and `heartbeat` binaries under a stand-in for the Lambda
+//! Runtime API, with their table in dynoxide and their `PostToConnection`
+//! calls answered by the stand-in: one allowed and one limited invocation each.
+
+use std::collections::VecDeque;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::routing::{get, post};
+use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+/// What the stand-in hands out and what it receives.
+#[derive(Clone)]
+struct RuntimeApi {
+    queue: Arc<Mutex<VecDeque<(String, Value)>>>,
+    queued: Arc<Notify>,
+    results: mpsc::UnboundedSender<(String, String, Value)>,
+}
+
+async fn next(State(api): State<RuntimeApi>) -> (HeaderMap, String) {
+    loop {
+        let notified = api.queued.notified();
+        if let Some((id, event)) = api.queue.lock().unwrap().pop_front() {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "lambda-runtime-aws-request-id",
+                HeaderValue::from_str(&id).unwrap(),
+            );
+            headers.insert(
+                "lambda-runtime-deadline-ms",
+                HeaderValue::from_static("4102444800000"),
+            );
+            headers.insert(
+                "lambda-runtime-invoked-function-arn",
+                HeaderValue::from_static("arn:aws:lambda:us-east-1:123456789012:function:test"),
+            );
+            return (headers, event.to_string());
+        }
+        notified.await;
+    }
+}
+
+async fn result(
+    State(api): State<RuntimeApi>,
+    Path((id, kind)): Path<(String, String)>,
+    body: Bytes,
+) -> StatusCode {
+    let value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+    api.results.send((id, kind, value)).unwrap();
+    StatusCode::ACCEPTED
+}
+
+async fn init_error(State(api): State<RuntimeApi>, body: Bytes) -> StatusCode {
+    api.results
+        .send((
+            "init".into(),
+            "error".into(),
+            Value::String(String::from_utf8_lossy(&body).into()),
+        ))
+        .unwrap();
+    StatusCode::ACCEPTED
+}
+
+/// The Management API's `PostToConnection`, as the heartbeat binary calls it.
+async fn post_to_connection(
+    State(api): State<RuntimeApi>,
+    Path((_stage, connection)): Path<(String, String)>,
+    body: Bytes,
+) -> StatusCode {
+    let value = serde_json::from_slice(&body).unwrap();
+    api.results
+        .send((connection, "posted".into(), value))
+        .unwrap();
+    StatusCode::OK
+}
+
+struct Harness {
+    api: RuntimeApi,
+    results: mpsc::UnboundedReceiver<(String, String, Value)>,
+    address: String,
+    dynamodb: String,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let (sender, results) = mpsc::unbounded_channel();
+        let api = RuntimeApi {
+            queue: Arc::default(),
+            queued: Arc::default(),
+            results: sender,
+        };
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(result))
+            .route("/2018-06-01/runtime/init/error", post(init_error))
+            .route(
+                "/{stage}/@connections/{connection}",
+                post(post_to_connection),
+            )
+            .with_state(api.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let table = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dynamodb = format!("http://{}", table.local_addr().unwrap());
+        tokio::spawn(dynoxide::server::serve_on(
+            table,
+            dynoxide::Database::memory().unwrap(),
+        ));
+        let store = DynamoDbStore::new(
+            client(&ClientOptions::local(&dynamodb, Duration::from_secs(5))).await,
+            "RateLimits",
+        );
+        store.create_table().await.unwrap();
+        Self {
+            api,
+            results,
+            address,
+            dynamodb,
+        }
+    }
+
+    fn spawn(&self, binary: &str) -> Child {
+        let mut command = Command::new(binary);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("AWS_LAMBDA_RUNTIME_API", &self.address)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "test")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "stream")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "group")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL_DYNAMODB", &self.dynamodb)
+            .env("RATE_LIMIT_TIMEOUT_MS", "5000")
+            .env("RATE_LIMIT_LISTENER_JOINS_PER_MIN", "1")
+            .env(
+                "RATE_LIMIT_MANAGEMENT_ENDPOINT",
+                format!("http://{}/prod", self.address),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary starts")
+    }
+
+    fn invoke(&self, id: &str, event: Value) {
+        self.api
+            .queue
+            .lock()
+            .unwrap()
+            .push_back((id.to_owned(), event));
+        self.api.queued.notify_waiters();
+    }
+
+    async fn receive(&mut self) -> (String, String, Value) {
+        tokio::time::timeout(Duration::from_secs(30), self.results.recv())
+            .await
+            .expect("the binary answers within 30 s")
+            .unwrap()
+    }
+}
+
+fn event(route: &str, body: Option<&str>) -> Value {
+    json!({
+        "body": body,
+        "isBase64Encoded": false,
+        "requestContext": {
+            "routeKey": route,
+            "eventType": if route == "$connect" { "CONNECT" } else { "MESSAGE" },
+            "stage": "prod",
+            "connectedAt": 1_699_500_123_456i64,
+            "requestTimeEpoch": 1_699_500_123_456i64,
+            "identity": {"sourceIp": "203.0.113.10"},
+            "requestId": "r",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "connectionId": "conn-1",
+            "apiId": "abc123",
+            "messageId": null
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_binary_allows_then_limits() {
+    let mut harness = Harness::start().await;
+    let mut child = harness.spawn(env!("CARGO_BIN_EXE_connect"));
+    harness.invoke("a", event("$connect", None));
+    let (id, kind, response) = harness.receive().await;
+    assert_eq!(
+        (id.as_str(), kind.as_str()),
+        ("a", "response"),
+        "{response}"
+    );
+    assert_eq!(response["statusCode"], 200, "{response}");
+    harness.invoke("b", event("$connect", None));
+    let (id, kind, response) = harness.receive().await;
+    assert_eq!(
+        (id.as_str(), kind.as_str()),
+        ("b", "response"),
+        "{response}"
+    );
+    assert_eq!(response["statusCode"], 429, "{response}");
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(body["details"]["retryAfter"], 60);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_binary_acks_then_limits() {
+    let mut harness = Harness::start().await;
+    let mut child = harness.spawn(env!("CARGO_BIN_EXE_heartbeat"));
+    let mut acks = 0;
+    for (i, expected) in [200, 200, 429].into_iter().enumerate() {
+        harness.invoke(
+            &i.to_string(),
+            event("heartbeat", Some(r#"{"action":"heartbeat"}"#)),
+        );
+        // First the message to the connection, then the response.
+        let (connection, kind, posted) = harness.receive().await;
+        assert_eq!(
+            (connection.as_str(), kind.as_str()),
+            ("conn-1", "posted"),
+            "{posted}"
+        );
+        let (id, kind, response) = harness.receive().await;
+        assert_eq!((id, kind.as_str()), (i.to_string(), "response"));
+        assert_eq!(response["statusCode"], expected, "{response}");
+        if expected == 200 {
+            assert_eq!(posted["type"], "heartbeat_ack");
+            acks += 1;
+        } else {
+            assert_eq!(posted["code"], "RATE_LIMIT_EXCEEDED");
+            assert_eq!(posted["details"]["retryAfter"], 30);
+        }
+    }
+    assert_eq!(acks, 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_bad_configuration_stops_the_container_at_start_up() {
+    // The binary must fail before it asks the Runtime API for an event, so
+    // no Runtime API is needed: the address is never contacted.
+    let output = Command::new(env!("CARGO_BIN_EXE_connect"))
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .env("RATE_LIMIT_HEARTBEATS_PER_MIN", "lots")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("RATE_LIMIT_HEARTBEATS_PER_MIN must be a positive integer"),
+        "{printed}"
+    );
+    assert!(printed.contains("\"lots\""), "{printed}");
+}
