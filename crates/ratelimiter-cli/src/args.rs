@@ -82,6 +82,33 @@ pub enum Command {
     },
     /// Create the table (on-demand, TTL enabled) and wait until it is active; nothing happens if it exists.
     CreateTable,
+    /// Run a local API Gateway WebSocket API with the real handlers: connect to ws://ADDRESS/local.
+    ///
+    /// `$connect` on upgrade (source IP: the TCP peer; `?userId=` stands in for
+    /// an authorizer, for development only), messages routed on their `action`,
+    /// the Management API on POST /local/@connections/ID.
+    Serve {
+        /// The address to listen on (port 0 picks a free port; the first line on stdout says which).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run one handler on one event and print its response as JSON, like `sam local invoke`.
+    Invoke {
+        /// The handler.
+        #[arg(value_enum)]
+        handler: HandlerKind,
+        /// A file holding the event as JSON, or `-` for standard input.
+        event: PathBuf,
+    },
+}
+
+/// The Lambda handlers `invoke` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HandlerKind {
+    /// The `$connect` handler.
+    Connect,
+    /// The `heartbeat` handler.
+    Heartbeat,
 }
 
 /// One key: an operation and an identifier.

@@ -7,6 +7,7 @@
 //! `create-table`).
 
 pub mod args;
+pub mod gateway;
 pub mod stores;
 
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::args::{Cli, Command, StoreKind, Target, operation_name};
+use crate::args::{Cli, Command, HandlerKind, StoreKind, Target, operation_name};
 use crate::stores::{AnyStore, open_store};
 
 /// Why a command failed, and so its exit status.
@@ -40,13 +41,18 @@ impl From<ratelimiter::ConfigError> for CliError {
 /// Runs the command line of this process.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Our warnings only: the embedded server logs every failed condition,
-    // which is how the limiter works, not something to report.
+    // Our logs only: the embedded server logs every failed condition, which
+    // is how the limiter works, not something to report. The gateway logs
+    // each connection and decision; other commands only warnings.
+    let level = match cli.command {
+        Command::Serve { .. } => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
         .finish()
-        .with(Targets::new().with_target("ratelimiter", tracing::Level::WARN))
+        .with(Targets::new().with_target("ratelimiter", level))
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -113,7 +119,55 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     .to_owned(),
             )),
         },
+        Command::Serve { listen } => {
+            gateway::serve(service, listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke { handler, event } => invoke(service, handler, &event).await,
     }
+}
+
+/// Runs one handler on the event in `path` (or standard input) and prints its response.
+async fn invoke(
+    service: RateLimitService<AnyStore>,
+    handler: HandlerKind,
+    path: &std::path::Path,
+) -> Result<ExitCode, CliError> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| {
+            CliError::Usage(format!("cannot read the event from standard input: {e}"))
+        })?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot read the event file {}: {e}",
+                path.display()
+            ))
+        })?
+    };
+    let payload: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        CliError::Usage(format!("the event in {} is not JSON: {e}", path.display()))
+    })?;
+    let event = lambda_runtime::LambdaEvent::new(payload, lambda_runtime::Context::default());
+    let limiter = std::sync::Arc::new(service);
+    let response = match handler {
+        HandlerKind::Connect => {
+            ratelimiter_lambda::connect::ConnectHandler::new(limiter)
+                .handle(event)
+                .await
+        }
+        HandlerKind::Heartbeat => {
+            let sender = std::sync::Arc::new(
+                ratelimiter_lambda::management::ManagementApi::from_env().await,
+            );
+            ratelimiter_lambda::heartbeat::HeartbeatHandler::new(limiter, sender)
+                .handle(event)
+                .await
+        }
+    }
+    .map_err(|e| CliError::Store(format!("the handler failed: {e}")))?;
+    print(&serde_json::to_value(&response).expect("a proxy response serializes"));
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn check(

@@ -371,3 +371,49 @@ fn the_dynamodb_store_talks_to_an_endpoint() {
     );
     drop(runtime);
 }
+
+#[test]
+fn invoke_runs_a_handler_on_an_event_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = serde_json::json!({
+        "requestContext": {
+            "routeKey": "$connect", "eventType": "CONNECT", "stage": "prod",
+            "connectedAt": 1_699_500_123_456i64, "requestTimeEpoch": 1_699_500_123_456i64,
+            "identity": {"sourceIp": "203.0.113.9"}, "connectionId": "abc=",
+            "domainName": "example.execute-api.us-east-1.amazonaws.com", "messageId": null
+        }
+    });
+    std::fs::write(dir.path().join("connect.json"), event.to_string()).unwrap();
+    let invoke = || {
+        run(ratelimit(dir.path())
+            .env("RATE_LIMIT_LISTENER_JOINS_PER_MIN", "1")
+            .args(["invoke", "connect", "connect.json"]))
+    };
+    let first = invoke();
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert_eq!(json(&first)["statusCode"], 200);
+    let second = invoke();
+    let response = json(&second);
+    assert_eq!(response["statusCode"], 429);
+    assert_eq!(response["headers"]["retry-after"], "60");
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["details"]["retryAfter"], 60);
+
+    // From standard input, a malformed event gets the handler's 400.
+    let mut child = ratelimit(dir.path())
+        .args(["invoke", "connect", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"{\"headers\": {}}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(json(&output)["statusCode"], 400);
+
+    // A file that is not JSON is a usage error.
+    std::fs::write(dir.path().join("bad.json"), "not json").unwrap();
+    let output = run(ratelimit(dir.path()).args(["invoke", "heartbeat", "bad.json"]));
+    assert_eq!(code(&output), 2);
+    assert!(stderr(&output).contains("not JSON"), "{}", stderr(&output));
+}

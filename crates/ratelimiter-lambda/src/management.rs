@@ -50,7 +50,7 @@ pub trait ConnectionSender: Send + Sync + 'static {
 /// The real Management API, one SDK client per endpoint, made once.
 #[derive(Debug)]
 pub struct ManagementApi {
-    config: aws_config::SdkConfig,
+    config: aws_sdk_apigatewaymanagement::Config,
     endpoint_override: Option<String>,
     clients: Mutex<HashMap<String, Client>>,
 }
@@ -71,11 +71,26 @@ impl ManagementApi {
         let endpoint_override = std::env::var(MANAGEMENT_ENDPOINT_VAR)
             .ok()
             .filter(|s| !s.is_empty());
-        Self::new(config, endpoint_override)
+        Self::new((&config).into(), endpoint_override)
+    }
+
+    /// A sender for a local stand-in of API Gateway at `endpoint` (such as
+    /// `ratelimit serve`), which checks no credentials.
+    pub fn local(endpoint: impl Into<String>) -> Self {
+        use aws_sdk_apigatewaymanagement::config::{Credentials, Region};
+        let config = aws_sdk_apigatewaymanagement::Config::builder()
+            .behavior_version_latest()
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("local", "local", None, None, "local"))
+            .build();
+        Self::new(config, Some(endpoint.into()))
     }
 
     /// A sender with `config`, posting to `endpoint_override` when given.
-    pub fn new(config: aws_config::SdkConfig, endpoint_override: Option<String>) -> Self {
+    pub fn new(
+        config: aws_sdk_apigatewaymanagement::Config,
+        endpoint_override: Option<String>,
+    ) -> Self {
         Self {
             config,
             endpoint_override,
@@ -88,9 +103,7 @@ impl ManagementApi {
         clients
             .entry(endpoint.to_owned())
             .or_insert_with(|| {
-                let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.config)
-                    .endpoint_url(endpoint)
-                    .build();
+                let config = self.config.to_builder().endpoint_url(endpoint).build();
                 Client::from_conf(config)
             })
             .clone()

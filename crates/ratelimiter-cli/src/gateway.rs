@@ -1,0 +1,390 @@
+//! `ratelimit serve`: a local stand-in for an API Gateway WebSocket API that
+//! runs the real Lambda handlers in process.
+//!
+//! - A WebSocket upgrade on `/{stage}` (or `/`, stage `local`) becomes a
+//!   `$connect` event, as API Gateway would send it: the source IP is the TCP
+//!   peer's address, and, standing in for an authorizer, a `userId` query
+//!   parameter goes into the authorizer context. **Development only**: any
+//!   client can claim any user id here.
+//! - A refused `$connect` is answered with the handler's status, headers and
+//!   body instead of the upgrade.
+//! - Text messages are routed on `$request.body.action`; `heartbeat` goes to
+//!   the heartbeat handler. Other actions get API Gateway's "Forbidden" message.
+//! - `POST /{stage}/@connections/{connectionId}` is the Management API: the
+//!   handlers' unchanged `PostToConnection` calls reach the client; an
+//!   unknown connection gets 410. `DELETE` closes the connection.
+//! - A closed socket is a `$disconnect`, logged.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_lambda_events::apigw::ApiGatewayProxyResponse;
+use aws_lambda_events::encodings::Body as EventBody;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use lambda_runtime::{Context, LambdaEvent};
+use ratelimiter::RateLimitService;
+use ratelimiter::response::now_ms;
+use ratelimiter_lambda::connect::ConnectHandler;
+use ratelimiter_lambda::event;
+use ratelimiter_lambda::heartbeat::HeartbeatHandler;
+use ratelimiter_lambda::management::ManagementApi;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::CliError;
+use crate::stores::AnyStore;
+
+/// The stage of a connection made on `/`.
+pub const DEFAULT_STAGE: &str = "local";
+
+/// What a connection's socket is told to do.
+enum Outgoing {
+    Text(String),
+    Close,
+}
+
+/// What API Gateway knows about a connection.
+#[derive(Clone, Debug)]
+struct Connection {
+    id: String,
+    stage: String,
+    source_ip: String,
+    connected_at: u64,
+}
+
+struct Gateway {
+    connect: ConnectHandler<AnyStore>,
+    heartbeat: HeartbeatHandler<AnyStore, ManagementApi>,
+    domain: String,
+    connections: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
+    ids: AtomicU64,
+    random: std::collections::hash_map::RandomState,
+}
+
+/// Serves the gateway on `listen` until the process is stopped.
+pub async fn serve(
+    limiter: RateLimitService<AnyStore>,
+    listen: SocketAddr,
+) -> Result<(), CliError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("--listen {listen}: {e}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CliError::Store(e.to_string()))?;
+    let limiter = Arc::new(limiter);
+    // The handlers post to this very server, unchanged, through the SDK.
+    let management = ManagementApi::local(format!("http://{address}/{DEFAULT_STAGE}"));
+    let gateway = Arc::new(Gateway {
+        connect: ConnectHandler::new(limiter.clone()),
+        heartbeat: HeartbeatHandler::new(limiter, Arc::new(management)),
+        domain: address.to_string(),
+        connections: Mutex::default(),
+        ids: AtomicU64::new(0),
+        random: Default::default(),
+    });
+    let app = Router::new()
+        .route("/", get(upgrade_default))
+        .route("/{stage}", get(upgrade))
+        .route(
+            "/{stage}/@connections/{id}",
+            post(post_to_connection).delete(delete_connection),
+        )
+        .with_state(gateway);
+    // The first line on stdout says where to connect; tests read it.
+    println!("ws://{address}/{DEFAULT_STAGE}");
+    tracing::info!(
+        "local API Gateway WebSocket API on ws://{address}/{DEFAULT_STAGE} (Management API: http://{address}/{DEFAULT_STAGE}/@connections/ID); \
+         ?userId= stands in for an authorizer: development only"
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .map_err(|e| CliError::Store(format!("the gateway stopped: {e}")))
+}
+
+async fn upgrade_default(
+    state: State<Arc<Gateway>>,
+    peer: ConnectInfo<SocketAddr>,
+    query: Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    upgrade(
+        state,
+        Path(DEFAULT_STAGE.to_owned()),
+        peer,
+        query,
+        headers,
+        ws,
+    )
+    .await
+}
+
+async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    Path(stage): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let connection = Connection {
+        id: gateway.new_connection_id(),
+        stage,
+        source_ip: peer.ip().to_string(),
+        connected_at: now_ms(),
+    };
+    let user = query.get("userId").filter(|u| !u.is_empty()).cloned();
+    let payload = gateway.event(
+        &connection,
+        "$connect",
+        "CONNECT",
+        None,
+        &headers,
+        user.as_deref(),
+        &query,
+    );
+    let response = match gateway
+        .connect
+        .handle(LambdaEvent::new(payload, Context::default()))
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "the $connect handler failed");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let role = if user.is_some() {
+        "speaker"
+    } else {
+        "listener"
+    };
+    if response.status_code != 200 {
+        tracing::info!(
+            "refused  {} from {} ({role}): {} {}",
+            connection.id,
+            connection.source_ip,
+            response.status_code,
+            body_text(&response)
+        );
+        return proxy_response(response);
+    }
+    tracing::info!(
+        "connected {} from {} ({role})",
+        connection.id,
+        connection.source_ip
+    );
+    ws.on_upgrade(move |socket| gateway.run(socket, connection))
+}
+
+impl Gateway {
+    fn new_connection_id(&self) -> String {
+        // API Gateway's ids are opaque, unique strings; so are these.
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}=", self.random.hash_one(n))
+    }
+
+    /// An event as API Gateway would send it for `connection`.
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        connection: &Connection,
+        route: &str,
+        event_type: &str,
+        body: Option<&str>,
+        headers: &HeaderMap,
+        user: Option<&str>,
+        query: &HashMap<String, String>,
+    ) -> Value {
+        let mut authorizer = json!({});
+        if let Some(user) = user {
+            authorizer = json!({"principalId": user, "userId": user});
+        }
+        let header_map: serde_json::Map<String, Value> = headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), json!(value.to_str().ok()?))))
+            .collect();
+        let now = now_ms();
+        let mut event = json!({
+            "requestContext": {
+                "routeKey": route,
+                "eventType": event_type,
+                "messageDirection": "IN",
+                "stage": connection.stage,
+                "connectedAt": connection.connected_at,
+                "requestTimeEpoch": now,
+                "identity": {"sourceIp": connection.source_ip},
+                "requestId": format!("{:x}", self.random.hash_one(now)),
+                "domainName": self.domain,
+                "connectionId": connection.id,
+                "apiId": "local",
+                "authorizer": authorizer,
+                "messageId": if route.starts_with('$') { Value::Null } else { json!(format!("{now:x}")) },
+            },
+            "isBase64Encoded": false,
+        });
+        if route == "$connect" {
+            event["headers"] = Value::Object(header_map);
+            if !query.is_empty() {
+                event["queryStringParameters"] = json!(query);
+            }
+        }
+        if let Some(body) = body {
+            event["body"] = json!(body);
+        }
+        event
+    }
+
+    /// Relays a connection's messages until it closes.
+    async fn run(self: Arc<Self>, mut socket: WebSocket, connection: Connection) {
+        let (sender, mut outgoing) = mpsc::unbounded_channel();
+        self.lock().insert(connection.id.clone(), sender);
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Text(text))) => self.route(&connection, text.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => self.route(&connection, "").await,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+                message = outgoing.recv() => match message {
+                    Some(Outgoing::Text(text)) => {
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outgoing::Close) | None => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        break;
+                    }
+                },
+            }
+        }
+        self.lock().remove(&connection.id);
+        tracing::info!("disconnected {} ($disconnect)", connection.id);
+    }
+
+    /// Routes one message on `$request.body.action`.
+    async fn route(&self, connection: &Connection, body: &str) {
+        let action = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("action")?.as_str().map(str::to_owned));
+        match action.as_deref() {
+            Some("heartbeat") => {
+                let payload = self.event(
+                    connection,
+                    "heartbeat",
+                    "MESSAGE",
+                    Some(body),
+                    &HeaderMap::new(),
+                    None,
+                    &HashMap::new(),
+                );
+                match event::parse(payload) {
+                    Ok(request) => {
+                        let response = self.heartbeat.handle_event(&request).await;
+                        tracing::info!("heartbeat {} -> {}", connection.id, response.status_code);
+                    }
+                    Err(bad) => tracing::error!(%bad, "the gateway built a bad event"),
+                }
+            }
+            other => {
+                tracing::info!(
+                    "message  {} with no route (action {other:?})",
+                    connection.id
+                );
+                // What API Gateway answers when no route matches and there is no $default.
+                let answer = json!({"message": "Forbidden", "connectionId": connection.id, "requestId": format!("{:x}", now_ms())});
+                self.send(&connection.id, Outgoing::Text(answer.to_string()));
+            }
+        }
+    }
+
+    fn send(&self, id: &str, message: Outgoing) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|sender| sender.send(message).is_ok())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Outgoing>>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `PostToConnection`.
+async fn post_to_connection(
+    State(gateway): State<Arc<Gateway>>,
+    Path((_stage, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if gateway.send(&id, Outgoing::Text(text)) {
+        StatusCode::OK.into_response()
+    } else {
+        gone()
+    }
+}
+
+/// `DeleteConnection`.
+async fn delete_connection(
+    State(gateway): State<Arc<Gateway>>,
+    Path((_stage, id)): Path<(String, String)>,
+) -> Response {
+    if gateway.send(&id, Outgoing::Close) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        gone()
+    }
+}
+
+fn gone() -> Response {
+    (
+        StatusCode::GONE,
+        [("x-amzn-errortype", "GoneException")],
+        r#"{"message":null}"#,
+    )
+        .into_response()
+}
+
+fn body_text(response: &ApiGatewayProxyResponse) -> &str {
+    match &response.body {
+        Some(EventBody::Text(text)) => text,
+        _ => "",
+    }
+}
+
+/// A handler's proxy response as an HTTP response.
+fn proxy_response(response: ApiGatewayProxyResponse) -> Response {
+    let status = u16::try_from(response.status_code)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match response.body {
+        Some(EventBody::Text(text)) => Body::from(text),
+        Some(EventBody::Binary(bytes)) => Body::from(bytes),
+        _ => Body::empty(),
+    };
+    let mut http = Response::new(body);
+    *http.status_mut() = status;
+    for (name, value) in &response.headers {
+        http.headers_mut().insert(name.clone(), value.clone());
+    }
+    http
+}

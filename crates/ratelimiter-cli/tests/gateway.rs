@@ -1,0 +1,210 @@
+//! End to end: real WebSocket clients against `ratelimit serve` on port 0,
+//! with the embedded store, running the real handlers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A running `ratelimit serve`, stopped on drop.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ratelimit"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // The console log is for people; set RATELIMIT_TEST_LOGS to see it.
+            .stderr(if std::env::var_os("RATELIMIT_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("ratelimit serve starts");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let address = first
+            .trim()
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.strip_suffix("/local"))
+            .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// Connects from `source_ip` (any 127.x.y.z address), as `user` if given.
+    async fn connect(
+        &self,
+        source_ip: &str,
+        user: Option<&str>,
+    ) -> Result<Socket, (u16, Option<String>, Value)> {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{source_ip}:0").parse().unwrap())
+            .unwrap();
+        let stream = socket.connect(self.address).await.unwrap();
+        let url = match user {
+            Some(user) => format!("ws://{}/local?userId={user}", self.address),
+            None => format!("ws://{}/local", self.address),
+        };
+        match tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map_or(Value::Null, |b| serde_json::from_slice(b).unwrap());
+                Err((status, retry_after, body))
+            }
+            Err(other) => panic!("connecting failed: {other}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn next_json(socket: &mut Socket) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, text: &str) {
+    use futures_util::SinkExt;
+    socket.send(Message::text(text)).await.unwrap();
+}
+
+fn assert_refused(result: Result<Socket, (u16, Option<String>, Value)>, retry_after: u64) {
+    match result {
+        Err((status, header, body)) => {
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(header.as_deref(), Some(retry_after.to_string().as_str()));
+            assert_eq!(body["type"], "error");
+            assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+            assert_eq!(body["details"]["retryAfter"], retry_after);
+            assert_eq!(
+                body["message"],
+                format!("Rate limit exceeded. Retry after {retry_after} seconds.")
+            );
+        }
+        Ok(_) => panic!("expected the connection to be refused"),
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_are_acked_and_the_third_gets_the_error_body() {
+    let server = Server::start(&[]);
+    let mut socket = server.connect("127.0.0.1", None).await.unwrap();
+    for _ in 0..2 {
+        send(&mut socket, r#"{"action":"heartbeat"}"#).await;
+        let ack = next_json(&mut socket).await;
+        assert_eq!(ack["type"], "heartbeat_ack", "{ack}");
+        assert!(ack["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+    }
+    send(&mut socket, r#"{"action":"heartbeat"}"#).await;
+    let error = next_json(&mut socket).await;
+    assert_eq!(error["code"], "RATE_LIMIT_EXCEEDED", "{error}");
+    assert_eq!(error["details"]["retryAfter"], 30);
+    // An action with no route gets API Gateway's answer.
+    send(&mut socket, r#"{"action":"dance"}"#).await;
+    assert_eq!(next_json(&mut socket).await["message"], "Forbidden");
+}
+
+#[tokio::test]
+async fn the_eleventh_listener_from_one_ip_is_refused() {
+    let server = Server::start(&[]);
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        open.push(server.connect("127.0.0.1", None).await.unwrap());
+    }
+    assert_refused(server.connect("127.0.0.1", None).await, 6);
+    // Another address is another client.
+    open.push(server.connect("127.0.0.2", None).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_twenty_first_connection_from_one_ip_is_refused_even_for_new_speakers() {
+    let server = Server::start(&[]);
+    let mut open = Vec::new();
+    for i in 0..20 {
+        open.push(
+            server
+                .connect("127.0.0.1", Some(&format!("speaker-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_refused(server.connect("127.0.0.1", Some("speaker-new")).await, 3);
+}
+
+#[tokio::test]
+async fn a_users_sessions_beyond_the_limit_are_refused_from_fresh_ips() {
+    let server = Server::start(&[("RATE_LIMIT_SESSIONS_PER_HOUR", "2")]);
+    let _a = server.connect("127.0.0.11", Some("user-1")).await.unwrap();
+    let _b = server.connect("127.0.0.12", Some("user-1")).await.unwrap();
+    assert_refused(server.connect("127.0.0.13", Some("user-1")).await, 1800);
+    // Other users are not affected.
+    let _c = server.connect("127.0.0.13", Some("user-2")).await.unwrap();
+}
+
+#[test]
+fn posting_to_an_unknown_connection_is_gone() {
+    let server = Server::start(&[]);
+    let mut stream = std::net::TcpStream::connect(server.address).unwrap();
+    write!(
+        stream,
+        "POST /local/@connections/nobody HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 410"), "{response}");
+}

@@ -1,0 +1,71 @@
+//! Time from process start to ready-for-first-event for each Lambda binary:
+//! from `spawn` to the binary's first `GET /runtime/invocation/next` on a
+//! stand-in Runtime API (the moment Lambda would hand it an event).
+//!
+//! `cargo bench -p ratelimiter-lambda --bench startup`
+//!
+//! The binaries are built with the bench profile (release, with debug info).
+//! Their shipped (stripped, release) sizes: `cargo build --release -p
+//! ratelimiter-lambda --bins && ls -l target/release/{connect,heartbeat}`.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 40;
+
+fn time_to_ready(binary: &str) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "stream")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "group")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut request = [0u8; 64];
+    let n = stream.read(&mut request).unwrap();
+    let elapsed = started.elapsed();
+    let line = String::from_utf8_lossy(&request[..n]);
+    assert!(
+        line.starts_with("GET /2018-06-01/runtime/invocation/next"),
+        "{line}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    elapsed
+}
+
+fn main() {
+    println!("binary       min ms   p50 ms   p90 ms   max ms  (of {RUNS} starts)");
+    for (name, binary) in [
+        ("connect", env!("CARGO_BIN_EXE_connect")),
+        ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
+    ] {
+        time_to_ready(binary); // warm the page cache
+        let mut times: Vec<Duration> = (0..RUNS).map(|_| time_to_ready(binary)).collect();
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{name:<10} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            ms(times[0]),
+            ms(times[RUNS / 2]),
+            ms(times[RUNS * 9 / 10]),
+            ms(times[RUNS - 1]),
+        );
+    }
+}
