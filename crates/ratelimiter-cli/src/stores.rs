@@ -131,30 +131,24 @@ async fn open_embedded(data_dir: &Path, table: &str) -> Result<DynamoDbStore, Cl
 /// Creates the table unless it exists. Several processes may race to create
 /// it on a new data dir; whoever loses finds it there.
 async fn ensure_table(store: &DynamoDbStore) -> Result<(), CliError> {
-    let exists = store
+    if table_exists(store).await {
+        return Ok(());
+    }
+    match store.create_table().await {
+        Err(error) if !table_exists(store).await => Err(CliError::Store(format!(
+            "cannot create table {} in the embedded store: {error} ({TABLE_VAR} or --table names it)",
+            store.table()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn table_exists(store: &DynamoDbStore) -> bool {
+    store
         .client()
         .describe_table()
         .table_name(store.table())
         .send()
         .await
-        .is_ok();
-    if exists {
-        return Ok(());
-    }
-    if let Err(error) = store.create_table().await {
-        let created_by_another = store
-            .client()
-            .describe_table()
-            .table_name(store.table())
-            .send()
-            .await
-            .is_ok();
-        if !created_by_another {
-            return Err(CliError::Store(format!(
-                "cannot create table {} in the embedded store: {error} ({TABLE_VAR} or --table names it)",
-                store.table()
-            )));
-        }
-    }
-    Ok(())
+        .is_ok()
 }
