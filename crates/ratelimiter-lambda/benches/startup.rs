@@ -4,9 +4,10 @@
 //!
 //! `cargo bench -p ratelimiter-lambda --bench startup`
 //!
-//! The binaries are built with the bench profile (release, with debug info).
-//! Their shipped (stripped, release) sizes: `cargo build --release -p
-//! ratelimiter-lambda --bins && ls -l target/release/{connect,heartbeat}`.
+//! The binaries are the bench profile's (the release settings) unless
+//! `LAMBDA_BIN_DIR` names a folder with other builds, such as the shipped
+//! ones: `cargo build --profile lambda -p ratelimiter-lambda --bins`, then
+//! `LAMBDA_BIN_DIR=target/lambda cargo bench -p ratelimiter-lambda --bench startup`.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -52,12 +53,20 @@ fn time_to_ready(binary: &str) -> Duration {
 
 fn main() {
     println!("binary       min ms   p50 ms   p90 ms   max ms  (of {RUNS} starts)");
-    for (name, binary) in [
+    let dir = std::env::var("LAMBDA_BIN_DIR").ok();
+    for (name, built) in [
         ("connect", env!("CARGO_BIN_EXE_connect")),
         ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
     ] {
-        time_to_ready(binary); // warm the page cache
-        let mut times: Vec<Duration> = (0..RUNS).map(|_| time_to_ready(binary)).collect();
+        // Relative to the workspace, where the command is documented to run.
+        let binary = match &dir {
+            Some(dir) => format!("{}/../../{dir}/{name}", env!("CARGO_MANIFEST_DIR")),
+            None => built.to_owned(),
+        };
+        let size = std::fs::metadata(&binary).unwrap().len();
+        println!("{name}: {binary} ({size} bytes)");
+        time_to_ready(&binary); // warm the page cache
+        let mut times: Vec<Duration> = (0..RUNS).map(|_| time_to_ready(&binary)).collect();
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
