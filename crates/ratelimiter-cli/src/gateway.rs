@@ -52,6 +52,20 @@ enum Outgoing {
     Close,
 }
 
+/// The kinds of event the gateway sends to handlers.
+#[derive(Clone, Copy)]
+enum EventKind<'a> {
+    /// `$connect`, with the upgrade request's headers and query, and the
+    /// user id standing in for an authorizer's.
+    Connect {
+        headers: &'a HeaderMap,
+        user: Option<&'a str>,
+        query: &'a HashMap<String, String>,
+    },
+    /// A message routed to `route`.
+    Message { route: &'a str, body: &'a str },
+}
+
 /// What API Gateway knows about a connection.
 #[derive(Clone, Debug)]
 struct Connection {
@@ -153,12 +167,11 @@ async fn upgrade(
     let user = query.get("userId").filter(|u| !u.is_empty()).cloned();
     let payload = gateway.event(
         &connection,
-        "$connect",
-        "CONNECT",
-        None,
-        &headers,
-        user.as_deref(),
-        &query,
+        EventKind::Connect {
+            headers: &headers,
+            user: user.as_deref(),
+            query: &query,
+        },
     );
     let response = match gateway
         .connect
@@ -202,25 +215,17 @@ impl Gateway {
     }
 
     /// An event as API Gateway would send it for `connection`.
-    #[allow(clippy::too_many_arguments)]
-    fn event(
-        &self,
-        connection: &Connection,
-        route: &str,
-        event_type: &str,
-        body: Option<&str>,
-        headers: &HeaderMap,
-        user: Option<&str>,
-        query: &HashMap<String, String>,
-    ) -> Value {
-        let mut authorizer = json!({});
-        if let Some(user) = user {
-            authorizer = json!({"principalId": user, "userId": user});
-        }
-        let header_map: serde_json::Map<String, Value> = headers
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), json!(value.to_str().ok()?))))
-            .collect();
+    fn event(&self, connection: &Connection, kind: EventKind<'_>) -> Value {
+        let (route, event_type) = match kind {
+            EventKind::Connect { .. } => ("$connect", "CONNECT"),
+            EventKind::Message { route, .. } => (route, "MESSAGE"),
+        };
+        let authorizer = match kind {
+            EventKind::Connect {
+                user: Some(user), ..
+            } => json!({"principalId": user, "userId": user}),
+            _ => json!({}),
+        };
         let now = now_ms();
         let mut event = json!({
             "requestContext": {
@@ -240,14 +245,20 @@ impl Gateway {
             },
             "isBase64Encoded": false,
         });
-        if route == "$connect" {
-            event["headers"] = Value::Object(header_map);
-            if !query.is_empty() {
-                event["queryStringParameters"] = json!(query);
+        match kind {
+            EventKind::Connect { headers, query, .. } => {
+                let headers: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        Some((name.to_string(), json!(value.to_str().ok()?)))
+                    })
+                    .collect();
+                event["headers"] = Value::Object(headers);
+                if !query.is_empty() {
+                    event["queryStringParameters"] = json!(query);
+                }
             }
-        }
-        if let Some(body) = body {
-            event["body"] = json!(body);
+            EventKind::Message { body, .. } => event["body"] = json!(body),
         }
         event
     }
@@ -290,12 +301,10 @@ impl Gateway {
             Some("heartbeat") => {
                 let payload = self.event(
                     connection,
-                    "heartbeat",
-                    "MESSAGE",
-                    Some(body),
-                    &HeaderMap::new(),
-                    None,
-                    &HashMap::new(),
+                    EventKind::Message {
+                        route: "heartbeat",
+                        body,
+                    },
                 );
                 match event::parse(payload) {
                     Ok(request) => {

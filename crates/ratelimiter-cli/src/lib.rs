@@ -20,7 +20,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::args::{Cli, Command, HandlerKind, StoreKind, Target, operation_name};
+use crate::args::{Cli, Command, HandlerKind, Target, operation_name};
 use crate::stores::{AnyStore, open_store};
 
 /// Why a command failed, and so its exit status.
@@ -211,13 +211,4 @@ fn identifier(target: &Target) -> Identifier<'_> {
 
 fn print(value: &serde_json::Value) {
     println!("{value}");
-}
-
-/// The kind of store, for messages.
-pub fn store_name(kind: StoreKind) -> &'static str {
-    match kind {
-        StoreKind::Embedded => "embedded",
-        StoreKind::Memory => "memory",
-        StoreKind::DynamoDb => "dynamodb",
-    }
 }
