@@ -14,7 +14,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ratelimiter::gcra::ceil_secs;
-use ratelimiter::{FailurePolicy, Identifier, Limits, RateLimitError, RateLimitService};
+use ratelimiter::{
+    FailurePolicy, Identifier, Limits, RateLimitError, RateLimitService, ShadowMode,
+};
 use serde_json::json;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -81,8 +83,11 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let limits = Limits::from_env()?;
     let policy = FailurePolicy::from_env()?;
+    let shadow = ShadowMode::from_env()?;
     let store = open_store(&cli.global).await?;
-    let service = RateLimitService::new(store, limits).with_policy(policy);
+    let service = RateLimitService::new(store, limits)
+        .with_policy(policy)
+        .with_shadow(shadow);
     match cli.command {
         Command::Check { target, cost } => check(&service, &target, cost).await,
         Command::Status { target } => {

@@ -225,6 +225,11 @@ fn bad_arguments_and_configuration_exit_with_status_two() {
         ),
         (&["--table", "x", "check", "heartbeat", "c"], &[], "--table"),
         (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_SHADOW_MODE", "on")],
+            "RATE_LIMIT_SHADOW_MODE must be one of true, false",
+        ),
+        (
             &["--store", "memory", "create-table"],
             &[],
             "create-table needs",
@@ -416,4 +421,22 @@ fn invoke_runs_a_handler_on_an_event_file() {
     let output = run(ratelimit(dir.path()).args(["invoke", "heartbeat", "bad.json"]));
     assert_eq!(code(&output), 2);
     assert!(stderr(&output).contains("not JSON"), "{}", stderr(&output));
+}
+
+#[test]
+fn shadow_mode_never_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..4 {
+        let output = run(ratelimit(dir.path())
+            .env("RATE_LIMIT_SHADOW_MODE_HEARTBEAT", "true")
+            .args(["check", "heartbeat", "c"]));
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        assert_eq!(json(&output)["allowed"], true);
+    }
+    let output = run(ratelimit(dir.path()).args(["check", "heartbeat", "c"]));
+    assert_eq!(
+        code(&output),
+        1,
+        "out of shadow mode the same key is limited"
+    );
 }

@@ -76,7 +76,11 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 tracing::info!(
                     operation = "heartbeat",
                     key_type = "connection",
-                    decision = "allowed",
+                    decision = if verdict.would_deny() {
+                        "would_deny"
+                    } else {
+                        "allowed"
+                    },
                     degraded = verdict.degraded,
                     "heartbeat"
                 );

@@ -192,7 +192,11 @@ pub(crate) async fn enforce<S: Store, C: Clock>(
             tracing::info!(
                 operation,
                 key_type,
-                decision = "allowed",
+                decision = if verdict.would_deny() {
+                    "would_deny"
+                } else {
+                    "allowed"
+                },
                 remaining = verdict.decision.remaining,
                 degraded = verdict.degraded,
                 "rate limit checked"

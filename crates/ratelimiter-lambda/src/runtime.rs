@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ratelimiter::{FailurePolicy, Limits, RateLimitService};
+use ratelimiter::{FailurePolicy, Limits, RateLimitService, ShadowMode};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbConfig, DynamoDbStore, client};
 
 /// Structured JSON logs on stdout, where Lambda collects them; level from
@@ -31,10 +31,11 @@ pub async fn limiter_from_env()
         Ok((
             limits,
             FailurePolicy::from_env()?,
+            ShadowMode::from_env()?,
             DynamoDbConfig::from_env()?,
         ))
     });
-    let (limits, policy, config) = configured.inspect_err(|error| {
+    let (limits, policy, shadow, config) = configured.inspect_err(|error| {
         // Logged in words: `main` returning the error prints only its Debug form.
         tracing::error!(%error, "configuration error: the function cannot start");
     })?;
@@ -44,6 +45,8 @@ pub async fn limiter_from_env()
     };
     let store = DynamoDbStore::new(client(&options).await, config.table);
     Ok(Arc::new(
-        RateLimitService::new(store, limits).with_policy(policy),
+        RateLimitService::new(store, limits)
+            .with_policy(policy)
+            .with_shadow(shadow),
     ))
 }

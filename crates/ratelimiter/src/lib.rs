@@ -41,6 +41,6 @@ pub use config::{ConfigError, Limits};
 pub use gcra::{Decision, Quota, Status};
 pub use key::{Identifier, IdentifierKind, Key, Operation};
 pub use memory::MemoryStore;
-pub use policy::{CircuitBreaker, FailureMode, FailurePolicy};
+pub use policy::{CircuitBreaker, FailureMode, FailurePolicy, ShadowMode};
 pub use service::{RateLimitError, RateLimitService, Verdict};
 pub use store::{Store, StoreError, StoreErrorKind};

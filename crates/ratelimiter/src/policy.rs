@@ -132,6 +132,89 @@ impl FailurePolicy {
     }
 }
 
+/// The variable that puts every operation in shadow mode (`true` or `false`).
+pub const SHADOW_MODE_VAR: &str = "RATE_LIMIT_SHADOW_MODE";
+
+/// The variable that sets shadow mode for one operation, such as
+/// `RATE_LIMIT_SHADOW_MODE_SESSION_CREATE`.
+pub fn shadow_mode_var(operation: Operation) -> String {
+    format!(
+        "{SHADOW_MODE_VAR}_{}",
+        operation.as_str().to_ascii_uppercase()
+    )
+}
+
+/// Which operations run in shadow mode: their decisions are computed, logged
+/// and counted, but nothing is denied. This is how a limit is introduced or
+/// tightened safely.
+///
+/// ```
+/// use ratelimiter::key::Operation;
+/// use ratelimiter::policy::ShadowMode;
+///
+/// let shadow = ShadowMode::from_lookup(|var| {
+///     (var == "RATE_LIMIT_SHADOW_MODE_HEARTBEAT").then(|| "true".into())
+/// })
+/// .unwrap();
+/// assert!(shadow.is_shadow(Operation::Heartbeat));
+/// assert!(!shadow.is_shadow(Operation::SessionCreate));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowMode {
+    operations: [bool; 4],
+}
+
+impl ShadowMode {
+    /// Every operation in shadow mode, or none.
+    pub fn all(shadow: bool) -> Self {
+        Self {
+            operations: [shadow; 4],
+        }
+    }
+
+    /// Shadow mode as the process environment sets it (off when unset).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Shadow mode as `lookup` sets it: [`SHADOW_MODE_VAR`] for every
+    /// operation, then [`shadow_mode_var`] for each one; `true` or `false`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let parse = |var: &str, value: String| match value.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(ConfigError::NotOneOf {
+                var: var.to_owned(),
+                value,
+                expected: "true, false",
+            }),
+        };
+        let mut shadow = match lookup(SHADOW_MODE_VAR) {
+            Some(value) => Self::all(parse(SHADOW_MODE_VAR, value)?),
+            None => Self::default(),
+        };
+        for operation in Operation::ALL {
+            let var = shadow_mode_var(operation);
+            if let Some(value) = lookup(&var) {
+                shadow = shadow.with(operation, parse(&var, value)?);
+            }
+        }
+        Ok(shadow)
+    }
+
+    /// The same, with `operation` in shadow mode or not.
+    #[must_use]
+    pub fn with(mut self, operation: Operation, shadow: bool) -> Self {
+        self.operations[operation as usize] = shadow;
+        self
+    }
+
+    /// Whether `operation` is in shadow mode.
+    pub fn is_shadow(&self, operation: Operation) -> bool {
+        self.operations[operation as usize]
+    }
+}
+
 /// What the breaker allows for one decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permit {
@@ -305,6 +388,32 @@ mod tests {
             failure_mode_var(Operation::ConnectionAttempt),
             "RATE_LIMIT_FAILURE_MODE_CONNECTION_ATTEMPT"
         );
+    }
+
+    #[test]
+    fn shadow_mode_parses_strictly() {
+        assert_eq!(
+            ShadowMode::from_lookup(|_| None).unwrap(),
+            ShadowMode::all(false)
+        );
+        let shadow = ShadowMode::from_lookup(|v| match v {
+            "RATE_LIMIT_SHADOW_MODE" => Some("true".into()),
+            "RATE_LIMIT_SHADOW_MODE_LISTENER_JOIN" => Some("false".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(shadow.is_shadow(Operation::Heartbeat));
+        assert!(!shadow.is_shadow(Operation::ListenerJoin));
+        for bad in ["yes", "1", "", "TRUE"] {
+            let err =
+                ShadowMode::from_lookup(|v| (v == "RATE_LIMIT_SHADOW_MODE").then(|| bad.into()))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                err.contains("RATE_LIMIT_SHADOW_MODE must be one of true, false"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::config::Limits;
 use crate::gcra::{CostExceedsCapacity, Decision, Outcome, Quota, Status, Step, ceil_secs};
 use crate::key::{Identifier, IdentifierKind, Key, Operation};
 use crate::memory::MemoryStore;
-use crate::policy::{CircuitBreaker, FailureMode, FailurePolicy, Permit};
+use crate::policy::{CircuitBreaker, FailureMode, FailurePolicy, Permit, ShadowMode};
 use crate::store::{Store, StoreError};
 
 /// Checks requests against each operation's quota, with state kept in a [`Store`].
@@ -38,6 +38,7 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     clock: C,
     limits: Limits,
     policy: FailurePolicy,
+    shadow: ShadowMode,
     breaker: CircuitBreaker,
     /// Decides for operations in [`FailureMode::Local`] while the store is away.
     local: MemoryStore,
@@ -53,6 +54,9 @@ pub struct Verdict {
     pub operation: Operation,
     /// The decision's numbers.
     pub decision: Decision,
+    /// True when the operation runs in shadow mode: a denial is reported in
+    /// `decision` and logged, but the request is allowed.
+    pub shadow: bool,
     /// True when the store could not be used and the operation's failure
     /// mode decided instead: allowed with the numbers of a fresh bucket
     /// (`open`), denied (`closed`), or decided by this process alone (`local`).
@@ -63,7 +67,13 @@ impl Verdict {
     /// Whether the request may proceed.
     #[inline]
     pub fn allowed(&self) -> bool {
-        self.decision.allowed
+        self.decision.allowed || self.shadow
+    }
+
+    /// Whether the limit would have denied the request, had the operation
+    /// not been in shadow mode.
+    pub fn would_deny(&self) -> bool {
+        self.shadow && !self.decision.allowed
     }
 
     /// `Ok(self)` when allowed, the seed's rate-limit error when denied.
@@ -83,7 +93,7 @@ impl Verdict {
     /// `retry_after` in whole seconds, rounded up; never 0 for a denial.
     #[inline]
     pub fn retry_after_secs(&self) -> u64 {
-        if self.decision.allowed {
+        if self.allowed() {
             0
         } else {
             ceil_secs(self.decision.retry_after).max(1)
@@ -150,6 +160,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             clock,
             limits,
             policy: FailurePolicy::default(),
+            shadow: ShadowMode::default(),
             breaker: CircuitBreaker::default(),
             local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
         }
@@ -159,6 +170,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     #[must_use]
     pub fn with_policy(mut self, policy: FailurePolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The same service, with the operations `shadow` names in shadow mode.
+    #[must_use]
+    pub fn with_shadow(mut self, shadow: ShadowMode) -> Self {
+        self.shadow = shadow;
         self
     }
 
@@ -259,14 +277,14 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 operation = operation.as_str(),
                 "circuit breaker open; not calling the rate-limit store"
             );
-            return Ok(self.degraded(&key, quota, &step));
+            return Ok(self.shadowed(self.degraded(&key, quota, &step), identifier));
         }
         match self.store.apply(&key, &step).await {
             Ok(outcome) => {
                 if self.breaker.record_success() {
                     tracing::info!("rate-limit store answered again; circuit breaker closed");
                 }
-                Ok(verdict(operation, quota, &step, outcome))
+                Ok(self.shadowed(verdict(operation, quota, &step, outcome), identifier))
             }
             Err(error) => {
                 let mode = self.policy.mode(operation);
@@ -284,9 +302,25 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                         "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
                     );
                 }
-                Ok(self.degraded(&key, quota, &step))
+                Ok(self.shadowed(self.degraded(&key, quota, &step), identifier))
             }
         }
+    }
+
+    /// Marks `verdict` as shadowed when its operation is in shadow mode, and
+    /// logs the denial that did not happen.
+    #[inline]
+    fn shadowed(&self, mut verdict: Verdict, identifier: Identifier<'_>) -> Verdict {
+        verdict.shadow = self.shadow.is_shadow(verdict.operation);
+        if verdict.would_deny() {
+            tracing::info!(
+                operation = verdict.operation.as_str(),
+                key_type = identifier.kind.as_str(),
+                retry_after = ceil_secs(verdict.decision.retry_after),
+                "rate limit would deny (shadow mode): allowed"
+            );
+        }
+        verdict
     }
 
     /// The verdict when the store cannot be used, by the operation's failure mode.
@@ -319,6 +353,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         Verdict {
             operation,
             decision,
+            shadow: false,
             degraded: true,
         }
     }
@@ -372,7 +407,7 @@ impl<C: Clock> RateLimitService<MemoryStore, C> {
         let outcome = self
             .store
             .apply_now(&Key::new(operation, identifier), &step);
-        Ok(verdict(operation, quota, &step, outcome))
+        Ok(self.shadowed(verdict(operation, quota, &step, outcome), identifier))
     }
 
     /// [`RateLimitService::check`] without a future.
@@ -393,6 +428,7 @@ fn verdict(operation: Operation, quota: &Quota, step: &Step, outcome: Outcome) -
     Verdict {
         operation,
         decision: quota.decision(step, outcome),
+        shadow: false,
         degraded: false,
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use ratelimiter::gcra::{Nanos, Outcome, Status, Step};
 use ratelimiter::{
     CircuitBreaker, FailureMode, FailurePolicy, FakeClock, Identifier, IdentifierKind, Key, Limits,
-    MemoryStore, Operation, RateLimitError, RateLimitService, Store, StoreError, StoreErrorKind,
+    MemoryStore, Operation, RateLimitError, RateLimitService, ShadowMode, Store, StoreError,
+    StoreErrorKind,
 };
 
 fn service() -> (RateLimitService<MemoryStore, FakeClock>, FakeClock) {
@@ -392,4 +393,40 @@ fn modes_apply_per_operation() {
         assert!(service.check_heartbeat_limit("c").await.is_ok());
         assert!(service.check_session_creation_limit("u").await.is_err());
     });
+}
+
+#[tokio::test]
+async fn shadow_mode_decides_and_counts_but_never_denies() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = RateLimitService::with_clock(MemoryStore::new(), Limits::default(), clock)
+        .with_shadow(ShadowMode::all(false).with(Operation::Heartbeat, true));
+    let mut would_deny = 0;
+    for _ in 0..5 {
+        let verdict = service.check_heartbeat_limit("c").await.unwrap();
+        assert!(verdict.allowed() && verdict.shadow);
+        assert_eq!(verdict.retry_after_secs(), 0);
+        if verdict.would_deny() {
+            would_deny += 1;
+            assert!(!verdict.decision.allowed);
+            assert_eq!(verdict.decision.retry_after, Duration::from_secs(30));
+        }
+    }
+    assert_eq!(would_deny, 3);
+    // Would-be denials consume nothing, as real ones.
+    let status = service
+        .get_rate_limit_status(Operation::Heartbeat, IdentifierKind::Connection, "c")
+        .await
+        .unwrap();
+    assert_eq!(status.count, 2);
+    // Operations not in shadow mode still deny.
+    for _ in 0..10 {
+        service
+            .check_listener_join_limit("192.0.2.1")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        retry_after(service.check_listener_join_limit("192.0.2.1").await),
+        6
+    );
 }
