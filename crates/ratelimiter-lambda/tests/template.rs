@@ -1,0 +1,112 @@
+//! The SAM template and the code must agree: table key and TTL attribute,
+//! environment variables, binary names, and the DynamoDB actions the store
+//! calls. Each check fails when one side changes alone.
+
+use std::collections::BTreeSet;
+
+use ratelimiter::config::SETTINGS;
+use ratelimiter::key::Operation;
+use ratelimiter::policy::{FAILURE_MODE_VAR, SHADOW_MODE_VAR, failure_mode_var, shadow_mode_var};
+use ratelimiter_dynamodb::{PARTITION_KEY, TABLE_VAR, TIMEOUT_VAR, TTL_ATTRIBUTE};
+
+fn template() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+    std::fs::read_to_string(path).expect("template.yaml is at the workspace root")
+}
+
+/// Every `RATE_LIMIT_*` variable the code reads.
+fn variables_read_by_the_code() -> BTreeSet<String> {
+    let mut vars: BTreeSet<String> = SETTINGS.iter().map(|s| s.env_var.to_owned()).collect();
+    vars.extend([TABLE_VAR, TIMEOUT_VAR, FAILURE_MODE_VAR, SHADOW_MODE_VAR].map(str::to_owned));
+    for operation in Operation::ALL {
+        vars.insert(failure_mode_var(operation));
+        vars.insert(shadow_mode_var(operation));
+    }
+    vars.insert(ratelimiter_lambda::management::MANAGEMENT_ENDPOINT_VAR.to_owned());
+    vars.insert("RATE_LIMIT_LOG_LEVEL".to_owned());
+    vars
+}
+
+#[test]
+fn the_table_has_the_key_and_ttl_the_store_writes() {
+    let template = template();
+    assert!(
+        template.contains(&format!(
+            "- AttributeName: {PARTITION_KEY}\n          AttributeType: S"
+        )),
+        "the table's attribute definitions must declare the string key {PARTITION_KEY}"
+    );
+    assert!(template.contains(&format!(
+        "- AttributeName: {PARTITION_KEY}\n          KeyType: HASH"
+    )));
+    assert!(
+        template.contains(&format!("TimeToLiveSpecification:\n        AttributeName: {TTL_ATTRIBUTE}\n        Enabled: true")),
+        "TTL must be enabled on {TTL_ATTRIBUTE}"
+    );
+    assert!(template.contains("BillingMode: PAY_PER_REQUEST"));
+}
+
+#[test]
+fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
+    let template = template();
+    for setting in SETTINGS {
+        assert!(
+            template.contains(&format!("{}: !Ref", setting.env_var)),
+            "{} is not set",
+            setting.env_var
+        );
+    }
+    for var in [TABLE_VAR, TIMEOUT_VAR, FAILURE_MODE_VAR, SHADOW_MODE_VAR] {
+        assert!(
+            template.contains(&format!("{var}: !Ref")),
+            "{var} is not set"
+        );
+    }
+    let known = variables_read_by_the_code();
+    let set_in_template: Vec<&str> = template
+        .lines()
+        .filter_map(|line| line.trim().split_once(':').map(|(name, _)| name))
+        .filter(|name| name.starts_with("RATE_LIMIT_"))
+        .collect();
+    assert!(set_in_template.len() >= 8, "{set_in_template:?}");
+    for name in set_in_template {
+        assert!(
+            known.contains(name),
+            "the template sets {name}, which no code reads"
+        );
+    }
+}
+
+#[test]
+fn the_functions_are_the_binaries_this_crate_builds() {
+    let template = template();
+    for (name, path) in [
+        ("connect", env!("CARGO_BIN_EXE_connect")),
+        ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
+    ] {
+        assert!(path.ends_with(name), "{path}");
+        assert!(
+            template.contains(&format!("Binary: {name}\n")),
+            "no function builds {name}"
+        );
+    }
+    assert_eq!(template.matches("BuildMethod: rust-cargolambda").count(), 2);
+}
+
+#[test]
+fn the_functions_may_call_exactly_what_the_store_calls() {
+    let template = template();
+    // UpdateItem (decisions), GetItem (status, and reads after a condition
+    // failure without the old item), DeleteItem (reset); nothing else on the table.
+    let actions: BTreeSet<&str> = template
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- dynamodb:"))
+        .collect();
+    assert_eq!(
+        actions,
+        BTreeSet::from(["DeleteItem", "GetItem", "UpdateItem"])
+    );
+    assert!(!template.contains("dynamodb:*"));
+    assert!(template.contains("Action: execute-api:ManageConnections"));
+    assert!(template.contains("RouteSelectionExpression: \"$request.body.action\""));
+}
