@@ -59,10 +59,41 @@ pub const FAILURE_MODE_VAR: &str = "RATE_LIMIT_FAILURE_MODE";
 /// The variable that overrides the failure mode of one operation, such as
 /// `RATE_LIMIT_FAILURE_MODE_HEARTBEAT`.
 pub fn failure_mode_var(operation: Operation) -> String {
-    format!(
-        "{FAILURE_MODE_VAR}_{}",
-        operation.as_str().to_ascii_uppercase()
-    )
+    per_operation_var(FAILURE_MODE_VAR, operation)
+}
+
+/// `<base>_<OPERATION>`, such as `RATE_LIMIT_SHADOW_MODE_SESSION_CREATE`.
+fn per_operation_var(base: &str, operation: Operation) -> String {
+    format!("{base}_{}", operation.as_str().to_ascii_uppercase())
+}
+
+/// One setting per operation: `default`, overridden for every operation by
+/// `base`, then for each one by `<base>_<OPERATION>`. A value `parse` rejects
+/// is an error naming the variable, the value and the `expected` values.
+fn per_operation<T: Copy>(
+    lookup: impl Fn(&str) -> Option<String>,
+    base: &str,
+    default: T,
+    expected: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<[T; 4], ConfigError> {
+    let read = |var: &str| -> Result<Option<T>, ConfigError> {
+        match lookup(var) {
+            None => Ok(None),
+            Some(value) => parse(value.trim()).map(Some).ok_or(ConfigError::NotOneOf {
+                var: var.to_owned(),
+                value,
+                expected,
+            }),
+        }
+    };
+    let mut settings = [read(base)?.unwrap_or(default); 4];
+    for operation in Operation::ALL {
+        if let Some(value) = read(&per_operation_var(base, operation))? {
+            settings[operation as usize] = value;
+        }
+    }
+    Ok(settings)
 }
 
 /// The failure mode of each operation.
@@ -99,24 +130,14 @@ impl FailurePolicy {
     /// The policy set by `lookup`: [`FAILURE_MODE_VAR`] for every operation,
     /// then [`failure_mode_var`] for each one.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let parse = |var: &str, value: String| {
-            value.parse().map_err(|()| ConfigError::NotOneOf {
-                var: var.to_owned(),
-                value,
-                expected: "open, closed, local",
-            })
-        };
-        let mut policy = match lookup(FAILURE_MODE_VAR) {
-            Some(value) => Self::all(parse(FAILURE_MODE_VAR, value)?),
-            None => Self::default(),
-        };
-        for operation in Operation::ALL {
-            let var = failure_mode_var(operation);
-            if let Some(value) = lookup(&var) {
-                policy = policy.with(operation, parse(&var, value)?);
-            }
-        }
-        Ok(policy)
+        let modes = per_operation(
+            lookup,
+            FAILURE_MODE_VAR,
+            FailureMode::default(),
+            "open, closed, local",
+            |value| value.parse().ok(),
+        )?;
+        Ok(Self { modes })
     }
 
     /// The same policy, with `operation` in `mode`.
@@ -138,10 +159,7 @@ pub const SHADOW_MODE_VAR: &str = "RATE_LIMIT_SHADOW_MODE";
 /// The variable that sets shadow mode for one operation, such as
 /// `RATE_LIMIT_SHADOW_MODE_SESSION_CREATE`.
 pub fn shadow_mode_var(operation: Operation) -> String {
-    format!(
-        "{SHADOW_MODE_VAR}_{}",
-        operation.as_str().to_ascii_uppercase()
-    )
+    per_operation_var(SHADOW_MODE_VAR, operation)
 }
 
 /// Which operations run in shadow mode: their decisions are computed, logged
@@ -180,26 +198,19 @@ impl ShadowMode {
     /// Shadow mode as `lookup` sets it: [`SHADOW_MODE_VAR`] for every
     /// operation, then [`shadow_mode_var`] for each one; `true` or `false`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let parse = |var: &str, value: String| match value.trim() {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(ConfigError::NotOneOf {
-                var: var.to_owned(),
-                value,
-                expected: "true, false",
-            }),
-        };
-        let mut shadow = match lookup(SHADOW_MODE_VAR) {
-            Some(value) => Self::all(parse(SHADOW_MODE_VAR, value)?),
-            None => Self::default(),
-        };
-        for operation in Operation::ALL {
-            let var = shadow_mode_var(operation);
-            if let Some(value) = lookup(&var) {
-                shadow = shadow.with(operation, parse(&var, value)?);
-            }
-        }
-        Ok(shadow)
+        let operations =
+            per_operation(
+                lookup,
+                SHADOW_MODE_VAR,
+                false,
+                "true, false",
+                |value| match value {
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    _ => None,
+                },
+            )?;
+        Ok(Self { operations })
     }
 
     /// The same, with `operation` in shadow mode or not.
