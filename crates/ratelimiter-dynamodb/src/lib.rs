@@ -55,6 +55,7 @@ use ratelimiter::gcra::{Nanos, Outcome, Step};
 use ratelimiter::key::{Key, Operation};
 use ratelimiter::memory::MemoryStore;
 use ratelimiter::store::{Store, StoreError, StoreErrorKind};
+use ratelimiter::telemetry;
 
 mod client;
 
@@ -80,6 +81,20 @@ pub const TTL_ATTRIBUTE: &str = "ttl";
 /// a consistent read when the server returned no old item, and one more
 /// attempt if another writer raced in between.
 pub const MAX_CALLS_PER_DECISION: u32 = 4;
+
+/// The counter of DynamoDB requests made for decisions, per operation
+/// (labelled like the service's metrics; see [`ratelimiter::telemetry`]).
+/// A decision the deny cache answered adds nothing.
+pub const CALLS_METRIC: &str = "DynamoDbCalls";
+
+/// Gives the recorder in force the unit and meaning of [`CALLS_METRIC`].
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        CALLS_METRIC,
+        metrics::Unit::Count,
+        "DynamoDB requests made for rate-limit decisions"
+    );
+}
 
 /// How many keys the per-process hints remember.
 const HINT_KEYS: usize = 10_000;
@@ -132,7 +147,7 @@ pub fn validate_table_name(var: &str, name: &str) -> Result<String, ConfigError>
     if valid {
         Ok(name.to_owned())
     } else {
-        Err(ConfigError::NotOneOf {
+        Err(ConfigError::Invalid {
             var: var.to_owned(),
             value: name.to_owned(),
             expected: "a DynamoDB table name (3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.')",
@@ -173,6 +188,8 @@ pub struct DynamoDbStore {
     /// Per operation: positive when the busy shape was right lately.
     shape_votes: [AtomicI32; 4],
     calls: AtomicU64,
+    /// Per operation, [`CALLS_METRIC`] in the recorder in force at creation.
+    call_counters: [metrics::Counter; 4],
 }
 
 /// How far the shape votes may lean either way, so that a change in traffic
@@ -191,7 +208,8 @@ impl DynamoDbStore {
     /// A store on `table` through `client`.
     ///
     /// Build the client with [`client`] so that every call is bounded and no
-    /// consuming call is retried.
+    /// consuming call is retried. The store counts its calls in
+    /// [`CALLS_METRIC`] of the metrics recorder installed at this point, if any.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -199,6 +217,8 @@ impl DynamoDbStore {
             hints: MemoryStore::with_max_keys(HINT_KEYS),
             shape_votes: Default::default(),
             calls: AtomicU64::new(0),
+            call_counters: Operation::ALL
+                .map(|operation| telemetry::counter(CALLS_METRIC, operation)),
         }
     }
 
@@ -469,7 +489,11 @@ impl DynamoDbStore {
 
 impl Store for DynamoDbStore {
     async fn apply(&self, key: &Key<'_>, step: &Step) -> Result<Outcome, StoreError> {
-        self.apply_counted(key, step).await.outcome
+        let applied = self.apply_counted(key, step).await;
+        if applied.calls > 0 {
+            self.call_counters[key.operation() as usize].increment(applied.calls.into());
+        }
+        applied.outcome
     }
 
     async fn load(&self, key: &Key<'_>) -> Result<Nanos, StoreError> {

@@ -5,6 +5,7 @@
 //! - [`connect::ConnectHandler`]: `$connect`, with a pluggable [`connect::ConnectHook`];
 //! - [`heartbeat::HeartbeatHandler`]: the `heartbeat` route;
 //! - [`layer::RateLimitLayer`]: one limit around any handler;
+//! - [`emf`]: CloudWatch metrics, flushed after each invocation;
 //! - [`management`]: `PostToConnection` through the Management API;
 //! - [`runtime`]: start-up (logging, configuration, clients) for the binaries.
 //!
@@ -12,6 +13,7 @@
 //! by calling them; the `connect` and `heartbeat` binaries are thin mains.
 
 pub mod connect;
+pub mod emf;
 pub mod event;
 pub mod heartbeat;
 pub mod layer;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use ratelimiter::{FailurePolicy, Limits, RateLimitService, ShadowMode};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbConfig, DynamoDbStore, client};
 
+use crate::emf::{Emf, MetricsConfig};
+
 /// Structured JSON logs on stdout, where Lambda collects them; level from
 /// `RUST_LOG`-style `RATE_LIMIT_LOG_LEVEL` (`info` by default).
 pub fn init_logging() {
@@ -20,6 +22,18 @@ pub fn init_logging() {
         .with_target(false)
         .without_time()
         .init();
+}
+
+/// The CloudWatch EMF recorder, unless `RATE_LIMIT_METRICS=off`. Install it
+/// before the service is built. A configuration error stops the container.
+pub fn metrics_from_env() -> Result<Option<Emf>, lambda_runtime::Error> {
+    let config = MetricsConfig::from_env().inspect_err(|error| {
+        tracing::error!(%error, "configuration error: the function cannot start");
+    })?;
+    match config.namespace {
+        Some(namespace) => Ok(Some(Emf::install(&namespace)?)),
+        None => Ok(None),
+    }
 }
 
 /// The rate-limit service on the DynamoDB table, configured by the

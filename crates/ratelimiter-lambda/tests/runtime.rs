@@ -154,8 +154,9 @@ impl Harness {
                 "RATE_LIMIT_MANAGEMENT_ENDPOINT",
                 format!("http://{}/prod", self.address),
             )
+            .env("RATE_LIMIT_METRICS_NAMESPACE", "RateLimiter/runtime-test")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the binary starts")
@@ -201,7 +202,7 @@ fn event(route: &str, body: Option<&str>) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connect_binary_allows_then_limits() {
     let mut harness = Harness::start().await;
-    let mut child = harness.spawn(env!("CARGO_BIN_EXE_connect"));
+    let child = harness.spawn(env!("CARGO_BIN_EXE_connect"));
     harness.invoke("a", event("$connect", None));
     let (id, kind, response) = harness.receive().await;
     assert_eq!(
@@ -221,14 +222,57 @@ async fn the_connect_binary_allows_then_limits() {
     let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
     assert_eq!(body["details"]["retryAfter"], 60);
+
+    // Each invocation's metrics were written before its response.
+    let metrics = emf_documents(child);
+    let listener_joins: Vec<_> = metrics
+        .iter()
+        .filter(|d| d["Operation"] == "listener_join")
+        .map(|d| {
+            (
+                d["RequestId"].as_str().unwrap(),
+                d["Allowed"].as_u64(),
+                d["Denied"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listener_joins,
+        [("a", Some(1), None), ("b", None, Some(1))],
+        "{metrics:#?}"
+    );
+    for document in &metrics {
+        assert_eq!(
+            document["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "RateLimiter/runtime-test"
+        );
+    }
+}
+
+/// Stops the function and returns the EMF documents among the lines it
+/// wrote to stdout (its logs are there too).
+fn emf_documents(mut child: Child) -> Vec<Value> {
+    use std::io::Read;
     child.kill().unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     child.wait().unwrap();
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line.get("_aws").is_some())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heartbeat_binary_acks_then_limits() {
     let mut harness = Harness::start().await;
-    let mut child = harness.spawn(env!("CARGO_BIN_EXE_heartbeat"));
+    let child = harness.spawn(env!("CARGO_BIN_EXE_heartbeat"));
     let mut acks = 0;
     for (i, expected) in [200, 200, 429].into_iter().enumerate() {
         harness.invoke(
@@ -254,29 +298,62 @@ async fn the_heartbeat_binary_acks_then_limits() {
         }
     }
     assert_eq!(acks, 2);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let metrics = emf_documents(child);
+    let heartbeats: Vec<_> = metrics
+        .iter()
+        .map(|d| {
+            (
+                d["Operation"].as_str().unwrap(),
+                d["Allowed"].as_u64(),
+                d["Denied"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        heartbeats,
+        [
+            ("heartbeat", Some(1), None),
+            ("heartbeat", Some(1), None),
+            ("heartbeat", None, Some(1))
+        ],
+        "{metrics:#?}"
+    );
 }
 
 #[test]
 fn a_bad_configuration_stops_the_container_at_start_up() {
-    // The binary must fail before it asks the Runtime API for an event, so
-    // no Runtime API is needed: the address is never contacted.
-    let output = Command::new(env!("CARGO_BIN_EXE_connect"))
-        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
-        .env("RATE_LIMIT_HEARTBEATS_PER_MIN", "lots")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        printed.contains("RATE_LIMIT_HEARTBEATS_PER_MIN must be a positive integer"),
-        "{printed}"
-    );
-    assert!(printed.contains("\"lots\""), "{printed}");
+    for (var, value, expected) in [
+        (
+            "RATE_LIMIT_HEARTBEATS_PER_MIN",
+            "lots",
+            "RATE_LIMIT_HEARTBEATS_PER_MIN must be a positive integer",
+        ),
+        (
+            "RATE_LIMIT_METRICS",
+            "cloudwatch",
+            "RATE_LIMIT_METRICS must be one of emf or off",
+        ),
+        (
+            "RATE_LIMIT_METRICS_NAMESPACE",
+            "AWS/Lambda",
+            "RATE_LIMIT_METRICS_NAMESPACE must be a CloudWatch namespace",
+        ),
+    ] {
+        // The binary must fail before it asks the Runtime API for an event, so
+        // no Runtime API is needed: the address is never contacted.
+        let output = Command::new(env!("CARGO_BIN_EXE_connect"))
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{var}={value}");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(printed.contains(expected), "{printed}");
+        assert!(printed.contains(&format!("{value:?}")), "{printed}");
+    }
 }

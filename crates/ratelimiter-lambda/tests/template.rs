@@ -8,6 +8,7 @@ use ratelimiter::config::SETTINGS;
 use ratelimiter::key::Operation;
 use ratelimiter::policy::{FAILURE_MODE_VAR, SHADOW_MODE_VAR, failure_mode_var, shadow_mode_var};
 use ratelimiter_dynamodb::{PARTITION_KEY, TABLE_VAR, TIMEOUT_VAR, TTL_ATTRIBUTE};
+use ratelimiter_lambda::emf::{METRICS_VAR, NAMESPACE_VAR};
 
 fn template() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
@@ -23,6 +24,8 @@ fn variables_read_by_the_code() -> BTreeSet<String> {
         vars.insert(shadow_mode_var(operation));
     }
     vars.insert(ratelimiter_lambda::management::MANAGEMENT_ENDPOINT_VAR.to_owned());
+    vars.insert(METRICS_VAR.to_owned());
+    vars.insert(NAMESPACE_VAR.to_owned());
     vars.insert("RATE_LIMIT_LOG_LEVEL".to_owned());
     vars
 }
@@ -56,12 +59,22 @@ fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
             setting.env_var
         );
     }
-    for var in [TABLE_VAR, TIMEOUT_VAR, FAILURE_MODE_VAR, SHADOW_MODE_VAR] {
+    for var in [
+        TABLE_VAR,
+        TIMEOUT_VAR,
+        FAILURE_MODE_VAR,
+        SHADOW_MODE_VAR,
+        METRICS_VAR,
+    ] {
         assert!(
             template.contains(&format!("{var}: !Ref")),
             "{var} is not set"
         );
     }
+    assert!(
+        template.contains(&format!("{NAMESPACE_VAR}: !Sub")),
+        "{NAMESPACE_VAR} is not set"
+    );
     let known = variables_read_by_the_code();
     let set_in_template: Vec<&str> = template
         .lines()

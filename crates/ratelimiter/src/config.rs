@@ -80,6 +80,17 @@ pub enum ConfigError {
         /// The accepted values, for the message.
         expected: &'static str,
     },
+    /// A variable that must name something (a table, a namespace) holds
+    /// something that cannot be that.
+    #[error("{var} must be {expected}, got {value:?}")]
+    Invalid {
+        /// The variable's name.
+        var: String,
+        /// Its value, as found.
+        value: String,
+        /// What the value must be, for the message.
+        expected: &'static str,
+    },
 }
 
 /// Parses a positive integer setting, naming `var` and the value on failure.

@@ -40,7 +40,7 @@ impl Operation {
     ];
 
     /// The name used in keys, logs and configuration (`session_create`, …).
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Operation::SessionCreate => "session_create",
             Operation::ListenerJoin => "listener_join",

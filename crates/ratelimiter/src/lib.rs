@@ -9,7 +9,8 @@
 //!   an in-memory implementation;
 //! - [`policy`]: failure modes and the circuit breaker for an unavailable store;
 //! - [`service`]: the seed's `RateLimitService` API;
-//! - [`response`]: the seed's 429 and 500 API Gateway responses.
+//! - [`response`]: the seed's 429 and 500 API Gateway responses;
+//! - [`telemetry`]: the metrics every decision records.
 //!
 //! ```
 //! use ratelimiter::{Limits, RateLimitService};
@@ -35,6 +36,7 @@ pub mod policy;
 pub mod response;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{ConfigError, Limits};

@@ -10,6 +10,7 @@ use crate::key::{Identifier, IdentifierKind, Key, Operation};
 use crate::memory::MemoryStore;
 use crate::policy::{CircuitBreaker, FailureMode, FailurePolicy, Permit, ShadowMode};
 use crate::store::{Store, StoreError};
+use crate::telemetry::DecisionMetrics;
 
 /// Checks requests against each operation's quota, with state kept in a [`Store`].
 ///
@@ -42,6 +43,7 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     breaker: CircuitBreaker,
     /// Decides for operations in [`FailureMode::Local`] while the store is away.
     local: MemoryStore,
+    metrics: DecisionMetrics,
 }
 
 /// Keys the local fallback limiter keeps at most.
@@ -163,6 +165,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             shadow: ShadowMode::default(),
             breaker: CircuitBreaker::default(),
             local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
+            metrics: DecisionMetrics::register(),
         }
     }
 
@@ -271,20 +274,33 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         cost: u32,
     ) -> Result<Verdict, RateLimitError> {
         let (quota, step) = self.step(operation, cost)?;
+        let verdict = self.decide_step(operation, identifier, quota, &step).await;
+        let elapsed = self.clock.now().saturating_sub(step.now());
+        self.metrics.latency(operation, elapsed);
+        Ok(verdict)
+    }
+
+    async fn decide_step(
+        &self,
+        operation: Operation,
+        identifier: Identifier<'_>,
+        quota: &Quota,
+        step: &Step,
+    ) -> Verdict {
         let key = Key::new(operation, identifier);
         if self.breaker.permit(step.now()) == Permit::Skip {
             tracing::debug!(
                 operation = operation.as_str(),
                 "circuit breaker open; not calling the rate-limit store"
             );
-            return Ok(self.shadowed(self.degraded(&key, quota, &step), identifier));
+            return self.finish(self.degraded(&key, quota, step), identifier);
         }
-        match self.store.apply(&key, &step).await {
+        match self.store.apply(&key, step).await {
             Ok(outcome) => {
                 if self.breaker.record_success() {
                     tracing::info!("rate-limit store answered again; circuit breaker closed");
                 }
-                Ok(self.shadowed(verdict(operation, quota, &step, outcome), identifier))
+                self.finish(verdict(operation, quota, step, outcome), identifier)
             }
             Err(error) => {
                 let mode = self.policy.mode(operation);
@@ -302,15 +318,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                         "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
                     );
                 }
-                Ok(self.shadowed(self.degraded(&key, quota, &step), identifier))
+                self.finish(self.degraded(&key, quota, step), identifier)
             }
         }
     }
 
-    /// Marks `verdict` as shadowed when its operation is in shadow mode, and
-    /// logs the denial that did not happen.
+    /// Marks `verdict` as shadowed when its operation is in shadow mode, logs
+    /// the denial that did not happen, and counts the decision.
     #[inline]
-    fn shadowed(&self, mut verdict: Verdict, identifier: Identifier<'_>) -> Verdict {
+    fn finish(&self, mut verdict: Verdict, identifier: Identifier<'_>) -> Verdict {
         verdict.shadow = self.shadow.is_shadow(verdict.operation);
         if verdict.would_deny() {
             tracing::info!(
@@ -320,6 +336,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 "rate limit would deny (shadow mode): allowed"
             );
         }
+        self.metrics.count(&verdict);
         verdict
     }
 
@@ -407,7 +424,7 @@ impl<C: Clock> RateLimitService<MemoryStore, C> {
         let outcome = self
             .store
             .apply_now(&Key::new(operation, identifier), &step);
-        Ok(self.shadowed(verdict(operation, quota, &step, outcome), identifier))
+        Ok(self.finish(verdict(operation, quota, &step, outcome), identifier))
     }
 
     /// [`RateLimitService::check`] without a future.
