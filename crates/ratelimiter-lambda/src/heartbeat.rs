@@ -14,10 +14,13 @@ use lambda_runtime::LambdaEvent;
 use ratelimiter::response::{
     ErrorBody, INTERNAL_ERROR, error_response, now_ms, rate_limit_error_response_at,
 };
-use ratelimiter::{Clock, RateLimitError, RateLimitService, Store, SystemClock};
+use ratelimiter::{
+    Clock, Identifier, Operation, RateLimitError, RateLimitService, Store, SystemClock,
+};
 use serde_json::{Value, json};
 
 use crate::event::{self, BadEvent, body_json, connection_id};
+use crate::layer::check_logged;
 use crate::management::{ConnectionSender, SendError};
 use crate::ok_response;
 
@@ -71,19 +74,9 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
             Ok(found) => found,
             Err(bad) => return rejected(&bad),
         };
-        match self.limiter.check_heartbeat_limit(connection).await {
-            Ok(verdict) => {
-                tracing::info!(
-                    operation = "heartbeat",
-                    key_type = "connection",
-                    decision = if verdict.would_deny() {
-                        "would_deny"
-                    } else {
-                        "allowed"
-                    },
-                    degraded = verdict.degraded,
-                    "heartbeat"
-                );
+        let identifier = Identifier::connection(connection);
+        match check_logged(&self.limiter, Operation::Heartbeat, identifier).await {
+            Ok(_) => {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": now_ms()});
                 match self.send(&endpoint, connection, ack.to_string()).await {
                     Ok(()) => ok_response(),
@@ -91,13 +84,6 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 }
             }
             Err(RateLimitError::Exceeded { retry_after, .. }) => {
-                tracing::info!(
-                    operation = "heartbeat",
-                    key_type = "connection",
-                    decision = "denied",
-                    retry_after,
-                    "heartbeat rate limited"
-                );
                 let timestamp = now_ms();
                 let body = ErrorBody::rate_limited(retry_after, timestamp).to_json();
                 // The client learns retryAfter on its connection; the 429 goes
@@ -105,10 +91,7 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 let _ = self.send(&endpoint, connection, body).await;
                 rate_limit_error_response_at(retry_after, timestamp)
             }
-            Err(error) => {
-                tracing::error!(operation = "heartbeat", %error, "heartbeat check failed");
-                error_response(500, INTERNAL_ERROR, "Internal server error")
-            }
+            Err(_) => error_response(500, INTERNAL_ERROR, "Internal server error"),
         }
     }
 

@@ -32,7 +32,7 @@ use aws_lambda_events::apigw::ApiGatewayProxyResponse;
 use lambda_runtime::LambdaEvent;
 use ratelimiter::response::{INTERNAL_ERROR, error_response, rate_limit_error_response};
 use ratelimiter::{
-    Clock, Identifier, IdentifierKind, Operation, RateLimitError, RateLimitService, Store,
+    Clock, Identifier, IdentifierKind, Operation, RateLimitError, RateLimitService, Store, Verdict,
 };
 use tower::{Layer, Service};
 
@@ -182,40 +182,45 @@ pub(crate) async fn enforce<S: Store, C: Clock>(
     limiter: &RateLimitService<S, C>,
     subject: &Subject,
 ) -> Option<ApiGatewayProxyResponse> {
-    let operation = subject.operation.as_str();
-    let key_type = subject.kind.as_str();
-    match limiter
-        .check(subject.operation, subject.identifier(), 1)
-        .await
-    {
-        Ok(verdict) => {
-            tracing::info!(
-                operation,
-                key_type,
-                decision = if verdict.would_deny() {
-                    "would_deny"
-                } else {
-                    "allowed"
-                },
-                remaining = verdict.decision.remaining,
-                degraded = verdict.degraded,
-                "rate limit checked"
-            );
-            None
-        }
+    match check_logged(limiter, subject.operation, subject.identifier()).await {
+        Ok(_) => None,
         Err(RateLimitError::Exceeded { retry_after, .. }) => {
-            tracing::info!(
-                operation,
-                key_type,
-                decision = "denied",
-                retry_after,
-                "rate limit exceeded"
-            );
             Some(rate_limit_error_response(retry_after))
         }
-        Err(error) => {
-            tracing::error!(operation, key_type, %error, "rate limit check failed");
-            Some(error_response(500, INTERNAL_ERROR, "Internal server error"))
-        }
+        Err(_) => Some(error_response(500, INTERNAL_ERROR, "Internal server error")),
     }
+}
+
+/// Counts one request of `operation` for `identifier` and logs the decision
+/// (never the identifier itself): the one log line every handler writes.
+pub(crate) async fn check_logged<S: Store, C: Clock>(
+    limiter: &RateLimitService<S, C>,
+    operation: Operation,
+    identifier: Identifier<'_>,
+) -> Result<Verdict, RateLimitError> {
+    let result = limiter.check(operation, identifier, 1).await;
+    let (operation, key_type) = (operation.as_str(), identifier.kind.as_str());
+    match &result {
+        Ok(verdict) => tracing::info!(
+            operation,
+            key_type,
+            decision = if verdict.would_deny() {
+                "would_deny"
+            } else {
+                "allowed"
+            },
+            remaining = verdict.decision.remaining,
+            degraded = verdict.degraded,
+            "rate limit checked"
+        ),
+        Err(RateLimitError::Exceeded { retry_after, .. }) => tracing::info!(
+            operation,
+            key_type,
+            decision = "denied",
+            retry_after,
+            "rate limit exceeded"
+        ),
+        Err(error) => tracing::error!(operation, key_type, %error, "rate limit check failed"),
+    }
+    result
 }

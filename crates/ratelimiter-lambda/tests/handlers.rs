@@ -462,3 +462,131 @@ async fn the_layer_limits_any_handler_without_calling_it_when_denied() {
         assert_eq!(response.status_code, 200);
     }
 }
+
+/// Log lines written while the guard lives, as the functions write them (JSON).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// (message, operation, key_type, decision) of each decision line.
+    fn decisions(&self) -> Vec<(String, String, String, String)> {
+        self.text()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap()["fields"].clone())
+            .filter(|fields| !fields["decision"].is_null())
+            .map(|f| {
+                let field = |name: &str| f[name].as_str().unwrap().to_owned();
+                (
+                    field("message"),
+                    field("operation"),
+                    field("key_type"),
+                    field("decision"),
+                )
+            })
+            .collect()
+    }
+}
+
+fn line(
+    message: &str,
+    operation: &str,
+    key_type: &str,
+    decision: &str,
+) -> (String, String, String, String) {
+    (
+        message.into(),
+        operation.into(),
+        key_type.into(),
+        decision.into(),
+    )
+}
+
+#[tokio::test]
+async fn connect_logs_one_line_per_decision_and_never_the_ip_or_user() {
+    let limits = Limits::default().with(Operation::SessionCreate, Quota::per_hour(NonZeroU32::MIN));
+    let handler = ConnectHandler::new(limiter(limits));
+    let (logs, _guard) = Logs::capture();
+    let speaker = || {
+        invoke(connect_event(
+            Some("203.0.113.99"),
+            Some(json!("user-secret-42")),
+        ))
+    };
+    assert_eq!(handler.handle(speaker()).await.unwrap().status_code, 200);
+    assert_eq!(handler.handle(speaker()).await.unwrap().status_code, 429);
+    assert_eq!(
+        logs.decisions(),
+        [
+            line("rate limit checked", "connection_attempt", "ip", "allowed"),
+            line("rate limit checked", "session_create", "user", "allowed"),
+            line("rate limit checked", "connection_attempt", "ip", "allowed"),
+            line("rate limit exceeded", "session_create", "user", "denied"),
+        ]
+    );
+    let text = logs.text();
+    assert!(!text.contains("203.0.113.99"), "{text}");
+    assert!(!text.contains("user-secret-42"), "{text}");
+}
+
+#[tokio::test]
+async fn heartbeat_logs_its_decisions_like_connect_and_never_the_connection_id() {
+    let limits = Limits::default();
+    let shadowed = Arc::new(
+        RateLimitService::with_clock(
+            MemoryStore::new(),
+            limits,
+            FakeClock::at_secs(1_700_000_000),
+        )
+        .with_shadow(ratelimiter::ShadowMode::all(true)),
+    );
+    let sender = Arc::new(Recorder::default());
+    let (logs, _guard) = Logs::capture();
+    let beat = || invoke(heartbeat_event("conn-secret=", r#"{"action":"heartbeat"}"#));
+    let handler = HeartbeatHandler::new(limiter(limits), sender.clone());
+    for expected in [200, 200, 429] {
+        assert_eq!(handler.handle(beat()).await.unwrap().status_code, expected);
+    }
+    let shadow = HeartbeatHandler::new(shadowed, sender);
+    for _ in 0..3 {
+        assert_eq!(shadow.handle(beat()).await.unwrap().status_code, 200);
+    }
+    let checked = |decision| line("rate limit checked", "heartbeat", "connection", decision);
+    assert_eq!(
+        logs.decisions(),
+        [
+            checked("allowed"),
+            checked("allowed"),
+            line("rate limit exceeded", "heartbeat", "connection", "denied"),
+            checked("allowed"),
+            checked("allowed"),
+            checked("would_deny"),
+        ]
+    );
+    let text = logs.text();
+    assert!(!text.contains("conn-secret"), "{text}");
+}
