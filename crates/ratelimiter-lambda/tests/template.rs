@@ -123,3 +123,58 @@ fn the_functions_may_call_exactly_what_the_store_calls() {
     assert!(template.contains("Action: execute-api:ManageConnections"));
     assert!(template.contains("RouteSelectionExpression: \"$request.body.action\""));
 }
+
+/// The template's parameter names (the keys under `Parameters:`).
+fn template_parameters(template: &str) -> BTreeSet<String> {
+    template
+        .split("\nParameters:\n")
+        .nth(1)
+        .expect("the template has parameters")
+        .lines()
+        .take_while(|line| line.is_empty() || line.starts_with(' '))
+        .filter_map(|line| line.strip_prefix("  ")?.strip_suffix(':'))
+        .filter(|name| !name.starts_with(' '))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_stage_profile_sets_only_template_parameters_and_its_own_stage() {
+    let template = template();
+    let parameters = template_parameters(&template);
+    assert!(
+        parameters.contains("HeartbeatsPerMin") && parameters.contains("Stage"),
+        "{parameters:?}"
+    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samconfig.toml");
+    let samconfig = std::fs::read_to_string(path).expect("samconfig.toml is at the workspace root");
+    let mut stages = BTreeSet::new();
+    let mut section = "";
+    for line in samconfig.lines() {
+        if line.starts_with('[') {
+            section = line;
+        }
+        let Some(overrides) = line
+            .strip_prefix("parameter_overrides = \"")
+            .and_then(|rest| rest.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let environment = section.trim_start_matches('[').split('.').next().unwrap();
+        for pair in overrides.split_whitespace() {
+            let (name, value) = pair.split_once('=').expect("Name=Value");
+            assert!(
+                parameters.contains(name),
+                "{section} sets {name}, which the template does not declare"
+            );
+            if name == "Stage" && environment != "default" {
+                assert_eq!(value, environment, "{section} deploys another stage");
+                stages.insert(value.to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        stages,
+        BTreeSet::from(["dev", "prod", "staging"].map(str::to_owned))
+    );
+}
