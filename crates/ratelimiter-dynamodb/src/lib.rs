@@ -59,7 +59,7 @@ use ratelimiter::telemetry;
 
 mod client;
 
-pub use client::{ClientOptions, client};
+pub use client::{ClientOptions, client, https_client};
 
 /// The table name when `RATE_LIMIT_TABLE_NAME` is not set.
 pub const DEFAULT_TABLE: &str = "RateLimits";

@@ -202,6 +202,7 @@ async fn missing_credentials_fail_open() {
     // A client with no credentials provider at all, as on a host where none resolves.
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version_latest()
+        .http_client(ratelimiter_dynamodb::https_client())
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .endpoint_url(&endpoint)
         .build();

@@ -60,6 +60,7 @@ impl ManagementApi {
     /// [`MANAGEMENT_ENDPOINT_VAR`].
     pub async fn from_env() -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(ratelimiter_dynamodb::https_client())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(POST_TIMEOUT)
@@ -80,6 +81,7 @@ impl ManagementApi {
         use aws_sdk_apigatewaymanagement::config::{Credentials, Region};
         let config = aws_sdk_apigatewaymanagement::Config::builder()
             .behavior_version_latest()
+            .http_client(ratelimiter_dynamodb::https_client())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("local", "local", None, None, "local"))
             .build();
@@ -87,6 +89,10 @@ impl ManagementApi {
     }
 
     /// A sender with `config`, posting to `endpoint_override` when given.
+    ///
+    /// `config` needs an HTTP client, such as
+    /// [`ratelimiter_dynamodb::https_client`]: the SDK's default one is not
+    /// built in.
     pub fn new(
         config: aws_sdk_apigatewaymanagement::Config,
         endpoint_override: Option<String>,

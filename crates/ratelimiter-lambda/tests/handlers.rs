@@ -463,13 +463,37 @@ async fn the_layer_limits_any_handler_without_calling_it_when_denied() {
     }
 }
 
-/// Log lines written while the guard lives, as the functions write them (JSON).
+/// Log lines of the current thread, as the functions write them (JSON).
+///
+/// One process-wide subscriber sends each thread's lines to that thread's
+/// capture: scoped subscribers race with tracing's per-callsite interest
+/// cache when tests run in parallel, and lose lines.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for Logs {
+thread_local! {
+    static CAPTURING: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops the capture of this thread's logs when dropped.
+struct Capturing(());
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.with(|current| current.borrow_mut().take());
+    }
+}
+
+/// Writes to the capture of the thread that logs, if any.
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
+        CAPTURING.with(|current| {
+            if let Some(logs) = &*current.borrow() {
+                logs.0.lock().unwrap().extend_from_slice(bytes);
+            }
+        });
         Ok(bytes.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -478,15 +502,18 @@ impl std::io::Write for Logs {
 }
 
 impl Logs {
-    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+    fn capture() -> (Self, Capturing) {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(|| ThreadWriter)
+                .with_max_level(tracing::Level::INFO)
+                .init();
+        });
         let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        CAPTURING.with(|current| *current.borrow_mut() = Some(logs.clone()));
+        (logs, Capturing(()))
     }
 
     fn text(&self) -> String {

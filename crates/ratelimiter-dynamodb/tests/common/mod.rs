@@ -51,33 +51,62 @@ pub fn service<S: ratelimiter::Store>(
 }
 
 /// Log output captured from the current thread.
+///
+/// One process-wide subscriber sends each thread's lines to that thread's
+/// capture. Scoped subscribers (`set_default`) would be simpler, but they race
+/// with tracing's per-callsite interest cache when tests run in parallel, and
+/// lines get lost.
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    static CAPTURING: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops the capture of this thread's logs when dropped.
+pub struct Capturing(());
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.with(|current| current.borrow_mut().take());
+    }
+}
+
+/// Writes to the capture of the thread that logs, if any.
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURING.with(|current| {
+            if let Some(logs) = &*current.borrow() {
+                logs.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Logs {
-    /// Captures everything logged on this thread until the guard is dropped.
-    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+    /// Captures everything logged on this thread until the guard is dropped
+    /// (tests on the default current-thread runtime log on their thread only).
+    pub fn capture() -> (Self, Capturing) {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            tracing_subscriber::fmt()
+                .with_writer(|| ThreadWriter)
+                .with_ansi(false)
+                .init();
+        });
         let logs = Self::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        CAPTURING.with(|current| *current.borrow_mut() = Some(logs.clone()));
+        (logs, Capturing(()))
     }
 
     /// Everything captured so far.
     pub fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
