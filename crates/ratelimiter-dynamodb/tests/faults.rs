@@ -219,3 +219,81 @@ async fn missing_credentials_fail_open() {
     assert!(verdict.allowed() && verdict.degraded, "{verdict:?}");
     assert!(logs.text().contains("fail open"), "{}", logs.text());
 }
+
+/// An endpoint that rejects every `UpdateItem` as DynamoDB does when its
+/// condition fails, returning an old TAT that is busy (`now + 1 s`) and idle
+/// (1 ns after the epoch) in turn: the shape the store picks is always wrong.
+async fn shape_flipping_endpoint(now: u64) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut answered = 0u64;
+        while let Ok((socket, _)) = listener.accept().await {
+            let mut socket = BufReader::new(socket);
+            loop {
+                let mut length = 0;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                if line != "\r\n" {
+                    break;
+                }
+                let mut request = vec![0; length];
+                socket.read_exact(&mut request).await.unwrap();
+                let tat = if answered.is_multiple_of(2) {
+                    now + 1_000_000_000
+                } else {
+                    1
+                };
+                answered += 1;
+                let body = format!(
+                    r#"{{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed","Item":{{"tat":{{"N":"{tat}"}}}}}}"#
+                );
+                let response = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-requestid: flip-{answered}\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                socket
+                    .get_mut()
+                    .write_all(response.as_bytes())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls() {
+    let (logs, _guard) = Logs::capture();
+    let clock = clock_now();
+    let now = ratelimiter::Clock::now(&clock);
+    let endpoint = shape_flipping_endpoint(now).await;
+    let store = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
+    let service = service(store, &clock);
+    let verdict = service
+        .check_connection_attempt_limit("192.0.2.80")
+        .await
+        .unwrap();
+    assert!(verdict.allowed() && verdict.degraded, "{verdict:?}");
+    assert_eq!(service.store().calls(), 3);
+    assert!(
+        logs.text().contains("gave up after 3 calls"),
+        "{}",
+        logs.text()
+    );
+}
