@@ -14,7 +14,7 @@
 //!
 //! Stores never implement this rule themselves. A consuming request is
 //! described by a [`Step`]; a store applies it atomically to one key (with
-//! [`Step::apply`], or with the two linear pieces [`Step::idle_target`] and
+//! [`Step::outcome`], or with the two linear pieces [`Step::idle_target`] and
 //! [`Step::busy_ceiling`] when its conditional writes cannot express `max`)
 //! and reports an [`Outcome`], from which [`Quota::decision`] derives the
 //! numbers callers see.
