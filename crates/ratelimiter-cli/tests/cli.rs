@@ -306,15 +306,7 @@ fn the_dynamodb_store_talks_to_an_endpoint() {
         .enable_all()
         .build()
         .unwrap();
-    let endpoint = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(dynoxide::server::serve_on(
-            listener,
-            dynoxide::Database::memory().unwrap(),
-        ));
-        format!("http://{address}")
-    });
+    let endpoint = runtime.block_on(ratelimiter_testing::dynoxide());
     let dir = tempfile::tempdir().unwrap();
     let dynamodb = |args: &[&str]| {
         run(ratelimit(dir.path())

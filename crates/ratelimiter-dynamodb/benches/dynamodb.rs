@@ -42,16 +42,6 @@ impl Stats {
     }
 }
 
-async fn server() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(dynoxide::server::serve_on(
-        listener,
-        dynoxide::Database::memory().unwrap(),
-    ));
-    format!("http://{address}")
-}
-
 async fn store(endpoint: &str) -> DynamoDbStore {
     DynamoDbStore::new(
         client(&ClientOptions::local(endpoint, TIMEOUT)).await,
@@ -215,7 +205,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let endpoint = server().await;
+        let endpoint = ratelimiter_testing::dynoxide().await;
         let setup = store(&endpoint).await;
         setup.create_table().await.unwrap();
         let n = 3000;

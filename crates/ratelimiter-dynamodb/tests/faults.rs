@@ -6,9 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Logs, clock_now, dynoxide, service, store_at};
+use common::{clock_now, dynoxide, service, store_at};
 use ratelimiter::policy::BreakerState;
 use ratelimiter::{CircuitBreaker, FailureMode, FailurePolicy, Operation};
+use ratelimiter_testing::{Format, Logs};
 use tokio::net::TcpListener;
 
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -38,7 +39,7 @@ async fn hanging_endpoint() -> String {
 /// expects it allowed, degraded, warned about, and answered well within a
 /// second although the store never answers.
 async fn fails_open_quickly(endpoint: &str, table: &str, expect_in_log: &str) {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let service = service(store_at(endpoint, table, TIMEOUT).await, &clock);
     let started = Instant::now();
@@ -71,7 +72,7 @@ async fn a_hanging_endpoint_fails_open_within_the_timeout() {
 
 #[tokio::test]
 async fn the_breaker_stops_calling_a_hanging_endpoint() {
-    let (_logs, _guard) = Logs::capture();
+    let (_logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT).await;
     let service =
@@ -91,7 +92,7 @@ async fn the_breaker_stops_calling_a_hanging_endpoint() {
 
 #[tokio::test]
 async fn the_breaker_closes_when_the_table_comes_back() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(Format::Text);
     let endpoint = dynoxide().await;
     let clock = clock_now();
     let store = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
@@ -140,7 +141,7 @@ async fn the_breaker_closes_when_the_table_comes_back() {
 
 #[tokio::test]
 async fn closed_mode_denies_while_the_table_is_away() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT).await;
     let service = service(store, &clock).with_policy(FailurePolicy::all(FailureMode::Closed));
@@ -158,7 +159,7 @@ async fn closed_mode_denies_while_the_table_is_away() {
 
 #[tokio::test]
 async fn local_mode_stops_one_client_while_the_table_is_away() {
-    let (_logs, _guard) = Logs::capture();
+    let (_logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let store = store_at(&refused_endpoint().await, "RateLimits", TIMEOUT).await;
     let service = service(store, &clock).with_policy(
@@ -197,7 +198,7 @@ async fn local_mode_stops_one_client_while_the_table_is_away() {
 
 #[tokio::test]
 async fn missing_credentials_fail_open() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(Format::Text);
     let endpoint = dynoxide().await;
     // A client with no credentials provider at all, as on a host where none resolves.
     let config = aws_sdk_dynamodb::Config::builder()
@@ -279,7 +280,7 @@ async fn shape_flipping_endpoint(now: u64) -> String {
 
 #[tokio::test]
 async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let now = ratelimiter::Clock::now(&clock);
     let endpoint = shape_flipping_endpoint(now).await;

@@ -13,6 +13,7 @@ use ratelimiter_lambda::connect::{ConnectHandler, ConnectHook, Role};
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::layer::{RateLimitLayer, Subject};
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
+use ratelimiter_testing::{Capturing, Format, Logs};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
@@ -463,80 +464,28 @@ async fn the_layer_limits_any_handler_without_calling_it_when_denied() {
     }
 }
 
-/// Log lines of the current thread, as the functions write them (JSON).
-///
-/// One process-wide subscriber sends each thread's lines to that thread's
-/// capture: scoped subscribers race with tracing's per-callsite interest
-/// cache when tests run in parallel, and lose lines.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-thread_local! {
-    static CAPTURING: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+/// The handlers' log lines, as the functions write them (JSON), captured
+/// from the test's thread.
+fn capture_logs() -> (Logs, Capturing) {
+    Logs::capture(Format::Json)
 }
 
-/// Stops the capture of this thread's logs when dropped.
-struct Capturing(());
-
-impl Drop for Capturing {
-    fn drop(&mut self) {
-        CAPTURING.with(|current| current.borrow_mut().take());
-    }
-}
-
-/// Writes to the capture of the thread that logs, if any.
-struct ThreadWriter;
-
-impl std::io::Write for ThreadWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        CAPTURING.with(|current| {
-            if let Some(logs) = &*current.borrow() {
-                logs.0.lock().unwrap().extend_from_slice(bytes);
-            }
-        });
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture() -> (Self, Capturing) {
-        static INSTALL: std::sync::Once = std::sync::Once::new();
-        INSTALL.call_once(|| {
-            tracing_subscriber::fmt()
-                .json()
-                .with_writer(|| ThreadWriter)
-                .with_max_level(tracing::Level::INFO)
-                .init();
-        });
-        let logs = Logs::default();
-        CAPTURING.with(|current| *current.borrow_mut() = Some(logs.clone()));
-        (logs, Capturing(()))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    /// (message, operation, key_type, decision) of each decision line.
-    fn decisions(&self) -> Vec<(String, String, String, String)> {
-        self.text()
-            .lines()
-            .map(|line| serde_json::from_str::<Value>(line).unwrap()["fields"].clone())
-            .filter(|fields| !fields["decision"].is_null())
-            .map(|f| {
-                let field = |name: &str| f[name].as_str().unwrap().to_owned();
-                (
-                    field("message"),
-                    field("operation"),
-                    field("key_type"),
-                    field("decision"),
-                )
-            })
-            .collect()
-    }
+/// (message, operation, key_type, decision) of each decision line.
+fn decisions(logs: &Logs) -> Vec<(String, String, String, String)> {
+    logs.text()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["fields"].clone())
+        .filter(|fields| !fields["decision"].is_null())
+        .map(|f| {
+            let field = |name: &str| f[name].as_str().unwrap().to_owned();
+            (
+                field("message"),
+                field("operation"),
+                field("key_type"),
+                field("decision"),
+            )
+        })
+        .collect()
 }
 
 fn line(
@@ -557,7 +506,7 @@ fn line(
 async fn connect_logs_one_line_per_decision_and_never_the_ip_or_user() {
     let limits = Limits::default().with(Operation::SessionCreate, Quota::per_hour(NonZeroU32::MIN));
     let handler = ConnectHandler::new(limiter(limits));
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = capture_logs();
     let speaker = || {
         invoke(connect_event(
             Some("203.0.113.99"),
@@ -567,7 +516,7 @@ async fn connect_logs_one_line_per_decision_and_never_the_ip_or_user() {
     assert_eq!(handler.handle(speaker()).await.unwrap().status_code, 200);
     assert_eq!(handler.handle(speaker()).await.unwrap().status_code, 429);
     assert_eq!(
-        logs.decisions(),
+        decisions(&logs),
         [
             line("rate limit checked", "connection_attempt", "ip", "allowed"),
             line("rate limit checked", "session_create", "user", "allowed"),
@@ -592,7 +541,7 @@ async fn heartbeat_logs_its_decisions_like_connect_and_never_the_connection_id()
         .with_shadow(ratelimiter::ShadowMode::all(true)),
     );
     let sender = Arc::new(Recorder::default());
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = capture_logs();
     let beat = || invoke(heartbeat_event("conn-secret=", r#"{"action":"heartbeat"}"#));
     let handler = HeartbeatHandler::new(limiter(limits), sender.clone());
     for expected in [200, 200, 429] {
@@ -604,7 +553,7 @@ async fn heartbeat_logs_its_decisions_like_connect_and_never_the_connection_id()
     }
     let checked = |decision| line("rate limit checked", "heartbeat", "connection", decision);
     assert_eq!(
-        logs.decisions(),
+        decisions(&logs),
         [
             checked("allowed"),
             checked("allowed"),

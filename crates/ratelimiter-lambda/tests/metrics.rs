@@ -127,12 +127,7 @@ fn expect(pairs: &[(&str, &[(&str, u64)])]) -> BTreeMap<String, BTreeMap<String,
 }
 
 async fn dynamodb_store() -> DynamoDbStore {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(dynoxide::server::serve_on(
-        listener,
-        dynoxide::Database::memory().unwrap(),
-    ));
+    let url = ratelimiter_testing::dynoxide().await;
     let store = DynamoDbStore::new(
         client(&ClientOptions::local(&url, Duration::from_secs(5))).await,
         "RateLimits",

@@ -110,12 +110,7 @@ impl Harness {
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-        let table = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dynamodb = format!("http://{}", table.local_addr().unwrap());
-        tokio::spawn(dynoxide::server::serve_on(
-            table,
-            dynoxide::Database::memory().unwrap(),
-        ));
+        let dynamodb = ratelimiter_testing::dynoxide().await;
         let store = DynamoDbStore::new(
             client(&ClientOptions::local(&dynamodb, Duration::from_secs(5))).await,
             "RateLimits",
