@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
-use ratelimiter::response::{INTERNAL_ERROR, error_response};
+use ratelimiter::response::internal_error_response;
 use ratelimiter::{Clock, Operation, RateLimitService, Store, SystemClock};
 use serde_json::Value;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -173,7 +173,7 @@ async fn run_hook<H: ConnectHook>(
         Err(error) => {
             // The detail stays in the logs; the client learns nothing internal.
             tracing::error!(%error, "the $connect hook failed");
-            error_response(500, INTERNAL_ERROR, "Internal server error")
+            internal_error_response()
         }
     }
 }

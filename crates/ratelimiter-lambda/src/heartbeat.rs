@@ -12,7 +12,7 @@ use std::sync::Arc;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
 use ratelimiter::response::{
-    ErrorBody, INTERNAL_ERROR, error_response, now_ms, rate_limit_error_response_at,
+    ErrorBody, internal_error_response, now_ms, rate_limit_error_response_at,
 };
 use ratelimiter::{
     Clock, Identifier, Operation, RateLimitError, RateLimitService, Store, SystemClock,
@@ -80,7 +80,7 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": now_ms()});
                 match self.send(&endpoint, connection, ack.to_string()).await {
                     Ok(()) => ok_response(),
-                    Err(()) => error_response(500, INTERNAL_ERROR, "Internal server error"),
+                    Err(()) => internal_error_response(),
                 }
             }
             Err(RateLimitError::Exceeded { retry_after, .. }) => {
@@ -91,7 +91,7 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 let _ = self.send(&endpoint, connection, body).await;
                 rate_limit_error_response_at(retry_after, timestamp)
             }
-            Err(_) => error_response(500, INTERNAL_ERROR, "Internal server error"),
+            Err(_) => internal_error_response(),
         }
     }
 

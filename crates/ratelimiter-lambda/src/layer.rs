@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 
 use aws_lambda_events::apigw::ApiGatewayProxyResponse;
 use lambda_runtime::LambdaEvent;
-use ratelimiter::response::{INTERNAL_ERROR, error_response, rate_limit_error_response};
+use ratelimiter::response::{internal_error_response, rate_limit_error_response};
 use ratelimiter::{
     Clock, Identifier, IdentifierKind, Operation, RateLimitError, RateLimitService, Store, Verdict,
 };
@@ -187,7 +187,7 @@ pub(crate) async fn enforce<S: Store, C: Clock>(
         Err(RateLimitError::Exceeded { retry_after, .. }) => {
             Some(rate_limit_error_response(retry_after))
         }
-        Err(_) => Some(error_response(500, INTERNAL_ERROR, "Internal server error")),
+        Err(_) => Some(internal_error_response()),
     }
 }
 

@@ -104,8 +104,19 @@ pub fn rate_limit_error_response_at(
     response
 }
 
+/// The seed's 500 response: `INTERNAL_ERROR`, "Internal server error", and
+/// nothing about the cause, which belongs in the logs.
+///
+/// ```
+/// let response = ratelimiter::response::internal_error_response();
+/// assert_eq!(response.status_code, 500);
+/// ```
+pub fn internal_error_response() -> ApiGatewayProxyResponse {
+    error_response(500, INTERNAL_ERROR, "Internal server error")
+}
+
 /// An error response in the seed's format, such as
-/// `error_response(500, "INTERNAL_ERROR", "Internal server error")`.
+/// `error_response(400, "BAD_REQUEST", "the message has no body")`.
 pub fn error_response(status: u16, code: &str, message: &str) -> ApiGatewayProxyResponse {
     error_response_at(status, code, message, now_ms())
 }
