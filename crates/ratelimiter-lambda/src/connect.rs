@@ -111,10 +111,7 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
         let (payload, context) = event.into_parts();
         match event::parse(payload) {
             Ok(request) => self.handle_event(LambdaEvent::new(request, context)).await,
-            Err(bad) => {
-                tracing::warn!(error = %bad, "rejected a malformed $connect event");
-                Ok(bad.response())
-            }
+            Err(bad) => Ok(bad.reject("$connect")),
         }
     }
 

@@ -20,6 +20,12 @@ impl BadEvent {
     pub fn response(&self) -> ApiGatewayProxyResponse {
         error_response(400, BAD_REQUEST, &self.0)
     }
+
+    /// Logs that `route`'s handler rejected the event, and returns the 400.
+    pub fn reject(&self, route: &str) -> ApiGatewayProxyResponse {
+        tracing::warn!(error = %self, "rejected a malformed {route} event");
+        self.response()
+    }
 }
 
 /// Deserializes a raw Lambda payload as a WebSocket event, or says what is wrong.

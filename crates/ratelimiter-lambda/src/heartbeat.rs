@@ -19,7 +19,7 @@ use ratelimiter::{
 };
 use serde_json::{Value, json};
 
-use crate::event::{self, BadEvent, body_json, connection_id};
+use crate::event::{self, body_json, connection_id};
 use crate::layer::check_logged;
 use crate::management::{ConnectionSender, SendError};
 use crate::ok_response;
@@ -57,7 +57,7 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
     ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
         match event::parse(event.payload) {
             Ok(request) => Ok(self.handle_event(&request).await),
-            Err(bad) => Ok(rejected(&bad)),
+            Err(bad) => Ok(bad.reject("heartbeat")),
         }
     }
 
@@ -72,7 +72,7 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
         });
         let (connection, endpoint) = match checked {
             Ok(found) => found,
-            Err(bad) => return rejected(&bad),
+            Err(bad) => return bad.reject("heartbeat"),
         };
         let identifier = Identifier::connection(connection);
         match check_logged(&self.limiter, Operation::Heartbeat, identifier).await {
@@ -113,9 +113,4 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
             }
         }
     }
-}
-
-fn rejected(bad: &BadEvent) -> ApiGatewayProxyResponse {
-    tracing::warn!(error = %bad, "rejected a malformed heartbeat event");
-    bad.response()
 }
