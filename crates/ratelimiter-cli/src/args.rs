@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ratelimiter::{IdentifierKind, Operation};
+use ratelimiter::Kind;
 
 /// Check, inspect and reset the rate limits of a serverless WebSocket API.
 ///
-/// Limits come from RATE_LIMIT_SESSIONS_PER_HOUR, RATE_LIMIT_LISTENER_JOINS_PER_MIN,
+/// Policies come from the file --config (or RATE_LIMIT_CONFIG) names, and the
+/// seed's four from RATE_LIMIT_SESSIONS_PER_HOUR, RATE_LIMIT_LISTENER_JOINS_PER_MIN,
 /// RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN and RATE_LIMIT_HEARTBEATS_PER_MIN; failure
-/// handling from RATE_LIMIT_FAILURE_MODE (open, closed, local) and RATE_LIMIT_TIMEOUT_MS.
+/// handling from RATE_LIMIT_FAILURE_MODE (open, closed, local) and RATE_LIMIT_TIMEOUT_MS;
+/// RATE_LIMIT_KEY_SECRET turns identifiers into keyed digests.
 #[derive(Debug, Parser)]
 #[command(name = "ratelimit", version)]
 pub struct Cli {
@@ -21,9 +23,12 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the state lives.
+/// Where the state lives, and the policies.
 #[derive(Debug, Args)]
 pub struct GlobalOptions {
+    /// A TOML file of policies [default: $RATE_LIMIT_CONFIG, else the seed's four only].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// The store: `embedded` (a DynamoDB-compatible store on a SQLite file in
     /// --data-dir, through the same code as DynamoDB), `memory` (this process
     /// only), or `dynamodb` (a real table).
@@ -68,7 +73,8 @@ pub enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         cost: u32,
     },
-    /// Print the seed's status of one key (count, limit, reset_in_seconds, window_duration), consuming nothing.
+    /// Print the status of one key, consuming nothing: the seed's fields (count, limit,
+    /// reset_in_seconds, window_duration) for the fullest limit, and every limit's under `limits`.
     Status {
         /// The key.
         #[command(flatten)]
@@ -82,6 +88,16 @@ pub enum Command {
     },
     /// Create the table (on-demand, TTL enabled) and wait until it is active; nothing happens if it exists.
     CreateTable,
+    /// Carry items of the one-item-per-operation layout over to the current one, once, after upgrading.
+    Migrate,
+    /// List the policies in force: name, kind, limits, tiers, failure mode, shadow mode.
+    Policies,
+    /// Work with configuration files.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Run a local API Gateway WebSocket API with the real handlers: connect to ws://ADDRESS/local.
     ///
     /// `$connect` on upgrade (source IP: the TCP peer; `?userId=` stands in for
@@ -102,6 +118,17 @@ pub enum Command {
     },
 }
 
+/// What `config` does.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the policies it gives (with the environment's
+    /// overrides). Exit status 2, with the file, line and fault, when it is wrong.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
 /// The Lambda handlers `invoke` can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HandlerKind {
@@ -111,38 +138,22 @@ pub enum HandlerKind {
     Heartbeat,
 }
 
-/// One key: an operation and an identifier.
+/// One key: a policy and an identifier.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// session-create, listener-join, connection-attempt or heartbeat.
-    #[arg(value_parser = parse_operation)]
-    pub operation: Operation,
-    /// The user id, IP address or connection id, as the operation counts.
+    /// The policy: session-create, listener-join, connection-attempt, heartbeat, or one of the
+    /// configuration's (`ratelimit policies` lists them).
+    pub policy: String,
+    /// The user id, IP address, connection id, ... the policy counts.
     pub identifier: String,
-    /// Count the identifier as this kind instead of the operation's own
-    /// (session-create: user; listener-join, connection-attempt: ip; heartbeat: connection).
+    /// The caller's tier, for policies with tiers.
+    #[arg(long)]
+    pub tier: Option<String>,
+    /// Count the identifier as this kind instead of the policy's own.
     #[arg(long, value_parser = parse_kind)]
-    pub kind: Option<IdentifierKind>,
+    pub kind: Option<Kind>,
 }
 
-impl Target {
-    /// The identifier kind: the one given, or the operation's.
-    pub fn kind(&self) -> IdentifierKind {
-        self.kind.unwrap_or(self.operation.identifier_kind())
-    }
-}
-
-fn parse_operation(s: &str) -> Result<Operation, String> {
-    s.parse()
-        .map_err(|e: ratelimiter::key::UnknownOperation| e.to_string())
-}
-
-fn parse_kind(s: &str) -> Result<IdentifierKind, String> {
-    s.parse()
-        .map_err(|e: ratelimiter::key::UnknownIdentifierKind| e.to_string())
-}
-
-/// The command-line name of an operation (`session-create`, ...).
-pub fn operation_name(operation: Operation) -> String {
-    operation.as_str().replace('_', "-")
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::new(s).map_err(|e| e.to_string())
 }

@@ -32,7 +32,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::RateLimitService;
-use ratelimiter::response::now_ms;
 use ratelimiter_lambda::connect::ConnectHandler;
 use ratelimiter_lambda::event;
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
@@ -162,7 +161,7 @@ async fn upgrade(
         id: gateway.new_connection_id(),
         stage,
         source_ip: peer.ip().to_string(),
-        connected_at: now_ms(),
+        connected_at: gateway.now_ms(),
     };
     let user = query.get("userId").filter(|u| !u.is_empty()).cloned();
     let payload = gateway.event(
@@ -208,6 +207,11 @@ async fn upgrade(
 }
 
 impl Gateway {
+    /// Now, by the limiter's clock, in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64 {
+        self.connect.limiter().now_ms()
+    }
+
     fn new_connection_id(&self) -> String {
         // API Gateway's ids are opaque, unique strings; so are these.
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +230,7 @@ impl Gateway {
             } => json!({"principalId": user, "userId": user}),
             _ => json!({}),
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let mut event = json!({
             "requestContext": {
                 "routeKey": route,
@@ -320,7 +324,7 @@ impl Gateway {
                     connection.id
                 );
                 // What API Gateway answers when no route matches and there is no $default.
-                let answer = json!({"message": "Forbidden", "connectionId": connection.id, "requestId": format!("{:x}", now_ms())});
+                let answer = json!({"message": "Forbidden", "connectionId": connection.id, "requestId": format!("{:x}", self.now_ms())});
                 self.send(&connection.id, Outgoing::Text(answer.to_string()));
             }
         }

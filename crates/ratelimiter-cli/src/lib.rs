@@ -4,7 +4,10 @@
 //! Exit status: 0 when a command succeeds (for `check`: allowed), 1 when
 //! `check` is rate limited, 2 for bad arguments or configuration, 3 when the
 //! store fails a command that cannot fail open (`status`, `reset`,
-//! `create-table`).
+//! `create-table`, `migrate`).
+
+// The SDK's nested futures are deeper than the default limit allows.
+#![recursion_limit = "256"]
 
 pub mod args;
 pub mod gateway;
@@ -13,16 +16,14 @@ pub mod stores;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ratelimiter::gcra::ceil_secs;
-use ratelimiter::{
-    FailurePolicy, Identifier, Limits, RateLimitError, RateLimitService, ShadowMode,
-};
-use serde_json::json;
+use ratelimiter::gcra::{Status, ceil_secs};
+use ratelimiter::{Builder, Config, Policies, Policy, RateLimitError, RateLimitService, Request};
+use serde_json::{Value, json};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::args::{Cli, Command, HandlerKind, Target, operation_name};
+use crate::args::{Cli, Command, ConfigCommand, GlobalOptions, HandlerKind, Target};
 use crate::stores::{AnyStore, open_store};
 
 /// Why a command failed, and so its exit status.
@@ -79,57 +80,167 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The configuration: `--config` if given, else `RATE_LIMIT_CONFIG`, and
+/// the environment.
+fn configuration(global: &GlobalOptions) -> Result<Config, CliError> {
+    let env = |var: &str| std::env::var(var).ok();
+    Ok(match &global.config {
+        Some(path) => Config::from_file(path, env)?,
+        None => Config::from_lookup(env)?,
+    })
+}
+
 /// Runs one parsed command; returns the exit status.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let limits = Limits::from_env()?;
-    let policy = FailurePolicy::from_env()?;
-    let shadow = ShadowMode::from_env()?;
+    let config = configuration(&cli.global)?;
+    match cli.command {
+        Command::Policies => {
+            print(&policies_json(&config.policies));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let checked = Config::from_file(&file, |var| std::env::var(var).ok())?;
+            print(&json!({
+                "file": file.display().to_string(),
+                "valid": true,
+                "policies": policies_json(&checked.policies)["policies"],
+            }));
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let secret = config.secret.clone();
     let store = open_store(&cli.global).await?;
-    let service = RateLimitService::new(store, limits)
-        .with_policy(policy)
-        .with_shadow(shadow);
+    let service = Builder::from_config(config).build_uncached(store);
     match cli.command {
         Command::Check { target, cost } => check(&service, &target, cost).await,
         Command::Status { target } => {
-            let status = service
-                .get_rate_limit_status(target.operation, target.kind(), &target.identifier)
+            let request = request(&service, &target)?;
+            let statuses = service
+                .statuses(&request)
                 .await
                 .map_err(|e| CliError::Store(e.to_string()))?;
-            print(&json!(status));
+            let mut value = json!(fullest(&statuses));
+            value["limits"] = statuses.iter().map(|s| json!(s)).collect();
+            print(&value);
             Ok(ExitCode::SUCCESS)
         }
         Command::Reset { target } => {
+            let request = request(&service, &target)?;
             service
-                .reset(target.operation, identifier(&target))
+                .reset(request.policy, request.identifier, request.kind)
                 .await
                 .map_err(|e| CliError::Store(e.to_string()))?;
             print(&json!({
                 "reset": true,
-                "operation": operation_name(target.operation),
+                "operation": cli_name(&service.policies()[request.policy]),
                 "identifier": target.identifier,
             }));
             Ok(ExitCode::SUCCESS)
         }
-        Command::CreateTable => match service.store() {
-            AnyStore::DynamoDb(store) => {
-                store
-                    .create_table()
+        Command::CreateTable => {
+            let store = dynamodb(&service, "create-table")?;
+            store
+                .create_table()
+                .await
+                .map_err(|e| CliError::Store(e.to_string()))?;
+            print(&json!({"table": store.table(), "status": "ACTIVE"}));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let store = dynamodb(&service, "migrate")?;
+            let now_secs = service.now_ms() / 1000;
+            let migration =
+                ratelimiter_dynamodb::admin::migrate_legacy_items(store, now_secs, secret.as_ref())
                     .await
                     .map_err(|e| CliError::Store(e.to_string()))?;
-                print(&json!({"table": store.table(), "status": "ACTIVE"}));
-                Ok(ExitCode::SUCCESS)
-            }
-            AnyStore::Memory(_) => Err(CliError::Usage(
-                "create-table needs --store dynamodb or --store embedded; the memory store has no table"
-                    .to_owned(),
-            )),
-        },
+            print(&json!({
+                "table": store.table(),
+                "migrated": migration.migrated,
+                "expired": migration.expired,
+                "skipped": migration.skipped,
+            }));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { listen } => {
             gateway::serve(service, listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Invoke { handler, event } => invoke(service, handler, &event).await,
+        Command::Policies | Command::Config { .. } => unreachable!("answered above"),
     }
+}
+
+/// The DynamoDB store under `service`, for commands that need a table.
+fn dynamodb<'a>(
+    service: &'a RateLimitService<AnyStore>,
+    command: &str,
+) -> Result<&'a ratelimiter_dynamodb::DynamoDbStore, CliError> {
+    match service.store() {
+        AnyStore::DynamoDb(store) => Ok(store.inner()),
+        AnyStore::Memory(_) => Err(CliError::Usage(format!(
+            "{command} needs --store dynamodb or --store embedded; the memory store has no table"
+        ))),
+    }
+}
+
+/// The request `target` names, against the service's policies.
+fn request<'a>(
+    service: &RateLimitService<AnyStore>,
+    target: &'a Target,
+) -> Result<Request<'a>, CliError> {
+    let policy = service
+        .policies()
+        .find(&target.policy)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(Request::new(policy, &target.identifier)
+        .tier(target.tier.as_deref())
+        .kind(target.kind.as_ref()))
+}
+
+/// The status whose bucket is fullest, as the seed's status query reports it.
+fn fullest(statuses: &[Status]) -> Status {
+    *statuses
+        .iter()
+        .rev()
+        .max_by(|a, b| {
+            (u64::from(a.count) * u64::from(b.limit))
+                .cmp(&(u64::from(b.count) * u64::from(a.limit)))
+        })
+        .expect("a policy has at least one limit")
+}
+
+/// The name a policy goes by on the command line (`session-create`).
+fn cli_name(policy: &Policy) -> String {
+    policy.name().replace('_', "-")
+}
+
+/// Every policy, as `policies` and `config check` print them.
+fn policies_json(policies: &Policies) -> Value {
+    let limits = |limits: &[ratelimiter::policy::Limit]| -> Vec<String> {
+        limits.iter().map(|l| l.spec().to_string()).collect()
+    };
+    let list: Vec<Value> = policies
+        .iter()
+        .map(|(id, policy)| {
+            let tiers: serde_json::Map<String, Value> = policy
+                .tiers()
+                .map(|(name, tier)| (name.to_owned(), json!(limits(tier))))
+                .collect();
+            json!({
+                "name": policy.name(),
+                "key": policy.kind().as_str(),
+                "limits": limits(policy.limits()),
+                "tiers": tiers,
+                "failure_mode": policy.failure_mode().as_str(),
+                "shadow": policy.shadow(),
+                "builtin": id.index() < 4,
+            })
+        })
+        .collect();
+    json!({ "policies": list })
 }
 
 /// Runs one handler on the event in `path` (or standard input) and prints its response.
@@ -180,38 +291,55 @@ async fn check(
     target: &Target,
     cost: u32,
 ) -> Result<ExitCode, CliError> {
-    let verdict = match service
-        .decide(target.operation, identifier(target), cost)
-        .await
-    {
+    let request = request(service, target)?.cost(cost);
+    let verdict = match service.decide_request(&request).await {
         Ok(verdict) => verdict,
         Err(RateLimitError::InvalidCost { source, .. }) => {
             return Err(CliError::Usage(format!("--cost {cost}: {source}")));
         }
         Err(error) => return Err(CliError::Store(error.to_string())),
     };
+    let policy = &service.policies()[request.policy];
+    let windows: Vec<u64> = match request.tier.and_then(|tier| policy.tier(tier)) {
+        Some(limits) => limits,
+        None => policy.limits(),
+    }
+    .iter()
+    .map(|limit| limit.quota().period().as_secs())
+    .collect();
+    let limits: Vec<Value> = verdict
+        .limits()
+        .iter()
+        .zip(windows)
+        .map(|(decision, window)| {
+            json!({
+                "limit": decision.limit,
+                "remaining": decision.remaining,
+                "retry_after": ceil_secs(decision.retry_after),
+                "reset_in_seconds": ceil_secs(decision.reset_after),
+                "window_duration": window,
+            })
+        })
+        .collect();
     print(&json!({
         "allowed": verdict.allowed(),
-        "operation": operation_name(target.operation),
+        "operation": cli_name(policy),
         "identifier": target.identifier,
         "limit": verdict.decision.limit,
         "remaining": verdict.decision.remaining,
         "retry_after": verdict.retry_after_secs(),
         "reset_in_seconds": ceil_secs(verdict.decision.reset_after),
-        "degraded": verdict.degraded,
+        "degraded": verdict.is_degraded(),
+        "degraded_reason": verdict.degraded.map(|why| why.as_str()),
+        "store_calls": verdict.calls,
+        "cached": verdict.cached,
+        "limits": limits,
     }));
     Ok(if verdict.allowed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
-}
-
-fn identifier(target: &Target) -> Identifier<'_> {
-    Identifier {
-        kind: target.kind(),
-        value: &target.identifier,
-    }
 }
 
 fn print(value: &serde_json::Value) {

@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ratelimiter::gcra::{Nanos, Outcome, Step};
-use ratelimiter::{Key, MemoryStore, Store, StoreError};
+use ratelimiter::gcra::Nanos;
+use ratelimiter::store::{Applied, Op, Outcome};
+use ratelimiter::{Cached, Key, MemoryStore, Slot, Store, StoreError};
 use ratelimiter_dynamodb::{
     ClientOptions, DynamoDbConfig, DynamoDbStore, TABLE_VAR, client, validate_table_name,
 };
@@ -25,29 +26,54 @@ pub const EMBEDDED_FILE: &str = "ratelimit.db";
 pub enum AnyStore {
     /// This process's memory.
     Memory(MemoryStore),
-    /// A DynamoDB table, real or embedded.
-    DynamoDb(DynamoDbStore),
+    /// A DynamoDB table, real or embedded, behind this process's deny cache.
+    DynamoDb(Cached<DynamoDbStore>),
 }
 
 impl Store for AnyStore {
-    async fn apply(&self, key: &Key<'_>, step: &Step) -> Result<Outcome, StoreError> {
+    async fn apply(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> Applied {
         match self {
-            AnyStore::Memory(store) => store.apply(key, step).await,
-            AnyStore::DynamoDb(store) => store.apply(key, step).await,
+            AnyStore::Memory(store) => store.apply(key, ops, retention, tats).await,
+            AnyStore::DynamoDb(store) => store.apply(key, ops, retention, tats).await,
         }
     }
 
-    async fn load(&self, key: &Key<'_>) -> Result<Nanos, StoreError> {
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
         match self {
-            AnyStore::Memory(store) => store.load(key).await,
-            AnyStore::DynamoDb(store) => store.load(key).await,
+            AnyStore::Memory(store) => store.refund(key, ops).await,
+            AnyStore::DynamoDb(store) => store.refund(key, ops).await,
         }
     }
 
-    async fn remove(&self, key: &Key<'_>) -> Result<(), StoreError> {
+    async fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> Result<(), StoreError> {
         match self {
-            AnyStore::Memory(store) => store.remove(key).await,
-            AnyStore::DynamoDb(store) => store.remove(key).await,
+            AnyStore::Memory(store) => store.load(key, slots, tats).await,
+            AnyStore::DynamoDb(store) => store.load(key, slots, tats).await,
+        }
+    }
+
+    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.remove(key, slots).await,
+            AnyStore::DynamoDb(store) => store.remove(key, slots).await,
+        }
+    }
+
+    fn prepare(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> Option<Outcome> {
+        match self {
+            AnyStore::Memory(store) => store.prepare(key, ops, tats),
+            AnyStore::DynamoDb(store) => store.prepare(key, ops, tats),
         }
     }
 }
@@ -69,10 +95,10 @@ pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
                 region: options.region.clone(),
                 static_credentials: false,
             };
-            Ok(AnyStore::DynamoDb(DynamoDbStore::new(
+            Ok(AnyStore::DynamoDb(Cached::new(DynamoDbStore::new(
                 client(&options).await,
                 table,
-            )))
+            ))))
         }
         StoreKind::Embedded => {
             if options.endpoint_url.is_some() || options.region.is_some() {
@@ -83,7 +109,7 @@ pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
             }
             open_embedded(&options.data_dir, &table)
                 .await
-                .map(AnyStore::DynamoDb)
+                .map(|store| AnyStore::DynamoDb(Cached::new(store)))
         }
     }
 }
@@ -131,24 +157,14 @@ async fn open_embedded(data_dir: &Path, table: &str) -> Result<DynamoDbStore, Cl
 /// Creates the table unless it exists. Several processes may race to create
 /// it on a new data dir; whoever loses finds it there.
 async fn ensure_table(store: &DynamoDbStore) -> Result<(), CliError> {
-    if table_exists(store).await {
+    if store.table_exists().await {
         return Ok(());
     }
     match store.create_table().await {
-        Err(error) if !table_exists(store).await => Err(CliError::Store(format!(
+        Err(error) if !store.table_exists().await => Err(CliError::Store(format!(
             "cannot create table {} in the embedded store: {error} ({TABLE_VAR} or --table names it)",
             store.table()
         ))),
         _ => Ok(()),
     }
-}
-
-async fn table_exists(store: &DynamoDbStore) -> bool {
-    store
-        .client()
-        .describe_table()
-        .table_name(store.table())
-        .send()
-        .await
-        .is_ok()
 }

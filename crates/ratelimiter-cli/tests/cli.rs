@@ -60,6 +60,8 @@ fn check_status_reset_on_the_embedded_store() {
         .keys()
         .map(String::as_str)
         .collect();
+    // The seed-era fields first, then how the decision was made and
+    // every limit's numbers.
     assert_eq!(
         keys,
         [
@@ -70,9 +72,17 @@ fn check_status_reset_on_the_embedded_store() {
             "remaining",
             "retry_after",
             "reset_in_seconds",
-            "degraded"
+            "degraded",
+            "degraded_reason",
+            "store_calls",
+            "cached",
+            "limits"
         ]
     );
+    assert_eq!(value["store_calls"], 1);
+    assert_eq!(value["cached"], false);
+    assert_eq!(value["degraded_reason"], serde_json::Value::Null);
+    assert_eq!(value["limits"].as_array().unwrap().len(), 1);
     assert_eq!(value["allowed"], true);
     assert_eq!(value["operation"], "heartbeat");
     assert_eq!(value["identifier"], "conn-1");
@@ -108,7 +118,13 @@ fn check_status_reset_on_the_embedded_store() {
         .collect();
     assert_eq!(
         keys,
-        ["count", "limit", "reset_in_seconds", "window_duration"]
+        [
+            "count",
+            "limit",
+            "reset_in_seconds",
+            "window_duration",
+            "limits"
+        ]
     );
 
     let reset = run(ratelimit(dir.path()).args(["reset", "heartbeat", "conn-1"]));
@@ -178,7 +194,7 @@ fn bad_arguments_and_configuration_exit_with_status_two() {
         (
             &["check", "sessions", "u"],
             &[],
-            "unknown operation \"sessions\"",
+            "unknown policy \"sessions\"",
         ),
         (&["check", "heartbeat"], &[], "IDENTIFIER"),
         (&["check", "heartbeat", "c", "--cost", "0"], &[], "--cost"),
@@ -188,9 +204,9 @@ fn bad_arguments_and_configuration_exit_with_status_two() {
             "exceeds the capacity of 2",
         ),
         (
-            &["check", "heartbeat", "c", "--kind", "device"],
+            &["check", "heartbeat", "c", "--kind", "a b"],
             &[],
-            "unknown identifier type",
+            "not a valid name",
         ),
         (
             &["--store", "redis", "check", "heartbeat", "c"],
@@ -233,6 +249,22 @@ fn bad_arguments_and_configuration_exit_with_status_two() {
             &["--store", "memory", "create-table"],
             &[],
             "create-table needs",
+        ),
+        (&["--store", "memory", "migrate"], &[], "migrate needs"),
+        (
+            &["--config", "missing.toml", "policies"],
+            &[],
+            "missing.toml: cannot read the configuration file",
+        ),
+        (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_CONFIG", "missing.toml")],
+            "missing.toml: cannot read",
+        ),
+        (
+            &["check", "heartbeat", "c"],
+            &[("RATE_LIMIT_KEY_SECRET", "too short")],
+            "RATE_LIMIT_KEY_SECRET must be at least 32 bytes, got 9 bytes",
         ),
         (
             &[
@@ -431,4 +463,121 @@ fn shadow_mode_never_denies() {
         1,
         "out of shadow mode the same key is limited"
     );
+}
+
+const LIMITS: &str = r#"
+[policy.send_message]
+key = "connection"
+limits = ["3/10s", "100/min"]
+
+[policy.api_calls]
+key = "tenant"
+limits = ["2/min"]
+
+[policy.api_calls.tier.pro]
+limits = ["5/min"]
+"#;
+
+#[test]
+fn policies_from_a_file_are_checked_listed_and_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("limits.toml"), LIMITS).unwrap();
+    let with_config = |args: &[&str]| {
+        run(ratelimit(dir.path())
+            .args(["--store", "memory", "--config", "limits.toml"])
+            .args(args))
+    };
+
+    let listed = with_config(&["policies"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let policies = json(&listed)["policies"].as_array().unwrap().clone();
+    let names: Vec<_> = policies
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "session_create",
+            "listener_join",
+            "connection_attempt",
+            "heartbeat",
+            "api_calls",
+            "send_message"
+        ]
+    );
+    let send = &policies[5];
+    assert_eq!(send["key"], "connection");
+    assert_eq!(send["limits"], serde_json::json!(["3/10s", "100/min"]));
+    assert_eq!(policies[4]["tiers"]["pro"], serde_json::json!(["5/min"]));
+
+    // Two limits: the check reports the tightest and every limit.
+    let output = with_config(&["check", "send-message", "conn-1", "--cost", "3"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let value = json(&output);
+    assert_eq!(
+        (value["limit"].as_u64(), value["remaining"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(value["limits"][1]["limit"], 100);
+    assert_eq!(value["limits"][1]["remaining"], 97);
+    assert_eq!(value["limits"][1]["window_duration"], 60);
+
+    // A tier, from the command line.
+    let output = with_config(&["check", "api_calls", "acme", "--tier", "pro", "--cost", "5"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(json(&output)["limit"], 5);
+
+    // `config check` validates a file and prints what it gives.
+    let output = run(ratelimit(dir.path()).args(["config", "check", "limits.toml"]));
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(json(&output)["valid"], true);
+    assert_eq!(json(&output)["policies"].as_array().unwrap().len(), 6);
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[policy.a]\nkey = \"ip\"\nlimits = [\"5/fortnight\"]\n",
+    )
+    .unwrap();
+    let output = run(ratelimit(dir.path()).args(["config", "check", "bad.toml"]));
+    assert_eq!(code(&output), 2);
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr(&output).contains("bad.toml:3: "),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("unknown unit"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn status_shows_every_limit_of_a_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("limits.toml"), LIMITS).unwrap();
+    let env = [("RATE_LIMIT_CONFIG", "limits.toml")];
+    for _ in 0..2 {
+        let output = run(ratelimit(dir.path())
+            .envs(env)
+            .args(["check", "send_message", "c"]));
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+    }
+    let output = run(ratelimit(dir.path())
+        .envs(env)
+        .args(["status", "send_message", "c"]));
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let value = json(&output);
+    // The seed's fields for the fullest bucket, and every bucket's.
+    assert_eq!(
+        (value["count"].as_u64(), value["limit"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let limits = value["limits"].as_array().unwrap();
+    assert_eq!(limits.len(), 2);
+    assert_eq!(limits[0]["window_duration"], 10);
+    assert_eq!(limits[1]["count"], 2);
+    assert_eq!(limits[1]["limit"], 100);
+    assert_eq!(limits[1]["window_duration"], 60);
 }

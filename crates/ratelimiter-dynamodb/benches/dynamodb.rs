@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use ratelimiter::clock::wall_clock;
 use ratelimiter::gcra::Quota;
-use ratelimiter::{Identifier, Key, Limits, Operation, RateLimitService, Store};
+use ratelimiter::key::{Key, Kind, Slot};
+use ratelimiter::store::{Op, Store};
+use ratelimiter::{Builder, Cached, Config};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,58 +44,89 @@ impl Stats {
     }
 }
 
-async fn store(endpoint: &str) -> DynamoDbStore {
-    DynamoDbStore::new(
+/// A container's store: DynamoDB behind the deny cache, as the functions use it.
+async fn store(endpoint: &str) -> Cached<DynamoDbStore> {
+    Cached::new(DynamoDbStore::new(
         client(&ClientOptions::local(endpoint, TIMEOUT)).await,
         "RateLimits",
-    )
+    ))
 }
 
-/// `n` sequential decisions, each on the key `key(i)`.
-async fn sequential(
+/// One decision of `limits` (a bucket and a quota each) on the item of IP
+/// `id`, as the service makes it: the cache first, then the store.
+async fn decide(store: &Cached<DynamoDbStore>, id: &str, limits: &[(Slot, Quota)]) {
+    let key = Key::new(&Kind::IP, id);
+    let now = wall_clock();
+    let mut ops: Vec<Op<'_>> = limits
+        .iter()
+        .map(|(slot, quota)| Op::new(slot, quota.step(now, 1).unwrap()))
+        .collect();
+    let mut tats = vec![0; ops.len()];
+    if store.prepare(&key, &mut ops, &mut tats).is_none() {
+        store.apply(&key, &ops, 0, &mut tats).await.outcome.unwrap();
+    }
+}
+
+/// The one bucket most workloads use.
+fn one(quota: &Quota) -> Vec<(Slot, Quota)> {
+    vec![(Slot::new("connection_attempt@60"), *quota)]
+}
+
+/// `n` sequential decisions of `limits`, each on the key `key(i)`.
+async fn sequential_limits(
     name: &str,
-    store: &DynamoDbStore,
-    quota: &Quota,
+    store: &Cached<DynamoDbStore>,
+    limits: &[(Slot, Quota)],
     n: usize,
     key: impl Fn(usize) -> String,
 ) -> Stats {
-    let calls_before = store.calls();
+    let calls_before = store.inner().calls();
     let mut latencies = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
         let id = key(i);
-        let key = Key::new(Operation::ConnectionAttempt, Identifier::ip(&id));
-        let step = quota.step(wall_clock(), 1).unwrap();
         let t = Instant::now();
-        store.apply(&key, &step).await.unwrap();
+        decide(store, &id, limits).await;
         latencies.push(t.elapsed());
     }
     Stats {
         name: name.to_owned(),
         latencies,
         wall: started.elapsed(),
-        calls: store.calls() - calls_before,
+        calls: store.inner().calls() - calls_before,
     }
 }
 
+/// `n` sequential decisions of one `quota`, each on the key `key(i)`.
+async fn sequential(
+    name: &str,
+    store: &Cached<DynamoDbStore>,
+    quota: &Quota,
+    n: usize,
+    key: impl Fn(usize) -> String,
+) -> Stats {
+    sequential_limits(name, store, &one(quota), n, key).await
+}
+
 /// Raw idle-shape `UpdateItem`s on fresh keys, as the store would send them.
-async fn raw_updates(store: &DynamoDbStore, n: usize) -> Stats {
+async fn raw_updates(store: &Cached<DynamoDbStore>, n: usize) -> Stats {
     let mut latencies = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
         let now = wall_clock();
         let t = Instant::now();
         store
+            .inner()
             .client()
             .update_item()
             .table_name("RateLimits")
             .key(
                 "pk",
-                AttributeValue::S(format!("raw#ip#10.9.{}.{}", i / 256, i % 256)),
+                AttributeValue::S(format!("raw#10.9.{}.{}", i / 256, i % 256)),
             )
             .update_expression("SET #tat = :target, #ttl = :ttl")
             .condition_expression("attribute_not_exists(#tat) OR #tat <= :now")
-            .expression_attribute_names("#tat", "tat")
+            .expression_attribute_names("#tat", "connection_attempt@60")
             .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .expression_attribute_values(
@@ -122,24 +155,23 @@ async fn raw_updates(store: &DynamoDbStore, n: usize) -> Stats {
 /// that every decision is allowed).
 async fn hot_key(
     name: &str,
-    store: Arc<DynamoDbStore>,
+    store: Arc<Cached<DynamoDbStore>>,
     quota: Quota,
     tasks: usize,
     per_task: usize,
 ) -> Stats {
-    let calls_before = store.calls();
+    let calls_before = store.inner().calls();
     let started = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
             let store = store.clone();
             let id = name.to_owned();
             tokio::spawn(async move {
-                let key = Key::new(Operation::ConnectionAttempt, Identifier::ip(&id));
+                let limits = one(&quota);
                 let mut latencies = Vec::with_capacity(per_task);
                 for _ in 0..per_task {
-                    let step = quota.step(wall_clock(), 1).unwrap();
                     let t = Instant::now();
-                    store.apply(&key, &step).await.unwrap();
+                    decide(&store, &id, &limits).await;
                     latencies.push(t.elapsed());
                 }
                 latencies
@@ -154,7 +186,7 @@ async fn hot_key(
         name: format!("{name}, {tasks} tasks"),
         latencies,
         wall: started.elapsed(),
-        calls: store.calls() - calls_before,
+        calls: store.inner().calls() - calls_before,
     }
 }
 
@@ -172,13 +204,13 @@ async fn hanging() {
         client(&ClientOptions::local(&endpoint, timeout)).await,
         "RateLimits",
     );
-    let service = RateLimitService::new(store, Limits::default());
+    let service = Builder::from_config(Config::default()).build(store);
     let mut before = Vec::new();
     let mut after = Vec::new();
     for i in 0..1005 {
         let t = Instant::now();
         let verdict = service.check_heartbeat_limit("c").await.unwrap();
-        assert!(verdict.degraded);
+        assert!(verdict.is_degraded());
         if i < 5 {
             before.push(t.elapsed())
         } else {
@@ -193,7 +225,7 @@ async fn hanging() {
         after[after.len() / 2].as_secs_f64() * 1e6,
         after[after.len() * 99 / 100].as_secs_f64() * 1e6,
         after.last().unwrap().as_secs_f64() * 1e6,
-        service.store().calls(),
+        service.store().inner().calls(),
     );
 }
 
@@ -207,7 +239,7 @@ fn main() {
     runtime.block_on(async {
         let endpoint = ratelimiter_testing::dynoxide().await;
         let setup = store(&endpoint).await;
-        setup.create_table().await.unwrap();
+        setup.inner().create_table().await.unwrap();
         let n = 3000;
         let quota = Quota::per_minute(NonZeroU32::new(20).unwrap());
         println!(
@@ -262,6 +294,39 @@ fn main() {
             edge,
             16,
             300,
+        )
+        .await
+        .print();
+
+        // A policy of two limits in one item (5 per 10 s and 1000 per hour):
+        // one conditional write checks and takes both.
+        let two = vec![
+            (
+                Slot::new("two@10"),
+                Quota::new(NonZeroU32::new(5).unwrap(), Duration::from_secs(10)).unwrap(),
+            ),
+            (
+                Slot::new("two@3600"),
+                Quota::per_hour(NonZeroU32::new(1000).unwrap()),
+            ),
+        ];
+        sequential_limits("two limits, new keys", &setup, &two, n, |i| {
+            format!("10.2.{}.{}", i / 256, i % 256)
+        })
+        .await
+        .print();
+        sequential_limits("two limits, busy keys (4 per key)", &setup, &two, n, |i| {
+            format!("10.3.{}.{}", i / 1024, (i / 4) % 256)
+        })
+        .await
+        .print();
+        let fresh = store(&endpoint).await;
+        sequential_limits(
+            "two limits, mid-window, fresh container",
+            &fresh,
+            &two,
+            n,
+            |i| format!("10.2.{}.{}", i / 256, i % 256),
         )
         .await
         .print();

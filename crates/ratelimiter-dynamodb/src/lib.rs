@@ -1,62 +1,61 @@
-//! The DynamoDB store of the rate limiter: the seed's `RateLimits` table.
+//! The DynamoDB store of the rate limiter: the `RateLimits` table.
 //!
-//! One item per key: a string partition key [`PARTITION_KEY`], the key's TAT
-//! in nanoseconds since the Unix epoch ([`TAT_ATTRIBUTE`]), and a TTL in
-//! epoch seconds ([`TTL_ATTRIBUTE`]) after which the item is certainly idle,
-//! so that DynamoDB deleting it changes no decision.
+//! One item per key (a kind and an identifier, [`PARTITION_KEY`]): every
+//! policy counting the same identifier shares it, and each of their limits
+//! is one number attribute of it, named after its slot (`heartbeat@60`,
+//! `send_message@10`): its TAT in nanoseconds since the Unix epoch. A TTL in
+//! epoch seconds ([`TTL_ATTRIBUTE`]) is set on every write past the point
+//! where every bucket of the item is full again, so that DynamoDB deleting
+//! it changes no decision.
 //!
 //! # One round trip per decision
 //!
-//! Update expressions have `+` but no `max`, so the GCRA rule is applied as
-//! one of two conditional `UpdateItem` shapes (see [`ratelimiter::gcra::Step`]):
-//! - *idle*: `SET tat = :idle_target` if the item is missing or `tat <= :now`;
-//! - *busy*: `SET tat = if_not_exists(tat, :now) + :increment` if the item is
-//!   missing or `:now < tat <= :busy_ceiling`. It is relative, so concurrent
+//! Update expressions have `+` but no `max`, so the GCRA rule is applied to
+//! each bucket in one of two conditional shapes (see [`ratelimiter::gcra::Step`]):
+//! - *idle*: `SET b = :idle_target` if `b` is missing or `b <= :now`;
+//! - *busy*: `SET b = if_not_exists(b, :now) + :increment` if `b` is
+//!   missing or `:now < b <= :busy_ceiling`. It is relative, so concurrent
 //!   writers on a hot key all succeed while capacity lasts.
 //!
-//! A failed condition returns the old item (`ALL_OLD`), which says either
-//! "denied" (no further call) or "the other shape" (one more call). The first
-//! shape comes from a per-process hint (the last TAT seen for the key) or,
-//! for an unseen key, from the shape that was right most often lately for the
-//! operation. The same hints serve as a deny cache: a request that the last
-//! TAT seen already denies is denied without calling DynamoDB, since a TAT
-//! never moves backwards (except through [`Store::remove`]).
+//! All buckets of a request go in one `UpdateItem`, whose condition is the
+//! conjunction of theirs: they are checked and written together. A failed
+//! condition returns the old item (`ALL_OLD`), which says either "denied"
+//! (no further call) or which shapes are right (one more call). The first
+//! shapes come from the hints of [`ratelimiter::Cached`], which wraps this
+//! store in a service built with [`ratelimiter::Builder::build`].
+//!
+//! Table administration (creation, the one-time migration from the
+//! one-item-per-operation layout) is in [`admin`].
 //!
 //! ```no_run
-//! use ratelimiter::{Limits, RateLimitService};
-//! use ratelimiter_dynamodb::{ClientOptions, DynamoDbConfig, DynamoDbStore, client};
+//! use ratelimiter::{Builder, PolicyId};
+//! use ratelimiter_dynamodb::DynamoDbStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // Once per Lambda container, at start-up.
-//! let config = DynamoDbConfig::from_env()?;
-//! let options = ClientOptions { timeout: config.timeout, ..ClientOptions::default() };
-//! let store = DynamoDbStore::new(client(&options).await, config.table);
-//! let service = RateLimitService::new(store, Limits::from_env()?);
+//! let limiter = Builder::from_env()?.build(DynamoDbStore::from_env().await?);
 //!
 //! // Per request.
-//! service.check_heartbeat_limit("L0SM9cOFvHcCIhw=").await?;
+//! limiter.check(PolicyId::HEARTBEAT, "L0SM9cOFvHcCIhw=", 1).await?;
 //! # Ok(())
 //! # }
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use ratelimiter::config::{ConfigError, parse_positive};
-use ratelimiter::gcra::{Nanos, Outcome, Step};
-use ratelimiter::key::{Key, Operation};
-use ratelimiter::memory::MemoryStore;
-use ratelimiter::store::{Store, StoreError, StoreErrorKind};
-use ratelimiter::telemetry;
+use ratelimiter::gcra::{self, Nanos};
+use ratelimiter::key::{Key, Slot};
+use ratelimiter::store::{Applied, Op, Outcome, Store, StoreError, StoreErrorKind};
 
+pub mod admin;
 mod client;
 
 pub use client::{ClientOptions, client, https_client};
@@ -72,8 +71,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The partition key attribute (a string: the key's [`Key`] form).
 pub const PARTITION_KEY: &str = "pk";
-/// The TAT attribute (a number: nanoseconds since the Unix epoch).
-pub const TAT_ATTRIBUTE: &str = "tat";
 /// The TTL attribute (a number: seconds since the Unix epoch).
 pub const TTL_ATTRIBUTE: &str = "ttl";
 
@@ -82,7 +79,7 @@ pub const TTL_ATTRIBUTE: &str = "ttl";
 /// attempt if another writer raced in between.
 pub const MAX_CALLS_PER_DECISION: u32 = 4;
 
-/// The counter of DynamoDB requests made for decisions, per operation
+/// The counter of DynamoDB requests made for decisions, per policy
 /// (labelled like the service's metrics; see [`ratelimiter::telemetry`]).
 /// A decision the deny cache answered adds nothing.
 pub const CALLS_METRIC: &str = "DynamoDbCalls";
@@ -95,9 +92,6 @@ pub fn describe_metrics() {
         "DynamoDB requests made for rate-limit decisions"
     );
 }
-
-/// How many keys the per-process hints remember.
-const HINT_KEYS: usize = 10_000;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -149,13 +143,13 @@ pub fn validate_table_name(var: &str, name: &str) -> Result<String, ConfigError>
     } else {
         Err(ConfigError::Invalid {
             var: var.to_owned(),
-            value: name.to_owned(),
+            value: name.chars().take(80).collect(),
             expected: "a DynamoDB table name (3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.')",
         })
     }
 }
 
-/// The two conditional update shapes.
+/// The two conditional update shapes of one bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
     Idle,
@@ -163,63 +157,58 @@ enum Shape {
 }
 
 impl Shape {
-    /// The shape that applies to a key whose TAT is `tat` at `now`.
+    /// The shape that applies to a bucket whose TAT is `tat` at `now`.
     fn for_tat(tat: Nanos, now: Nanos) -> Self {
         if tat > now { Shape::Busy } else { Shape::Idle }
     }
 }
 
-/// How one decision went: its outcome and the DynamoDB calls it made.
-#[derive(Debug)]
-pub struct Applied {
-    /// The outcome, or the error that prevented one.
-    pub outcome: Result<Outcome, StoreError>,
-    /// DynamoDB requests made for this decision (0 for a cached denial).
-    pub calls: u32,
-}
-
-/// A [`Store`] on a DynamoDB table.
+/// A [`Store`] on a DynamoDB table. It only persists: wrap it in
+/// [`ratelimiter::Cached`] (as [`ratelimiter::Builder::build`] does) for
+/// the deny cache and the hints that pick the first shape.
 #[derive(Debug)]
 pub struct DynamoDbStore {
     client: Client,
     table: String,
-    /// The last TAT seen per key: the first shape to try, and the deny cache.
-    hints: MemoryStore,
-    /// Per operation: positive when the busy shape was right lately.
-    shape_votes: [AtomicI32; 4],
     calls: AtomicU64,
-    /// Per operation, [`CALLS_METRIC`] in the recorder in force at creation.
-    call_counters: [metrics::Counter; 4],
 }
-
-/// How far the shape votes may lean either way, so that a change in traffic
-/// turns them around after a few decisions.
-const MAX_VOTE: i32 = 8;
 
 /// The outcome of one `UpdateItem`.
 enum UpdateResult {
-    /// Written; the key's TAT is now this.
-    Written(Nanos),
-    /// The condition failed; the old TAT when the server returned it.
-    Rejected(Option<Nanos>),
+    /// Written; `tats` holds the new TATs.
+    Written,
+    /// The condition failed; `tats` holds the old TATs when the server returned them.
+    Rejected { returned: bool },
 }
 
 impl DynamoDbStore {
     /// A store on `table` through `client`.
     ///
     /// Build the client with [`client`] so that every call is bounded and no
-    /// consuming call is retried. The store counts its calls in
-    /// [`CALLS_METRIC`] of the metrics recorder installed at this point, if any.
+    /// consuming call is retried.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
-            hints: MemoryStore::with_max_keys(HINT_KEYS),
-            shape_votes: Default::default(),
             calls: AtomicU64::new(0),
-            call_counters: Operation::ALL
-                .map(|operation| telemetry::counter(CALLS_METRIC, operation)),
         }
+    }
+
+    /// A store on the table the environment names ([`TABLE_VAR`]), with
+    /// calls bounded by [`TIMEOUT_VAR`], through the standard AWS
+    /// environment (region, credentials, `AWS_ENDPOINT_URL_DYNAMODB`).
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self::with_config(&DynamoDbConfig::from_env()?).await)
+    }
+
+    /// A store on `config`'s table through the standard AWS environment,
+    /// with calls bounded by `config`'s timeout.
+    pub async fn with_config(config: &DynamoDbConfig) -> Self {
+        let options = ClientOptions {
+            timeout: config.timeout,
+            ..ClientOptions::default()
+        };
+        Self::new(client(&options).await, config.table.clone())
     }
 
     /// The table's name.
@@ -237,136 +226,137 @@ impl DynamoDbStore {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Applies `step` to `key` and reports how many calls it took.
-    pub async fn apply_counted(&self, key: &Key<'_>, step: &Step) -> Applied {
-        let mut calls = 0;
-        let outcome = self.apply_inner(key, step, &mut calls).await;
-        Applied { outcome, calls }
-    }
-
     async fn apply_inner(
         &self,
         key: &Key<'_>,
-        step: &Step,
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
         calls: &mut u32,
     ) -> Result<Outcome, StoreError> {
-        let now = step.now();
-        let known = self.hints.get_now(key);
-        if let Some(tat) = known
-            && let Outcome::Denied { .. } = step.outcome(tat)
-        {
-            // Denied on what this process saw last; the real TAT is no smaller.
-            return Ok(Outcome::Denied { tat });
-        }
-        let mut shape = match known {
-            Some(tat) => Shape::for_tat(tat, now),
-            None => self.preferred_shape(key.operation()),
-        };
+        let now = ops.first().map_or(0, |op| op.step.now());
+        let mut shapes: Vec<Shape> = ops
+            .iter()
+            .map(|op| {
+                if op.likely_busy() {
+                    Shape::Busy
+                } else {
+                    Shape::Idle
+                }
+            })
+            .collect();
         let pk = key.to_string();
+        // Every bucket of the item is full again by then, whatever wrote it.
+        let keep_until = ops
+            .iter()
+            .map(|op| op.step.busy_ceiling() + op.step.increment())
+            .fold(now.saturating_add(retention), Nanos::max);
         loop {
             *calls += 1;
-            let old = match self.update(&pk, step, shape).await? {
-                UpdateResult::Written(tat) => {
-                    self.hints.record_now(key, tat, now);
-                    if known.is_none() {
-                        self.vote(key.operation(), shape);
-                    }
-                    return Ok(Outcome::Allowed { tat });
-                }
-                UpdateResult::Rejected(Some(tat)) => tat,
-                UpdateResult::Rejected(None) => {
+            match self.update(&pk, ops, &shapes, keep_until, tats).await? {
+                UpdateResult::Written => return Ok(Outcome::Allowed),
+                UpdateResult::Rejected { returned: true } => {}
+                UpdateResult::Rejected { returned: false } => {
                     *calls += 1;
-                    self.get(&pk).await?
+                    let slots: Vec<&Slot> = ops.iter().map(|op| op.slot).collect();
+                    self.get(&pk, &slots, tats).await?;
                 }
-            };
-            self.hints.record_now(key, old, now);
-            let right = Shape::for_tat(old, now);
-            if known.is_none() {
-                self.vote(key.operation(), right);
             }
-            match step.outcome(old) {
-                Outcome::Denied { tat } => return Ok(Outcome::Denied { tat }),
-                Outcome::Allowed { .. } if *calls >= MAX_CALLS_PER_DECISION - 1 => {
-                    return Err(StoreError::new(
-                        StoreErrorKind::Protocol,
-                        format!(
-                            "gave up after {calls} calls: the item kept changing between reads and writes"
-                        ),
-                    ));
-                }
-                Outcome::Allowed { .. } => shape = right,
+            let denied = ops
+                .iter()
+                .zip(tats.iter())
+                .any(|(op, &tat)| matches!(op.step.outcome(tat), gcra::Outcome::Denied { .. }));
+            if denied {
+                return Ok(Outcome::Denied);
+            }
+            if *calls >= MAX_CALLS_PER_DECISION - 1 {
+                return Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    format!(
+                        "gave up after {calls} calls: the item kept changing between reads and writes"
+                    ),
+                ));
+            }
+            for (shape, &tat) in shapes.iter_mut().zip(tats.iter()) {
+                *shape = Shape::for_tat(tat, now);
             }
         }
     }
 
-    fn preferred_shape(&self, operation: Operation) -> Shape {
-        if self.shape_votes[operation as usize].load(Ordering::Relaxed) > 0 {
-            Shape::Busy
-        } else {
-            Shape::Idle
-        }
-    }
-
-    fn vote(&self, operation: Operation, right: Shape) {
-        let delta = if right == Shape::Busy { 1 } else { -1 };
-        let _ = self.shape_votes[operation as usize].fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |v| Some((v + delta).clamp(-MAX_VOTE, MAX_VOTE)),
-        );
-    }
-
-    /// One conditional `UpdateItem` in `shape`.
+    /// One conditional `UpdateItem` on every bucket of `ops`, each in its
+    /// shape; writes the new TATs (or the old ones, if returned) to `tats`.
     async fn update(
         &self,
         pk: &str,
-        step: &Step,
-        shape: Shape,
+        ops: &[Op<'_>],
+        shapes: &[Shape],
+        keep_until: Nanos,
+        tats: &mut [Nanos],
     ) -> Result<UpdateResult, StoreError> {
-        let now = step.now();
-        let request = self
+        let now = ops.first().map_or(0, |op| op.step.now());
+        let mut set = String::from("SET ");
+        let mut condition = String::new();
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
-            .expression_attribute_names("#tat", TAT_ATTRIBUTE)
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":now", number(now))
+            .expression_attribute_values(":ttl", number(ttl_secs(keep_until)))
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let request = match shape {
-            Shape::Idle => request
-                .update_expression("SET #tat = :target, #ttl = :ttl")
-                .condition_expression("attribute_not_exists(#tat) OR #tat <= :now")
-                .expression_attribute_values(":target", number(step.idle_target()))
-                .expression_attribute_values(":ttl", number(ttl_secs(step.idle_target()))),
-            Shape::Busy => request
-                .update_expression("SET #tat = if_not_exists(#tat, :now) + :increment, #ttl = :ttl")
-                .condition_expression(
-                    "attribute_not_exists(#tat) OR (#tat > :now AND #tat <= :ceiling)",
-                )
-                .expression_attribute_values(":increment", number(step.increment()))
-                .expression_attribute_values(":ceiling", number(step.busy_ceiling()))
-                // The new TAT is at most the ceiling plus the increment.
-                .expression_attribute_values(
-                    ":ttl",
-                    number(ttl_secs(step.busy_ceiling() + step.increment())),
-                ),
-        };
+        for (i, (op, shape)) in ops.iter().zip(shapes).enumerate() {
+            if i > 0 {
+                condition.push_str(" AND ");
+            }
+            request = request.expression_attribute_names(format!("#b{i}"), op.slot.name());
+            match shape {
+                Shape::Idle => {
+                    let _ = write!(set, "#b{i} = :t{i}, ");
+                    let _ = write!(condition, "(attribute_not_exists(#b{i}) OR #b{i} <= :now)");
+                    request = request.expression_attribute_values(
+                        format!(":t{i}"),
+                        number(op.step.idle_target()),
+                    );
+                }
+                Shape::Busy => {
+                    let _ = write!(set, "#b{i} = if_not_exists(#b{i}, :now) + :i{i}, ");
+                    let _ = write!(
+                        condition,
+                        "(attribute_not_exists(#b{i}) OR (#b{i} > :now AND #b{i} <= :c{i}))"
+                    );
+                    request = request
+                        .expression_attribute_values(format!(":i{i}"), number(op.step.increment()))
+                        .expression_attribute_values(
+                            format!(":c{i}"),
+                            number(op.step.busy_ceiling()),
+                        );
+                }
+            }
+        }
+        set.push_str("#ttl = :ttl");
+        let request = request
+            .update_expression(set)
+            .condition_expression(condition);
         self.calls.fetch_add(1, Ordering::Relaxed);
         match request.send().await {
             Ok(output) => {
-                let tat = output
-                    .attributes()
-                    .and_then(|item| tat_of(item).transpose())
-                    .transpose()?
-                    .ok_or_else(|| {
+                let item = output.attributes().ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Protocol,
+                        "UpdateItem succeeded but returned no attributes",
+                    )
+                })?;
+                for (op, tat) in ops.iter().zip(tats.iter_mut()) {
+                    *tat = tat_of(item, op.slot)?.ok_or_else(|| {
                         StoreError::new(
                             StoreErrorKind::Protocol,
-                            "UpdateItem succeeded but returned no TAT",
+                            format!("UpdateItem succeeded but returned no {}", op.slot.name()),
                         )
                     })?;
-                Ok(UpdateResult::Written(tat))
+                }
+                Ok(UpdateResult::Written)
             }
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
@@ -374,143 +364,148 @@ impl DynamoDbStore {
                 let UpdateItemError::ConditionalCheckFailedException(failed) = e.err() else {
                     unreachable!("matched above")
                 };
-                let old = failed.item().map(tat_of).transpose()?.flatten();
-                // A server that returned the item but no TAT would be saying the
-                // item has none, which the conditions would have accepted.
-                Ok(UpdateResult::Rejected(old))
+                match failed.item() {
+                    // A missing bucket in a returned item has TAT 0: the
+                    // conditions accept it, so another one failed.
+                    Some(item) => {
+                        for (op, tat) in ops.iter().zip(tats.iter_mut()) {
+                            *tat = tat_of(item, op.slot)?.unwrap_or(0);
+                        }
+                        Ok(UpdateResult::Rejected { returned: true })
+                    }
+                    None => Ok(UpdateResult::Rejected { returned: false }),
+                }
             }
             Err(e) => Err(store_error("UpdateItem", e)),
         }
     }
 
-    /// A consistent read of one key's TAT (0 when the item is missing).
-    async fn get(&self, pk: &str) -> Result<Nanos, StoreError> {
+    /// A consistent read of some buckets' TATs (0 when missing).
+    async fn get(&self, pk: &str, slots: &[&Slot], tats: &mut [Nanos]) -> Result<(), StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let output = self
+        let mut request = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
-            .consistent_read(true)
-            .projection_expression("#tat")
-            .expression_attribute_names("#tat", TAT_ATTRIBUTE)
+            .consistent_read(true);
+        let mut projection = String::new();
+        for (i, slot) in slots.iter().enumerate() {
+            if i > 0 {
+                projection.push_str(", ");
+            }
+            let _ = write!(projection, "#b{i}");
+            request = request.expression_attribute_names(format!("#b{i}"), slot.name());
+        }
+        if !projection.is_empty() {
+            request = request.projection_expression(projection);
+        }
+        let output = request
             .send()
             .await
             .map_err(|e| store_error("GetItem", e))?;
-        Ok(output
-            .item()
-            .map(tat_of)
-            .transpose()?
-            .flatten()
-            .unwrap_or(0))
-    }
-
-    /// Creates the table (on-demand, TTL on [`TTL_ATTRIBUTE`]) and waits until
-    /// it is active. Does nothing to a table that already exists.
-    pub async fn create_table(&self) -> Result<(), StoreError> {
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(PARTITION_KEY)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("name and type are set"),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(PARTITION_KEY)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .expect("name and type are set"),
-            )
-            .send()
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => {}
-            Err(e) => return Err(store_error("CreateTable", e)),
+        for (slot, tat) in slots.iter().zip(tats.iter_mut()) {
+            *tat = match output.item() {
+                Some(item) => tat_of(item, slot)?.unwrap_or(0),
+                None => 0,
+            };
         }
-        self.wait_until_active().await?;
-        let ttl = self
-            .client
-            .update_time_to_live()
-            .table_name(&self.table)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .enabled(true)
-                    .attribute_name(TTL_ATTRIBUTE)
-                    .build()
-                    .expect("enabled and attribute are set"),
-            )
-            .send()
-            .await;
-        match ttl {
-            Ok(_) => Ok(()),
-            // Already enabled (AWS answers a repeated request with this error).
-            Err(SdkError::ServiceError(e))
-                if e.err()
-                    .message()
-                    .is_some_and(|m| m.contains("already enabled")) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(store_error("UpdateTimeToLive", e)),
-        }
-    }
-
-    async fn wait_until_active(&self) -> Result<(), StoreError> {
-        // Tables usually turn active within seconds; give up after two minutes.
-        for _ in 0..240 {
-            let table = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(|e| store_error("DescribeTable", e))?;
-            if table.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Err(StoreError::new(
-            StoreErrorKind::Unavailable,
-            format!(
-                "table {} did not become active within two minutes",
-                self.table
-            ),
-        ))
+        Ok(())
     }
 }
 
 impl Store for DynamoDbStore {
-    async fn apply(&self, key: &Key<'_>, step: &Step) -> Result<Outcome, StoreError> {
-        let applied = self.apply_counted(key, step).await;
-        if applied.calls > 0 {
-            self.call_counters[key.operation() as usize].increment(applied.calls.into());
-        }
-        applied.outcome
+    const CALLS_METRIC: Option<&'static str> = Some(CALLS_METRIC);
+
+    async fn apply(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> Applied {
+        let mut calls = 0;
+        let outcome = self
+            .apply_inner(key, ops, retention, tats, &mut calls)
+            .await;
+        Applied { outcome, calls }
     }
 
-    async fn load(&self, key: &Key<'_>) -> Result<Nanos, StoreError> {
-        self.get(&key.to_string()).await
-    }
-
-    async fn remove(&self, key: &Key<'_>) -> Result<(), StoreError> {
-        self.hints.remove_now(key);
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.client
-            .delete_item()
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        let mut request = self
+            .client
+            .update_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(key.to_string()))
+            .key(PARTITION_KEY, AttributeValue::S(key.to_string()));
+        let mut set = String::from("SET ");
+        let mut condition = String::new();
+        for (i, op) in ops.iter().enumerate() {
+            if i > 0 {
+                set.push_str(", ");
+                condition.push_str(" AND ");
+            }
+            let _ = write!(set, "#b{i} = #b{i} - :i{i}");
+            // Only where the bucket still holds what the step took.
+            let _ = write!(condition, "#b{i} >= :t{i}");
+            request = request
+                .expression_attribute_names(format!("#b{i}"), op.slot.name())
+                .expression_attribute_values(format!(":i{i}"), number(op.step.increment()))
+                .expression_attribute_values(format!(":t{i}"), number(op.step.idle_target()));
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match request
+            .update_expression(set)
+            .condition_expression(condition)
             .send()
             .await
-            .map_err(|e| store_error("DeleteItem", e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            // Reset or refilled since: nothing to give back.
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(store_error("UpdateItem", e)),
+        }
+    }
+
+    async fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> Result<(), StoreError> {
+        self.get(&key.to_string(), slots, tats).await
+    }
+
+    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(key.to_string()))
+            .expression_attribute_names("#pk", PARTITION_KEY);
+        let mut remove = String::from("REMOVE ");
+        for (i, slot) in slots.iter().enumerate() {
+            if i > 0 {
+                remove.push_str(", ");
+            }
+            let _ = write!(remove, "#b{i}");
+            request = request.expression_attribute_names(format!("#b{i}"), slot.name());
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match request
+            .update_expression(remove)
+            // Never create an empty item for a key that has none.
+            .condition_expression("attribute_exists(#pk)")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(store_error("UpdateItem", e)),
+        }
     }
 }
 
@@ -523,25 +518,36 @@ fn ttl_secs(tat: Nanos) -> u64 {
     tat.div_ceil(NANOS_PER_SEC)
 }
 
-/// The TAT in an item, if it has one.
-fn tat_of(item: &HashMap<String, AttributeValue>) -> Result<Option<Nanos>, StoreError> {
-    match item.get(TAT_ATTRIBUTE) {
+/// The TAT of `slot` in an item, if it has one.
+fn tat_of(
+    item: &HashMap<String, AttributeValue>,
+    slot: &Slot,
+) -> Result<Option<Nanos>, StoreError> {
+    number_of(item, slot.name())
+}
+
+/// A whole-number attribute of an item, if it has one.
+pub(crate) fn number_of(
+    item: &HashMap<String, AttributeValue>,
+    name: &str,
+) -> Result<Option<Nanos>, StoreError> {
+    match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::N(n)) => n.parse().map(Some).map_err(|_| {
             StoreError::new(
                 StoreErrorKind::Protocol,
-                format!("attribute {TAT_ATTRIBUTE} is not a whole number of nanoseconds: {n:?}"),
+                format!("attribute {name} is not a whole number of nanoseconds: {n:?}"),
             )
         }),
         Some(other) => Err(StoreError::new(
             StoreErrorKind::Protocol,
-            format!("attribute {TAT_ATTRIBUTE} is not a number: {other:?}"),
+            format!("attribute {name} is not a number: {other:?}"),
         )),
     }
 }
 
 /// Classifies an SDK failure for the failure policy and the logs.
-fn store_error<E, R>(operation: &str, error: SdkError<E, R>) -> StoreError
+pub(crate) fn store_error<E, R>(operation: &str, error: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -630,13 +636,14 @@ mod tests {
 
     #[test]
     fn tats_must_be_whole_numbers() {
-        let item = |v: AttributeValue| HashMap::from([(TAT_ATTRIBUTE.to_owned(), v)]);
+        let slot = Slot::new("heartbeat@60");
+        let item = |v: AttributeValue| HashMap::from([("heartbeat@60".to_owned(), v)]);
         assert_eq!(
-            tat_of(&item(AttributeValue::N("42".into()))).unwrap(),
+            tat_of(&item(AttributeValue::N("42".into())), &slot).unwrap(),
             Some(42)
         );
-        assert_eq!(tat_of(&HashMap::new()).unwrap(), None);
-        assert!(tat_of(&item(AttributeValue::N("4.2".into()))).is_err());
-        assert!(tat_of(&item(AttributeValue::S("42".into()))).is_err());
+        assert_eq!(tat_of(&HashMap::new(), &slot).unwrap(), None);
+        assert!(tat_of(&item(AttributeValue::N("4.2".into())), &slot).is_err());
+        assert!(tat_of(&item(AttributeValue::S("42".into())), &slot).is_err());
     }
 }

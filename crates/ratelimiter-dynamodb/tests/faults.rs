@@ -6,9 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{clock_now, dynoxide, service, store_at};
-use ratelimiter::policy::BreakerState;
-use ratelimiter::{CircuitBreaker, FailureMode, FailurePolicy, Operation};
+use common::{clock_now, dynoxide, service, service_in, store_at};
+use ratelimiter::failure::BreakerState;
+use ratelimiter::{Builder, CircuitBreaker, Config, Degradation, FailureMode};
 use ratelimiter_testing::{Format, Logs};
 use tokio::net::TcpListener;
 
@@ -38,14 +38,16 @@ async fn hanging_endpoint() -> String {
 /// Checks a heartbeat on a store at `endpoint` (no table created) and
 /// expects it allowed, degraded, warned about, and answered well within a
 /// second although the store never answers.
-async fn fails_open_quickly(endpoint: &str, table: &str, expect_in_log: &str) {
+async fn fails_open_quickly(endpoint: &str, table: &str, expect_in_log: &str, why: Degradation) {
     let (logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let service = service(store_at(endpoint, table, TIMEOUT).await, &clock);
     let started = Instant::now();
     let verdict = service.check_heartbeat_limit("conn-1").await.unwrap();
     let elapsed = started.elapsed();
-    assert!(verdict.allowed() && verdict.degraded, "{verdict:?}");
+    assert!(verdict.allowed() && verdict.is_degraded(), "{verdict:?}");
+    assert_eq!(verdict.degraded, Some(why), "{verdict:?}");
+    assert_eq!(verdict.calls, 1);
     // Bounded: the timeout is 100 ms; without it a hanging endpoint never answers.
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     let text = logs.text();
@@ -57,17 +59,35 @@ async fn fails_open_quickly(endpoint: &str, table: &str, expect_in_log: &str) {
 #[tokio::test]
 async fn a_missing_table_fails_open() {
     let endpoint = dynoxide().await;
-    fails_open_quickly(&endpoint, "Missing", "ResourceNotFoundException").await;
+    fails_open_quickly(
+        &endpoint,
+        "Missing",
+        "ResourceNotFoundException",
+        Degradation::Unavailable,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_refused_port_fails_open() {
-    fails_open_quickly(&refused_endpoint().await, "RateLimits", "Unavailable").await;
+    fails_open_quickly(
+        &refused_endpoint().await,
+        "RateLimits",
+        "Unavailable",
+        Degradation::Unavailable,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_hanging_endpoint_fails_open_within_the_timeout() {
-    fails_open_quickly(&hanging_endpoint().await, "RateLimits", "Timeout").await;
+    fails_open_quickly(
+        &hanging_endpoint().await,
+        "RateLimits",
+        "Timeout",
+        Degradation::Timeout,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -78,16 +98,23 @@ async fn the_breaker_stops_calling_a_hanging_endpoint() {
     let service =
         service(store, &clock).with_breaker(CircuitBreaker::new(3, Duration::from_secs(5)));
     for _ in 0..3 {
-        assert!(service.check_heartbeat_limit("c").await.unwrap().degraded);
+        assert!(
+            service
+                .check_heartbeat_limit("c")
+                .await
+                .unwrap()
+                .is_degraded()
+        );
     }
-    assert_eq!(service.store().calls(), 3);
+    assert_eq!(service.store().inner().calls(), 3);
     let now = ratelimiter::Clock::now(&clock);
     assert_eq!(service.breaker().state(now), BreakerState::Open);
     // While open, no call is made at all.
     for _ in 0..100 {
-        assert!(service.check_heartbeat_limit("c").await.unwrap().degraded);
+        let verdict = service.check_heartbeat_limit("c").await.unwrap();
+        assert_eq!(verdict.degraded, Some(Degradation::BreakerOpen));
     }
-    assert_eq!(service.store().calls(), 3);
+    assert_eq!(service.store().inner().calls(), 3);
 }
 
 #[tokio::test]
@@ -104,7 +131,7 @@ async fn the_breaker_closes_when_the_table_comes_back() {
                 .check_listener_join_limit("192.0.2.1")
                 .await
                 .unwrap()
-                .degraded
+                .is_degraded()
         );
     }
     assert!(
@@ -112,14 +139,14 @@ async fn the_breaker_closes_when_the_table_comes_back() {
         "{}",
         logs.text()
     );
-    service.store().create_table().await.unwrap();
+    service.store().inner().create_table().await.unwrap();
     // Still open: the table is back but nobody asks yet.
     assert!(
         service
             .check_listener_join_limit("192.0.2.1")
             .await
             .unwrap()
-            .degraded
+            .is_degraded()
     );
     clock.advance(Duration::from_secs(5));
     let verdict = service
@@ -127,7 +154,7 @@ async fn the_breaker_closes_when_the_table_comes_back() {
         .await
         .unwrap();
     assert!(
-        !verdict.degraded,
+        !verdict.is_degraded(),
         "the probe reached the table: {verdict:?}"
     );
     let now = ratelimiter::Clock::now(&clock);
@@ -144,7 +171,7 @@ async fn closed_mode_denies_while_the_table_is_away() {
     let (logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT).await;
-    let service = service(store, &clock).with_policy(FailurePolicy::all(FailureMode::Closed));
+    let service = service_in(store, &clock, FailureMode::Closed);
     let err = service
         .check_session_creation_limit("user-1")
         .await
@@ -162,22 +189,26 @@ async fn local_mode_stops_one_client_while_the_table_is_away() {
     let (_logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let store = store_at(&refused_endpoint().await, "RateLimits", TIMEOUT).await;
-    let service = service(store, &clock).with_policy(
-        FailurePolicy::all(FailureMode::Open).with(Operation::Heartbeat, FailureMode::Local),
+    let config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_FAILURE_MODE_HEARTBEAT").then(|| "local".to_owned())
+    })
+    .unwrap();
+    let service = Builder::from_config(config)
+        .clock(clock.clone())
+        .build(store);
+    assert!(
+        service
+            .check_heartbeat_limit("noisy")
+            .await
+            .unwrap()
+            .is_degraded()
     );
     assert!(
         service
             .check_heartbeat_limit("noisy")
             .await
             .unwrap()
-            .degraded
-    );
-    assert!(
-        service
-            .check_heartbeat_limit("noisy")
-            .await
-            .unwrap()
-            .degraded
+            .is_degraded()
     );
     assert_eq!(
         service
@@ -187,7 +218,7 @@ async fn local_mode_stops_one_client_while_the_table_is_away() {
             .retry_after(),
         Some(30)
     );
-    // Other operations stay in their own mode: open.
+    // Other policies stay in their own mode: open.
     for _ in 0..30 {
         service
             .check_listener_join_limit("192.0.2.9")
@@ -217,13 +248,14 @@ async fn missing_credentials_fail_open() {
         .check_connection_attempt_limit("192.0.2.77")
         .await
         .unwrap();
-    assert!(verdict.allowed() && verdict.degraded, "{verdict:?}");
+    assert!(verdict.allowed() && verdict.is_degraded(), "{verdict:?}");
     assert!(logs.text().contains("fail open"), "{}", logs.text());
 }
 
 /// An endpoint that rejects every `UpdateItem` as DynamoDB does when its
-/// condition fails, returning an old TAT that is busy (`now + 1 s`) and idle
-/// (1 ns after the epoch) in turn: the shape the store picks is always wrong.
+/// condition fails, returning an old TAT of the connection-attempt bucket
+/// that is busy (`now + 1 s`) and idle (1 ns after the epoch) in turn: the
+/// shape the store picks is always wrong.
 async fn shape_flipping_endpoint(now: u64) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -261,7 +293,7 @@ async fn shape_flipping_endpoint(now: u64) -> String {
                 };
                 answered += 1;
                 let body = format!(
-                    r#"{{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed","Item":{{"tat":{{"N":"{tat}"}}}}}}"#
+                    r#"{{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed","Item":{{"connection_attempt@60":{{"N":"{tat}"}}}}}}"#
                 );
                 let response = format!(
                     "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-requestid: flip-{answered}\r\ncontent-length: {}\r\n\r\n{body}",
@@ -290,8 +322,9 @@ async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls() {
         .check_connection_attempt_limit("192.0.2.80")
         .await
         .unwrap();
-    assert!(verdict.allowed() && verdict.degraded, "{verdict:?}");
-    assert_eq!(service.store().calls(), 3);
+    assert!(verdict.allowed() && verdict.is_degraded(), "{verdict:?}");
+    assert_eq!(verdict.degraded, Some(Degradation::Protocol));
+    assert_eq!((verdict.calls, service.store().inner().calls()), (3, 3));
     assert!(
         logs.text().contains("gave up after 3 calls"),
         "{}",

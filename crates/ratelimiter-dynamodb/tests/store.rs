@@ -1,5 +1,5 @@
-//! The DynamoDB store against a real DynamoDB-API server: the seed's
-//! behaviours, TTLs, no over-admission, and the calls each decision makes.
+//! The DynamoDB store against a real DynamoDB-API server: the conformance
+//! suite, the item layout and TTLs, and the calls each decision makes.
 
 mod common;
 
@@ -9,90 +9,83 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{clock_now, dynoxide, service, store_with_table};
-use ratelimiter::gcra::{Outcome, Quota, Status};
-use ratelimiter::{Identifier, IdentifierKind, Key, Operation, RateLimitError, Store};
+use common::{clock_now, decide, dynoxide, service, store_at, store_with_table};
+use ratelimiter::gcra::Quota;
+use ratelimiter::{Builder, Cached, Config, PolicyId, Request};
 use ratelimiter_dynamodb::{DynamoDbStore, PARTITION_KEY};
+use ratelimiter_testing::conformance;
 
-fn retry_after(result: Result<ratelimiter::Verdict, RateLimitError>) -> u64 {
-    match result {
-        Err(RateLimitError::Exceeded { retry_after, .. }) => retry_after,
-        other => panic!("expected a rate-limit denial, got {other:?}"),
-    }
-}
-
-async fn raw_item(store: &DynamoDbStore, key: &Key<'_>) -> HashMap<String, AttributeValue> {
+async fn raw_item(store: &DynamoDbStore, pk: &str) -> HashMap<String, AttributeValue> {
     store
         .client()
         .get_item()
         .table_name(store.table())
-        .key(PARTITION_KEY, AttributeValue::S(key.to_string()))
+        .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
         .consistent_read(true)
         .send()
         .await
         .unwrap()
         .item()
         .cloned()
-        .expect("the item exists")
+        .unwrap_or_else(|| panic!("the item {pk} exists"))
 }
 
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
     item[name].as_n().unwrap().parse().unwrap()
 }
 
-#[tokio::test]
-async fn seed_limits_hold_through_dynamodb() {
-    let endpoint = dynoxide().await;
-    let clock = clock_now();
-    let service = service(store_with_table(&endpoint).await, &clock);
-
-    service.check_heartbeat_limit("conn-1").await.unwrap();
-    service.check_heartbeat_limit("conn-1").await.unwrap();
-    assert_eq!(
-        retry_after(service.check_heartbeat_limit("conn-1").await),
-        30
-    );
-
-    for _ in 0..10 {
-        service
-            .check_listener_join_limit("198.51.100.4")
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        retry_after(service.check_listener_join_limit("198.51.100.4").await),
-        6
-    );
-
-    for _ in 0..20 {
-        service
-            .check_connection_attempt_limit("198.51.100.4")
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        retry_after(service.check_connection_attempt_limit("198.51.100.4").await),
-        3
-    );
-
-    for _ in 0..50 {
-        service
-            .check_session_creation_limit("user-123")
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        retry_after(service.check_session_creation_limit("user-123").await),
-        72
-    );
-
-    // Time heals: half a minute later the connection may heartbeat again.
-    clock.advance(Duration::from_secs(30));
-    service.check_heartbeat_limit("conn-1").await.unwrap();
+/// Every item of the table, as text, to look for what must not be there.
+async fn table_text(store: &DynamoDbStore) -> String {
+    let scan = store
+        .client()
+        .scan()
+        .table_name(store.table())
+        .send()
+        .await
+        .unwrap();
+    format!("{:?}", scan.items())
 }
 
 #[tokio::test]
-async fn status_reads_the_table_without_consuming_and_ttls_are_right() {
+async fn conformance_seed_scenarios() {
+    let endpoint = dynoxide().await;
+    conformance::seed_scenarios(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test]
+async fn conformance_status_and_reset() {
+    let endpoint = dynoxide().await;
+    conformance::status_and_reset(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test]
+async fn conformance_several_limits_and_tiers() {
+    let endpoint = dynoxide().await;
+    conformance::several_limits_and_tiers(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_two_containers_never_over_admit() {
+    let endpoint = dynoxide().await;
+    let a = store_with_table(&endpoint).await;
+    let b = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
+    conformance::concurrent_decisions_never_over_admit(vec![a, b], 64).await;
+}
+
+#[tokio::test]
+async fn conformance_keyed_digests_leave_no_raw_identifier_in_the_table() {
+    let endpoint = dynoxide().await;
+    let store = Arc::new(store_with_table(&endpoint).await);
+    let identifiers = conformance::keyed_digests(store.clone()).await;
+    let text = table_text(&store).await;
+    assert!(text.contains("connection~"), "{text}");
+    for id in identifiers {
+        assert!(!text.contains(id), "{id} is in the table: {text}");
+    }
+}
+
+#[tokio::test]
+async fn one_item_per_identifier_with_a_bucket_per_limit_and_a_safe_ttl() {
     let endpoint = dynoxide().await;
     let clock = clock_now();
     let now_secs = ratelimiter::Clock::now(&clock) / 1_000_000_000;
@@ -103,53 +96,41 @@ async fn status_reads_the_table_without_consuming_and_ttls_are_right() {
             .await
             .unwrap();
     }
-    let status = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
-        .await
-        .unwrap();
+    let item = raw_item(service.store().inner(), "user#user-123").await;
     assert_eq!(
-        status,
-        Status {
-            count: 15,
-            limit: 50,
-            reset_in_seconds: 1080,
-            window_duration: 3600
-        }
+        number(&item, "session_create@3600"),
+        (now_secs + 15 * 72) * 1_000_000_000
     );
-    let again = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
-        .await
-        .unwrap();
-    assert_eq!(again, status);
-
-    let key = Key::new(Operation::SessionCreate, Identifier::user("user-123"));
-    let item = raw_item(service.store(), &key).await;
-    assert_eq!(number(&item, "tat"), (now_secs + 15 * 72) * 1_000_000_000);
-    // The TTL is never before the TAT: deleting the item then changes nothing.
+    // The TTL is never before any bucket is full: deleting the item then
+    // changes nothing.
     let ttl = number(&item, "ttl");
     assert!(ttl >= now_secs + 15 * 72, "ttl {ttl}");
-    assert!(ttl <= now_secs + 3600, "ttl {ttl} beyond a full period");
+    assert!(
+        ttl <= now_secs + 3600,
+        "ttl {ttl} beyond the longest period"
+    );
 
-    // A brand-new key's TTL is when its one token comes back.
-    service.check_heartbeat_limit("c").await.unwrap();
-    let item = raw_item(
-        service.store(),
-        &Key::new(Operation::Heartbeat, Identifier::connection("c")),
-    )
-    .await;
-    assert_eq!(number(&item, "ttl"), now_secs + 30);
-    assert_eq!(item["pk"].as_s().unwrap(), "heartbeat#connection#c");
-
-    // Reset deletes the item.
+    // A listener's two policies share the item of its address.
     service
-        .reset(Operation::SessionCreate, Identifier::user("user-123"))
+        .check_connection_attempt_limit("192.0.2.1")
         .await
         .unwrap();
-    let status = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
+    service
+        .check_listener_join_limit("192.0.2.1")
         .await
         .unwrap();
-    assert_eq!(status.count, 0);
+    let item = raw_item(service.store().inner(), "ip#192.0.2.1").await;
+    assert_eq!(
+        number(&item, "connection_attempt@60"),
+        (now_secs + 3) * 1_000_000_000
+    );
+    assert_eq!(
+        number(&item, "listener_join@60"),
+        (now_secs + 6) * 1_000_000_000
+    );
+    // Kept until every policy on addresses is full again: a minute.
+    assert_eq!(number(&item, "ttl"), now_secs + 60);
+    assert_eq!(item.len(), 4, "{item:?}");
 }
 
 #[tokio::test]
@@ -166,98 +147,14 @@ async fn create_table_is_idempotent() {
         .unwrap();
     let description = ttl.time_to_live_description().unwrap();
     assert_eq!(description.attribute_name(), Some("ttl"));
-}
-
-/// Runs `tasks` concurrent decisions on one key; returns how many were allowed.
-async fn hammer(
-    stores: &[Arc<DynamoDbStore>],
-    key: &str,
-    quota: &Quota,
-    now: u64,
-    tasks: usize,
-) -> usize {
-    let step = quota.step(now, 1).unwrap();
-    let handles: Vec<_> = (0..tasks)
-        .map(|i| {
-            let store = stores[i % stores.len()].clone();
-            let key = key.to_owned();
-            tokio::spawn(async move {
-                let key = Key::new(Operation::ConnectionAttempt, Identifier::ip(&key));
-                matches!(
-                    store.apply(&key, &step).await.unwrap(),
-                    Outcome::Allowed { .. }
-                )
-            })
-        })
-        .collect();
-    let mut allowed = 0;
-    for handle in handles {
-        allowed += usize::from(handle.await.unwrap());
-    }
-    allowed
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sixty_four_concurrent_tasks_never_over_admit() {
-    let endpoint = dynoxide().await;
-    let store = Arc::new(store_with_table(&endpoint).await);
-    let quota = Quota::per_minute(NonZeroU32::new(20).unwrap());
-    let now = ratelimiter::Clock::now(&clock_now());
-    for round in 0..8u64 {
-        // Each round on a new key, and once more on the same key a minute later.
-        let key = format!("203.0.113.{round}");
-        assert_eq!(
-            hammer(std::slice::from_ref(&store), &key, &quota, now, 64).await,
-            20,
-            "round {round}"
-        );
-        assert_eq!(
-            hammer(std::slice::from_ref(&store), &key, &quota, now, 64).await,
-            0,
-            "round {round}, again"
-        );
-        let later = now + 60_000_000_000;
-        assert_eq!(
-            hammer(std::slice::from_ref(&store), &key, &quota, later, 64).await,
-            20,
-            "round {round}, later"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_containers_on_one_table_never_over_admit() {
-    let endpoint = dynoxide().await;
-    let a = Arc::new(store_with_table(&endpoint).await);
-    let b = Arc::new(common::store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await);
-    let quota = Quota::per_minute(NonZeroU32::new(20).unwrap());
-    let now = ratelimiter::Clock::now(&clock_now());
-    for round in 0..6u64 {
-        let key = format!("192.0.2.{round}");
-        // Half-way through a window, from both sides at once.
-        let mid = now + round * 1_000_000_000;
-        let allowed = hammer(&[a.clone(), b.clone()], &key, &quota, mid, 64).await;
-        assert_eq!(allowed, 20, "round {round}");
-    }
-}
-
-/// The calls one decision makes, and whether it was allowed.
-async fn decide(store: &DynamoDbStore, key: &str, quota: &Quota, now: u64) -> (bool, u32) {
-    let key = Key::new(Operation::ListenerJoin, Identifier::ip(key));
-    let applied = store
-        .apply_counted(&key, &quota.step(now, 1).unwrap())
-        .await;
-    (
-        matches!(applied.outcome.unwrap(), Outcome::Allowed { .. }),
-        applied.calls,
-    )
+    assert!(store.table_exists().await);
 }
 
 #[tokio::test]
 async fn each_kind_of_decision_makes_the_expected_calls() {
     let endpoint = dynoxide().await;
-    let a = store_with_table(&endpoint).await;
-    let b = common::store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
+    let a = Cached::new(store_with_table(&endpoint).await);
+    let b = Cached::new(store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await);
     let quota = Quota::per_minute(NonZeroU32::new(2).unwrap());
     let now = ratelimiter::Clock::now(&clock_now());
 
@@ -298,23 +195,61 @@ async fn each_kind_of_decision_makes_the_expected_calls() {
         (false, 0),
         "still cached"
     );
+    assert!(
+        a.inner().calls() >= 5,
+        "the store counts its calls: {}",
+        a.inner().calls()
+    );
+}
 
-    assert!(a.calls() >= 5, "the store counts its calls: {}", a.calls());
+#[tokio::test]
+async fn a_policy_of_two_limits_costs_one_call_per_allowed_decision() {
+    let endpoint = dynoxide().await;
+    let clock = clock_now();
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.send_message]\nkey = \"connection\"\nlimits = [\"5/10s\", \"100/h\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let service = Builder::from_config(config)
+        .clock(clock.clone())
+        .build(store_with_table(&endpoint).await);
+    let id = service.policy_id("send_message").unwrap();
+    let mut calls = Vec::new();
+    // New keys, busy keys (the same key again), and idle ones (a minute later).
+    for round in 0..3 {
+        for key in ["c1", "c2", "c3"] {
+            for _ in 0..3 {
+                let verdict = service.check(id, key, 1).await.unwrap();
+                calls.push(verdict.calls);
+            }
+        }
+        assert!(round < 3);
+        clock.advance(Duration::from_secs(60));
+    }
+    assert!(calls.iter().all(|&n| n == 1), "{calls:?}");
+    // The hour's bucket kept counting across the idle minutes: nine tokens
+    // of 36 s each, three minutes of refill, four still in use.
+    let statuses = service.statuses(&Request::new(id, "c1")).await.unwrap();
+    assert_eq!((statuses[0].count, statuses[1].count), (0, 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_race_costs_at_most_two_calls() {
     let endpoint = dynoxide().await;
-    let a = Arc::new(store_with_table(&endpoint).await);
-    let b = Arc::new(common::store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await);
+    let a = Arc::new(Cached::new(store_with_table(&endpoint).await));
+    let b = Arc::new(Cached::new(
+        store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await,
+    ));
     let quota = Quota::per_minute(NonZeroU32::new(10).unwrap());
     let now = ratelimiter::Clock::now(&clock_now());
     for round in 0..10 {
         let key = format!("race-{round}");
         let (ka, kb) = (key.clone(), key.clone());
         let (sa, sb) = (a.clone(), b.clone());
-        let ta = tokio::spawn(async move { decide(&sa, &ka, &quota, now).await });
-        let tb = tokio::spawn(async move { decide(&sb, &kb, &quota, now).await });
+        let ta = tokio::spawn(async move { decide(&*sa, &ka, &quota, now).await });
+        let tb = tokio::spawn(async move { decide(&*sb, &kb, &quota, now).await });
         let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
         assert!(ra.0 && rb.0, "both allowed: {ra:?} {rb:?}");
         assert!(ra.1 <= 2 && rb.1 <= 2, "round {round}: {ra:?} {rb:?}");
@@ -324,7 +259,7 @@ async fn a_race_costs_at_most_two_calls() {
 #[tokio::test]
 async fn a_fresh_container_learns_that_keys_are_mid_window() {
     let endpoint = dynoxide().await;
-    let warm = store_with_table(&endpoint).await;
+    let warm = Cached::new(store_with_table(&endpoint).await);
     let quota = Quota::per_minute(NonZeroU32::new(10).unwrap());
     let now = ratelimiter::Clock::now(&clock_now());
     let keys: Vec<String> = (0..60).map(|i| format!("10.1.0.{i}")).collect();
@@ -332,7 +267,7 @@ async fn a_fresh_container_learns_that_keys_are_mid_window() {
         decide(&warm, key, &quota, now).await;
     }
     // A new container, no hints, meets all those keys ten seconds later.
-    let fresh = common::store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
+    let fresh = Cached::new(store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await);
     let mut calls = Vec::new();
     for key in &keys {
         let (allowed, n) = decide(&fresh, key, &quota, now + 10_000_000_000).await;
@@ -347,4 +282,73 @@ async fn a_fresh_container_learns_that_keys_are_mid_window() {
     );
     let overall: f64 = calls.iter().map(|&n| f64::from(n)).sum::<f64>() / calls.len() as f64;
     assert!(overall <= 1.1, "calls per decision: {overall} ({calls:?})");
+}
+
+#[tokio::test]
+async fn items_of_the_old_layout_are_migrated_once_and_never_misread() {
+    use ratelimiter_dynamodb::admin::{Migration, migrate_legacy_items};
+    let endpoint = dynoxide().await;
+    let store = store_with_table(&endpoint).await;
+    let clock = clock_now();
+    let now = ratelimiter::Clock::now(&clock);
+    let put = |pk: &str, tat: u64| {
+        store
+            .client()
+            .put_item()
+            .table_name("RateLimits")
+            .item(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
+            .item("tat", AttributeValue::N(tat.to_string()))
+            .item(
+                "ttl",
+                AttributeValue::N((tat / 1_000_000_000 + 1).to_string()),
+            )
+            .send()
+    };
+    // Two heartbeats used on conn-1 (a full bucket at now + 60 s), a spent
+    // listener-join bucket, and one long past.
+    put("heartbeat#connection#conn-1", now + 60_000_000_000)
+        .await
+        .unwrap();
+    put("listener_join#ip#198.51.100.9", now + 60_000_000_000)
+        .await
+        .unwrap();
+    put("session_create#user#old", now - 1).await.unwrap();
+    let service = service(
+        store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await,
+        &clock,
+    );
+    // Before the migration the old items are not read: nothing misreads them.
+    let status = service
+        .statuses(&Request::new(PolicyId::HEARTBEAT, "conn-1"))
+        .await
+        .unwrap();
+    assert_eq!(status[0].count, 0);
+    let migration = migrate_legacy_items(service.store().inner(), now / 1_000_000_000, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        migration,
+        Migration {
+            migrated: 2,
+            expired: 1,
+            skipped: 0
+        }
+    );
+    assert!(service.check_heartbeat_limit("conn-1").await.is_err());
+    assert!(
+        service
+            .check_listener_join_limit("198.51.100.9")
+            .await
+            .is_err()
+    );
+    assert!(
+        !table_text(service.store().inner())
+            .await
+            .contains("heartbeat#")
+    );
+    // Again: nothing left to do.
+    let again = migrate_legacy_items(service.store().inner(), now / 1_000_000_000, None)
+        .await
+        .unwrap();
+    assert_eq!(again, Migration::default());
 }

@@ -8,32 +8,34 @@
 //! alternate between the two services; medians over rounds are printed.
 
 use std::hint::black_box;
-use std::num::NonZeroU32;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use ratelimiter::gcra::Quota;
-use ratelimiter::{Identifier, Limits, Operation, RateLimitService};
+use ratelimiter::policy::{BUILTINS, LimitSpec, Policy};
+use ratelimiter::{Builder, PolicyId, RateLimitService};
 use ratelimiter_lambda::emf::Emf;
 
 const ROUNDS: usize = 101;
 const DECISIONS: u32 = 100_000;
 const FLUSHES: usize = 2_000;
 
-fn limits() -> Limits {
-    let huge = Quota::per_minute(NonZeroU32::MAX);
-    Operation::ALL
-        .into_iter()
-        .fold(Limits::default(), |limits, op| limits.with(op, huge))
+/// The seed's policies with limits nothing reaches.
+fn limiter() -> RateLimitService {
+    let huge = LimitSpec {
+        count: u32::MAX,
+        period: Duration::from_secs(60),
+    };
+    BUILTINS
+        .iter()
+        .fold(Builder::new(), |builder, builtin| {
+            builder.policy(Policy::new(builtin.name, builtin.kind.clone(), &[huge]).unwrap())
+        })
+        .in_memory()
 }
 
 fn ns_per_decision(service: &RateLimitService) -> f64 {
     let started = Instant::now();
     for _ in 0..DECISIONS {
-        let verdict = service.check_now(
-            Operation::ConnectionAttempt,
-            Identifier::ip("198.51.100.7"),
-            1,
-        );
+        let verdict = service.check_now(PolicyId::CONNECTION_ATTEMPT, "198.51.100.7", 1);
         black_box(verdict.unwrap());
     }
     started.elapsed().as_nanos() as f64 / f64::from(DECISIONS)
@@ -50,11 +52,11 @@ fn discard(documents: &[u8]) {
 
 fn main() {
     // Handles are registered at construction: this one gets no-op handles.
-    let without = RateLimitService::new(ratelimiter::MemoryStore::new(), limits());
+    let without = limiter();
     let emf = Emf::install("RateLimiter/bench")
         .unwrap()
         .with_sink(discard);
-    let with = RateLimitService::new(ratelimiter::MemoryStore::new(), limits());
+    let with = limiter();
 
     let (mut no_recorder, mut recorder) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -63,7 +65,7 @@ fn main() {
     }
     emf.drain();
 
-    // One `$connect`: two timed decisions on two operations, then the flush.
+    // One `$connect`: two timed decisions on two policies, then the flush.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

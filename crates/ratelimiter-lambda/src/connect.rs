@@ -3,23 +3,25 @@
 //! Every connection counts against the connection-attempt limit of its
 //! source IP; then a speaker (the authorizer identified a `userId`) counts
 //! against the session-creation limit of that user, and anyone else against
-//! the listener-join limit of the IP. Both checks are [`RateLimitLayer`]s
-//! around a [`ConnectHook`], where the application's own logic (creating or
-//! joining a session) goes.
+//! the listener-join limit of the IP, as two checks in a row would:
+//! a refused attempt takes nothing from the second limit, and a refused
+//! second check still counts the attempt. Both are decided in one round
+//! trip ([`RateLimitService::decide_both`]): one DynamoDB call for a
+//! listener, whose two limits share the item of its address, and two calls
+//! at once for a speaker. Then the [`ConnectHook`] runs: the application's
+//! own logic (creating or joining a session).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
-use ratelimiter::response::internal_error_response;
-use ratelimiter::{Clock, Operation, RateLimitService, Store, SystemClock};
+use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
-use tower::{ServiceBuilder, ServiceExt, service_fn};
 
-use crate::event::{self, source_ip, user_id};
-use crate::layer::{RateLimitLayer, Subject};
-use crate::ok_response;
+use crate::event::{self, authorizer_field, source_ip, user_id};
+use crate::layer::{Denial, Responder, SeedResponses, denial, log_decision};
+use crate::response::{internal_error_response, ok_response};
 
 /// Who is connecting, as the `$connect` handler sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +113,7 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
         let (payload, context) = event.into_parts();
         match event::parse(payload) {
             Ok(request) => self.handle_event(LambdaEvent::new(request, context)).await,
-            Err(bad) => Ok(bad.reject("$connect")),
+            Err(bad) => Ok(bad.reject("$connect", self.limiter.now_ms())),
         }
     }
 
@@ -120,57 +122,54 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
         &self,
         event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
     ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
-        let hook = self.hook.clone();
-        let service =
-            ServiceBuilder::new()
-                .layer(RateLimitLayer::new(
-                    self.limiter.clone(),
-                    |event: &LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-                        Some(Subject::ip(
-                            Operation::ConnectionAttempt,
-                            source_ip(&event.payload),
-                        ))
-                    },
-                ))
-                .layer(RateLimitLayer::new(
-                    self.limiter.clone(),
-                    |event: &LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-                        Some(match user_id(&event.payload) {
-                            Some(user) => Subject::user(Operation::SessionCreate, &user),
-                            None => Subject::ip(Operation::ListenerJoin, source_ip(&event.payload)),
-                        })
-                    },
-                ))
-                .service(service_fn(
-                    move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-                        let hook = hook.clone();
-                        async move {
-                            Ok::<_, lambda_runtime::Error>(run_hook(&*hook, &event.payload).await)
-                        }
-                    },
-                ));
-        service.oneshot(event).await
-    }
-}
-
-async fn run_hook<H: ConnectHook>(
-    hook: &H,
-    event: &ApiGatewayWebsocketProxyRequest,
-) -> ApiGatewayProxyResponse {
-    let user = user_id(event);
-    let role = match &user {
-        Some(user_id) => Role::Speaker { user_id },
-        None => Role::Listener {
-            ip: source_ip(event),
-        },
-    };
-    match hook.on_connect(event, role).await {
-        Ok(None) => ok_response(),
-        Ok(Some(response)) => response,
-        Err(error) => {
-            // The detail stays in the logs; the client learns nothing internal.
-            tracing::error!(%error, "the $connect hook failed");
-            internal_error_response()
+        let request = &event.payload;
+        let ip = source_ip(request);
+        let user = user_id(request);
+        let tier = authorizer_field(request, self.limiter.tier_field());
+        let attempt = Request::new(PolicyId::CONNECTION_ATTEMPT, ip).tier(tier.as_deref());
+        let (second, role) = match &user {
+            Some(user_id) => (
+                Request::new(PolicyId::SESSION_CREATE, user_id),
+                Role::Speaker { user_id },
+            ),
+            None => (
+                Request::new(PolicyId::LISTENER_JOIN, ip),
+                Role::Listener { ip },
+            ),
+        };
+        let second = second.tier(tier.as_deref());
+        let refused = match self.limiter.decide_both(&attempt, &second).await {
+            Ok((first, then)) => {
+                let first = self.limiter.to_result(first);
+                log_decision(&self.limiter, attempt.policy, &first);
+                match (denial(&self.limiter, first), then) {
+                    (Some(refused), _) => Some(refused),
+                    (None, Some(then)) => {
+                        let then = self.limiter.to_result(then);
+                        log_decision(&self.limiter, second.policy, &then);
+                        denial(&self.limiter, then)
+                    }
+                    (None, None) => None,
+                }
+            }
+            Err(error) => {
+                log_decision(&self.limiter, attempt.policy, &Err(error));
+                Some(Denial::Failed {
+                    timestamp_ms: self.limiter.now_ms(),
+                })
+            }
+        };
+        if let Some(refused) = refused {
+            return Ok(SeedResponses.respond(&refused));
         }
+        Ok(match self.hook.on_connect(request, role).await {
+            Ok(None) => ok_response(),
+            Ok(Some(response)) => response,
+            Err(error) => {
+                // The detail stays in the logs; the client learns nothing internal.
+                tracing::error!(%error, "the $connect hook failed");
+                internal_error_response(self.limiter.now_ms())
+            }
+        })
     }
 }

@@ -1,8 +1,9 @@
 //! Reading what the handlers need from an API Gateway WebSocket event.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use ratelimiter::response::error_response;
 use serde_json::Value;
+
+use crate::response::error_response;
 
 /// The identifier used when an event carries no source IP, as the seed says.
 pub const UNKNOWN_IP: &str = "unknown";
@@ -16,15 +17,15 @@ pub const BAD_REQUEST: &str = "BAD_REQUEST";
 pub struct BadEvent(pub String);
 
 impl BadEvent {
-    /// The 400 response in the seed's error format.
-    pub fn response(&self) -> ApiGatewayProxyResponse {
-        error_response(400, BAD_REQUEST, &self.0)
+    /// The 400 response in the seed's error format, at `timestamp_ms`.
+    pub fn response(&self, timestamp_ms: u64) -> ApiGatewayProxyResponse {
+        error_response(400, BAD_REQUEST, &self.0, timestamp_ms)
     }
 
     /// Logs that `route`'s handler rejected the event, and returns the 400.
-    pub fn reject(&self, route: &str) -> ApiGatewayProxyResponse {
+    pub fn reject(&self, route: &str, timestamp_ms: u64) -> ApiGatewayProxyResponse {
         tracing::warn!(error = %self, "rejected a malformed {route} event");
-        self.response()
+        self.response(timestamp_ms)
     }
 }
 
@@ -56,11 +57,16 @@ pub fn source_ip(event: &ApiGatewayWebsocketProxyRequest) -> &str {
 }
 
 /// The user id the authorizer put in its context (`userId`), if any.
+pub fn user_id(event: &ApiGatewayWebsocketProxyRequest) -> Option<String> {
+    authorizer_field(event, "userId")
+}
+
+/// A field the authorizer put in its context (`userId`, a tier), if any.
 ///
 /// API Gateway passes the authorizer's context flat, with strings, numbers
-/// and booleans as they were; a numeric id is used in its decimal form.
-pub fn user_id(event: &ApiGatewayWebsocketProxyRequest) -> Option<String> {
-    match event.request_context.authorizer.fields.get("userId")? {
+/// and booleans as they were; a number is used in its decimal form.
+pub fn authorizer_field(event: &ApiGatewayWebsocketProxyRequest, name: &str) -> Option<String> {
+    match event.request_context.authorizer.fields.get(name)? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,

@@ -11,18 +11,14 @@ use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
-use ratelimiter::response::{
-    ErrorBody, internal_error_response, now_ms, rate_limit_error_response_at,
-};
-use ratelimiter::{
-    Clock, Identifier, Operation, RateLimitError, RateLimitService, Store, SystemClock,
-};
+use ratelimiter::response::ErrorBody;
+use ratelimiter::{Clock, PolicyId, RateLimitError, RateLimitService, Request, Store, SystemClock};
 use serde_json::{Value, json};
 
-use crate::event::{self, body_json, connection_id};
+use crate::event::{self, authorizer_field, body_json, connection_id};
 use crate::layer::check_logged;
 use crate::management::{ConnectionSender, SendError};
-use crate::ok_response;
+use crate::response::{internal_error_response, ok_response, rate_limit_error_response};
 
 /// The heartbeat handler: create one per container and share it.
 pub struct HeartbeatHandler<S, N, C = SystemClock> {
@@ -57,7 +53,7 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
     ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
         match event::parse(event.payload) {
             Ok(request) => Ok(self.handle_event(&request).await),
-            Err(bad) => Ok(bad.reject("heartbeat")),
+            Err(bad) => Ok(bad.reject("heartbeat", self.limiter.now_ms())),
         }
     }
 
@@ -72,26 +68,27 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
         });
         let (connection, endpoint) = match checked {
             Ok(found) => found,
-            Err(bad) => return bad.reject("heartbeat"),
+            Err(bad) => return bad.reject("heartbeat", self.limiter.now_ms()),
         };
-        let identifier = Identifier::connection(connection);
-        match check_logged(&self.limiter, Operation::Heartbeat, identifier).await {
+        let tier = authorizer_field(event, self.limiter.tier_field());
+        let request = Request::new(PolicyId::HEARTBEAT, connection).tier(tier.as_deref());
+        match check_logged(&self.limiter, &request).await {
             Ok(_) => {
-                let ack = json!({"type": "heartbeat_ack", "timestamp": now_ms()});
+                let ack = json!({"type": "heartbeat_ack", "timestamp": self.limiter.now_ms()});
                 match self.send(&endpoint, connection, ack.to_string()).await {
                     Ok(()) => ok_response(),
-                    Err(()) => internal_error_response(),
+                    Err(()) => internal_error_response(self.limiter.now_ms()),
                 }
             }
             Err(RateLimitError::Exceeded { retry_after, .. }) => {
-                let timestamp = now_ms();
+                let timestamp = self.limiter.now_ms();
                 let body = ErrorBody::rate_limited(retry_after, timestamp).to_json();
                 // The client learns retryAfter on its connection; the 429 goes
                 // back to API Gateway whatever happened to that message.
                 let _ = self.send(&endpoint, connection, body).await;
-                rate_limit_error_response_at(retry_after, timestamp)
+                rate_limit_error_response(retry_after, timestamp)
             }
-            Err(_) => internal_error_response(),
+            Err(_) => internal_error_response(self.limiter.now_ms()),
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! - [`connect::ConnectHandler`]: `$connect`, with a pluggable [`connect::ConnectHook`];
 //! - [`heartbeat::HeartbeatHandler`]: the `heartbeat` route;
-//! - [`layer::RateLimitLayer`]: one limit around any handler;
+//! - [`layer::RateLimitLayer`]: any policy around any handler;
+//! - [`response`]: the seed's responses as API Gateway proxy responses;
 //! - [`emf`]: CloudWatch metrics, flushed after each invocation;
 //! - [`management`]: `PostToConnection` through the Management API;
 //! - [`runtime`]: start-up (logging, configuration, clients) for the binaries.
@@ -18,13 +19,7 @@ pub mod event;
 pub mod heartbeat;
 pub mod layer;
 pub mod management;
+pub mod response;
 pub mod runtime;
 
-use aws_lambda_events::apigw::ApiGatewayProxyResponse;
-
-/// The 200 response that accepts a connection or a message.
-pub fn ok_response() -> ApiGatewayProxyResponse {
-    let mut response = ApiGatewayProxyResponse::default();
-    response.status_code = 200;
-    response
-}
+pub use response::ok_response;

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use ratelimiter::{FailurePolicy, Limits, RateLimitService, ShadowMode};
-use ratelimiter_dynamodb::{ClientOptions, DynamoDbConfig, DynamoDbStore, client};
+use ratelimiter::{Builder, Cached, RateLimitService};
+use ratelimiter_dynamodb::DynamoDbStore;
 
 use crate::emf::{Emf, MetricsConfig};
 
@@ -36,31 +36,21 @@ pub fn metrics_from_env() -> Result<Option<Emf>, lambda_runtime::Error> {
     }
 }
 
+/// The limiter of a function: the rate-limit service on the DynamoDB table,
+/// configured by the environment and the file `RATE_LIMIT_CONFIG` names.
+pub type Limiter = RateLimitService<Cached<DynamoDbStore>>;
+
 /// The rate-limit service on the DynamoDB table, configured by the
 /// environment. A configuration error stops the container at start-up, with
-/// the message, rather than serving with defaults.
-pub async fn limiter_from_env()
--> Result<Arc<RateLimitService<DynamoDbStore>>, lambda_runtime::Error> {
-    let configured = Limits::from_env().and_then(|limits| {
-        Ok((
-            limits,
-            FailurePolicy::from_env()?,
-            ShadowMode::from_env()?,
-            DynamoDbConfig::from_env()?,
-        ))
-    });
-    let (limits, policy, shadow, config) = configured.inspect_err(|error| {
+/// the message, rather than serving with defaults; it is found before any
+/// AWS client is made.
+pub async fn limiter_from_env() -> Result<Arc<Limiter>, lambda_runtime::Error> {
+    let configured = Builder::from_env()
+        .and_then(|builder| Ok((builder, ratelimiter_dynamodb::DynamoDbConfig::from_env()?)));
+    let (builder, table) = configured.inspect_err(|error| {
         // Logged in words: `main` returning the error prints only its Debug form.
         tracing::error!(%error, "configuration error: the function cannot start");
     })?;
-    let options = ClientOptions {
-        timeout: config.timeout,
-        ..ClientOptions::default()
-    };
-    let store = DynamoDbStore::new(client(&options).await, config.table);
-    Ok(Arc::new(
-        RateLimitService::new(store, limits)
-            .with_policy(policy)
-            .with_shadow(shadow),
-    ))
+    let store = DynamoDbStore::with_config(&table).await;
+    Ok(Arc::new(builder.build(store)))
 }

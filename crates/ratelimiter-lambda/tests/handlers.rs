@@ -1,17 +1,15 @@
 //! The handlers, called with realistic API Gateway WebSocket events.
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use lambda_runtime::{Context, LambdaEvent};
-use ratelimiter::gcra::Quota;
-use ratelimiter::{FakeClock, Limits, MemoryStore, Operation, RateLimitService};
+use ratelimiter::{Builder, Config, FakeClock, Kind, MemoryStore, PolicyId, RateLimitService};
 use ratelimiter_lambda::connect::{ConnectHandler, ConnectHook, Role};
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
-use ratelimiter_lambda::layer::{RateLimitLayer, Subject};
+use ratelimiter_lambda::layer::{Denial, RateLimitLayer, Subject};
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
 use ratelimiter_testing::{Capturing, Format, Logs};
 use serde_json::{Value, json};
@@ -19,12 +17,19 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 type Limiter = Arc<RateLimitService<MemoryStore, FakeClock>>;
 
-fn limiter(limits: Limits) -> Limiter {
-    Arc::new(RateLimitService::with_clock(
-        MemoryStore::new(),
-        limits,
-        FakeClock::at_secs(1_700_000_000),
-    ))
+/// A limiter configured by the variables `env`, on a fake clock.
+fn limiter(env: &'static [(&'static str, &'static str)]) -> Limiter {
+    let config = Config::from_lookup(|var| {
+        env.iter()
+            .find(|(name, _)| *name == var)
+            .map(|(_, value)| (*value).to_owned())
+    })
+    .unwrap();
+    Arc::new(
+        Builder::from_config(config)
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .in_memory(),
+    )
 }
 
 /// A `$connect` event as API Gateway sends it, with the oddities real events
@@ -116,7 +121,7 @@ fn assert_rate_limited(response: &ApiGatewayProxyResponse, retry_after: u64) {
 
 #[tokio::test]
 async fn the_eleventh_listener_from_one_ip_is_refused() {
-    let handler = ConnectHandler::new(limiter(Limits::default()));
+    let handler = ConnectHandler::new(limiter(&[]));
     for i in 0..10 {
         let response = handler
             .handle(invoke(connect_event(Some("198.51.100.1"), None)))
@@ -139,11 +144,7 @@ async fn the_eleventh_listener_from_one_ip_is_refused() {
 
 #[tokio::test]
 async fn speakers_count_against_sessions_and_everyone_against_connection_attempts() {
-    let limits = Limits::default().with(
-        Operation::SessionCreate,
-        Quota::per_hour(NonZeroU32::new(2).unwrap()),
-    );
-    let handler = ConnectHandler::new(limiter(limits));
+    let handler = ConnectHandler::new(limiter(&[("RATE_LIMIT_SESSIONS_PER_HOUR", "2")]));
     let speaker = || connect_event(Some("192.0.2.1"), Some(json!("user-1")));
     assert_eq!(
         handler.handle(invoke(speaker())).await.unwrap().status_code,
@@ -173,7 +174,7 @@ async fn speakers_count_against_sessions_and_everyone_against_connection_attempt
     );
 
     // Connection attempts: the 21st from one IP is refused, even by new speakers.
-    let handler = ConnectHandler::new(limiter(Limits::default()));
+    let handler = ConnectHandler::new(limiter(&[]));
     for i in 0..20 {
         let event = connect_event(Some("203.0.113.5"), Some(json!(format!("speaker-{i}"))));
         assert_eq!(
@@ -187,7 +188,7 @@ async fn speakers_count_against_sessions_and_everyone_against_connection_attempt
 
 #[tokio::test]
 async fn the_source_ip_comes_from_the_request_context_only() {
-    let handler = ConnectHandler::new(limiter(Limits::default()));
+    let handler = ConnectHandler::new(limiter(&[]));
     // Different X-Forwarded-For headers do not make different clients.
     for i in 0..10 {
         let mut event = connect_event(Some("198.51.100.7"), None);
@@ -226,11 +227,7 @@ async fn the_source_ip_comes_from_the_request_context_only() {
     );
     let status = handler
         .limiter()
-        .get_rate_limit_status(
-            Operation::ListenerJoin,
-            ratelimiter::IdentifierKind::Ip,
-            "unknown",
-        )
+        .get_rate_limit_status(PolicyId::LISTENER_JOIN, &Kind::IP, "unknown")
         .await
         .unwrap();
     assert_eq!(status.count, 10);
@@ -248,11 +245,9 @@ impl ConnectHook for Gatekeeper {
     ) -> Result<Option<ApiGatewayProxyResponse>, lambda_runtime::Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match role {
-            Role::Speaker { user_id: "banned" } => Ok(Some(ratelimiter::response::error_response(
-                403,
-                "FORBIDDEN",
-                "No.",
-            ))),
+            Role::Speaker { user_id: "banned" } => Ok(Some(
+                ratelimiter_lambda::response::error_response(403, "FORBIDDEN", "No.", 0),
+            )),
             Role::Speaker { user_id: "broken" } => Err("database password is hunter2".into()),
             _ => Ok(None),
         }
@@ -264,7 +259,7 @@ async fn the_hook_runs_after_the_limits_and_its_errors_do_not_leak() {
     let hook = Gatekeeper {
         calls: Arc::default(),
     };
-    let handler = ConnectHandler::new(limiter(Limits::default())).with_hook(hook);
+    let handler = ConnectHandler::new(limiter(&[])).with_hook(hook);
     let banned = handler
         .handle(invoke(connect_event(
             Some("192.0.2.1"),
@@ -287,7 +282,7 @@ async fn the_hook_runs_after_the_limits_and_its_errors_do_not_leak() {
     assert!(!format!("{broken:?}").contains("hunter2"));
     // A refused connection never reaches the hook.
     let calls = Arc::new(AtomicU32::new(0));
-    let handler = ConnectHandler::new(limiter(Limits::default())).with_hook(Gatekeeper {
+    let handler = ConnectHandler::new(limiter(&[])).with_hook(Gatekeeper {
         calls: calls.clone(),
     });
     for _ in 0..11 {
@@ -301,7 +296,7 @@ async fn the_hook_runs_after_the_limits_and_its_errors_do_not_leak() {
 
 #[tokio::test]
 async fn malformed_connect_events_get_a_clear_400() {
-    let handler = ConnectHandler::new(limiter(Limits::default()));
+    let handler = ConnectHandler::new(limiter(&[]));
     for (payload, expected) in [
         (json!({"headers": {}}), "no requestContext"),
         (json!([1, 2]), "not a JSON object"),
@@ -350,7 +345,7 @@ impl ConnectionSender for Recorder {
 #[tokio::test]
 async fn heartbeats_are_acked_then_limited_with_the_error_on_the_connection() {
     let sender = Arc::new(Recorder::default());
-    let handler = HeartbeatHandler::new(limiter(Limits::default()), sender.clone());
+    let handler = HeartbeatHandler::new(limiter(&[]), sender.clone());
     let beat = || invoke(heartbeat_event("conn-1", r#"{"action":"heartbeat"}"#));
     for _ in 0..2 {
         assert_eq!(handler.handle(beat()).await.unwrap().status_code, 200);
@@ -379,7 +374,7 @@ async fn heartbeats_are_acked_then_limited_with_the_error_on_the_connection() {
 async fn a_gone_connection_is_not_an_error_but_a_failed_post_is() {
     let sender = Arc::new(Recorder::default());
     *sender.answer.lock().unwrap() = Some(SendError::Gone);
-    let handler = HeartbeatHandler::new(limiter(Limits::default()), sender.clone());
+    let handler = HeartbeatHandler::new(limiter(&[]), sender.clone());
     let beat = || invoke(heartbeat_event("conn-2", r#"{"action":"heartbeat"}"#));
     assert_eq!(handler.handle(beat()).await.unwrap().status_code, 200);
     *sender.answer.lock().unwrap() = Some(SendError::Failed("boom".into()));
@@ -391,7 +386,7 @@ async fn a_gone_connection_is_not_an_error_but_a_failed_post_is() {
 #[tokio::test]
 async fn malformed_heartbeats_get_a_clear_400() {
     let sender = Arc::new(Recorder::default());
-    let handler = HeartbeatHandler::new(limiter(Limits::default()), sender.clone());
+    let handler = HeartbeatHandler::new(limiter(&[]), sender.clone());
     let mut no_connection = heartbeat_event("x", r#"{"action":"heartbeat"}"#);
     no_connection["requestContext"]
         .as_object_mut()
@@ -429,17 +424,14 @@ async fn malformed_heartbeats_get_a_clear_400() {
 async fn the_layer_limits_any_handler_without_calling_it_when_denied() {
     let calls = Arc::new(AtomicU32::new(0));
     let counted = calls.clone();
-    let limiter = limiter(Limits::default().with(
-        Operation::ListenerJoin,
-        Quota::per_minute(NonZeroU32::new(3).unwrap()),
-    ));
+    let limiter = limiter(&[("RATE_LIMIT_LISTENER_JOINS_PER_MIN", "3")]);
     let service = ServiceBuilder::new()
         .layer(RateLimitLayer::new(
             limiter,
             |event: &LambdaEvent<Value>| {
                 event.payload["ip"]
                     .as_str()
-                    .map(|ip| Subject::ip(Operation::ListenerJoin, ip))
+                    .map(|ip| Subject::new(PolicyId::LISTENER_JOIN, ip))
             },
         ))
         .service(service_fn(move |_event: LambdaEvent<Value>| {
@@ -504,8 +496,7 @@ fn line(
 
 #[tokio::test]
 async fn connect_logs_one_line_per_decision_and_never_the_ip_or_user() {
-    let limits = Limits::default().with(Operation::SessionCreate, Quota::per_hour(NonZeroU32::MIN));
-    let handler = ConnectHandler::new(limiter(limits));
+    let handler = ConnectHandler::new(limiter(&[("RATE_LIMIT_SESSIONS_PER_HOUR", "1")]));
     let (logs, _guard) = capture_logs();
     let speaker = || {
         invoke(connect_event(
@@ -531,19 +522,11 @@ async fn connect_logs_one_line_per_decision_and_never_the_ip_or_user() {
 
 #[tokio::test]
 async fn heartbeat_logs_its_decisions_like_connect_and_never_the_connection_id() {
-    let limits = Limits::default();
-    let shadowed = Arc::new(
-        RateLimitService::with_clock(
-            MemoryStore::new(),
-            limits,
-            FakeClock::at_secs(1_700_000_000),
-        )
-        .with_shadow(ratelimiter::ShadowMode::all(true)),
-    );
+    let shadowed = limiter(&[("RATE_LIMIT_SHADOW_MODE", "true")]);
     let sender = Arc::new(Recorder::default());
     let (logs, _guard) = capture_logs();
     let beat = || invoke(heartbeat_event("conn-secret=", r#"{"action":"heartbeat"}"#));
-    let handler = HeartbeatHandler::new(limiter(limits), sender.clone());
+    let handler = HeartbeatHandler::new(limiter(&[]), sender.clone());
     for expected in [200, 200, 429] {
         assert_eq!(handler.handle(beat()).await.unwrap().status_code, expected);
     }
@@ -565,4 +548,86 @@ async fn heartbeat_logs_its_decisions_like_connect_and_never_the_connection_id()
     );
     let text = logs.text();
     assert!(!text.contains("conn-secret"), "{text}");
+}
+
+#[tokio::test]
+async fn the_layer_answers_any_response_type_through_a_responder() {
+    #[derive(Debug, PartialEq)]
+    enum Reply {
+        Done,
+        SlowDown(u64),
+    }
+    let limiter = limiter(&[("RATE_LIMIT_HEARTBEATS_PER_MIN", "1")]);
+    let service = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new(limiter, |event: &LambdaEvent<Value>| {
+                Some(Subject::new(
+                    PolicyId::HEARTBEAT,
+                    event.payload["c"].as_str()?,
+                ))
+            })
+            .with_responder(|denial: &Denial| match denial {
+                Denial::Limited { retry_after, .. } => Reply::SlowDown(*retry_after),
+                Denial::Failed { .. } => Reply::SlowDown(0),
+            }),
+        )
+        .service(service_fn(|_event: LambdaEvent<Value>| async {
+            Ok::<_, lambda_runtime::Error>(Reply::Done)
+        }));
+    let beat = || service.clone().oneshot(invoke(json!({"c": "x"})));
+    assert_eq!(beat().await.unwrap(), Reply::Done);
+    assert_eq!(beat().await.unwrap(), Reply::SlowDown(60));
+}
+
+#[tokio::test]
+async fn the_tier_comes_from_the_authorizer_context_field() {
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.session_create]\nlimits = [\"1/h\"]\n[policy.session_create.tier.pro]\nlimits = [\"3/h\"]\n",
+        |var| (var == "RATE_LIMIT_TIER_FIELD").then(|| "plan".to_owned()),
+    )
+    .unwrap();
+    let limiter: Limiter = Arc::new(
+        Builder::from_config(config)
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .in_memory(),
+    );
+    let handler = ConnectHandler::new(limiter);
+    let speaker = |user: &str, plan: Option<&str>| {
+        let mut event = connect_event(Some("192.0.2.60"), Some(json!(user)));
+        if let Some(plan) = plan {
+            event["requestContext"]["authorizer"]["plan"] = json!(plan);
+        }
+        invoke(event)
+    };
+    for expected in [200, 200, 200, 429] {
+        let response = handler
+            .handle(speaker("paying", Some("pro")))
+            .await
+            .unwrap();
+        assert_eq!(response.status_code, expected);
+    }
+    for expected in [200, 429] {
+        let response = handler.handle(speaker("free", None)).await.unwrap();
+        assert_eq!(response.status_code, expected);
+    }
+    // An unknown tier gets the default limits.
+    for expected in [200, 429] {
+        let response = handler.handle(speaker("odd", Some("gold"))).await.unwrap();
+        assert_eq!(response.status_code, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_attempt_takes_nothing_from_the_speakers_sessions() {
+    let handler = ConnectHandler::new(limiter(&[("RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN", "1")]));
+    let speaker = || invoke(connect_event(Some("192.0.2.61"), Some(json!("alice"))));
+    assert_eq!(handler.handle(speaker()).await.unwrap().status_code, 200);
+    assert_rate_limited(&handler.handle(speaker()).await.unwrap(), 60);
+    let sessions = handler
+        .limiter()
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "alice")
+        .await
+        .unwrap();
+    assert_eq!(sessions.count, 1);
 }

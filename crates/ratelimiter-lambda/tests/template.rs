@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use ratelimiter::config::SETTINGS;
-use ratelimiter::key::Operation;
-use ratelimiter::policy::{FAILURE_MODE_VAR, SHADOW_MODE_VAR, failure_mode_var, shadow_mode_var};
+use ratelimiter::config::{CONFIG_VAR, KEY_SECRET_VAR, TIER_FIELD_VAR};
+use ratelimiter::failure::{FAILURE_MODE_VAR, SHADOW_MODE_VAR, per_policy_var};
+use ratelimiter::policy::BUILTINS;
 use ratelimiter_dynamodb::{PARTITION_KEY, TABLE_VAR, TIMEOUT_VAR, TTL_ATTRIBUTE};
 use ratelimiter_lambda::emf::{METRICS_VAR, NAMESPACE_VAR};
 
@@ -17,11 +17,22 @@ fn template() -> String {
 
 /// Every `RATE_LIMIT_*` variable the code reads.
 fn variables_read_by_the_code() -> BTreeSet<String> {
-    let mut vars: BTreeSet<String> = SETTINGS.iter().map(|s| s.env_var.to_owned()).collect();
-    vars.extend([TABLE_VAR, TIMEOUT_VAR, FAILURE_MODE_VAR, SHADOW_MODE_VAR].map(str::to_owned));
-    for operation in Operation::ALL {
-        vars.insert(failure_mode_var(operation));
-        vars.insert(shadow_mode_var(operation));
+    let mut vars: BTreeSet<String> = BUILTINS.iter().map(|b| b.env_var.to_owned()).collect();
+    vars.extend(
+        [
+            TABLE_VAR,
+            TIMEOUT_VAR,
+            FAILURE_MODE_VAR,
+            SHADOW_MODE_VAR,
+            CONFIG_VAR,
+            KEY_SECRET_VAR,
+            TIER_FIELD_VAR,
+        ]
+        .map(str::to_owned),
+    );
+    for builtin in &BUILTINS {
+        vars.insert(per_policy_var(FAILURE_MODE_VAR, builtin.name));
+        vars.insert(per_policy_var(SHADOW_MODE_VAR, builtin.name));
     }
     vars.insert(ratelimiter_lambda::management::MANAGEMENT_ENDPOINT_VAR.to_owned());
     vars.insert(METRICS_VAR.to_owned());
@@ -52,11 +63,11 @@ fn the_table_has_the_key_and_ttl_the_store_writes() {
 #[test]
 fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
     let template = template();
-    for setting in SETTINGS {
+    for builtin in &BUILTINS {
         assert!(
-            template.contains(&format!("{}: !Ref", setting.env_var)),
+            template.contains(&format!("{}: !Ref", builtin.env_var)),
             "{} is not set",
-            setting.env_var
+            builtin.env_var
         );
     }
     for var in [
@@ -75,6 +86,15 @@ fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
         template.contains(&format!("{NAMESPACE_VAR}: !Sub")),
         "{NAMESPACE_VAR} is not set"
     );
+    // The key secret comes from the stack's own generated secret.
+    assert!(
+        template.contains(&format!(
+            "{KEY_SECRET_VAR}: !Sub \"{{{{resolve:secretsmanager:${{KeySecret}}:SecretString}}}}\""
+        )),
+        "{KEY_SECRET_VAR} is not set from the generated secret"
+    );
+    assert!(template.contains("Type: AWS::SecretsManager::Secret"));
+    assert!(template.contains("PasswordLength: 64"));
     let known = variables_read_by_the_code();
     let set_in_template: Vec<&str> = template
         .lines()
@@ -109,16 +129,14 @@ fn the_functions_are_the_binaries_this_crate_builds() {
 #[test]
 fn the_functions_may_call_exactly_what_the_store_calls() {
     let template = template();
-    // UpdateItem (decisions), GetItem (status, and reads after a condition
-    // failure without the old item), DeleteItem (reset); nothing else on the table.
+    // UpdateItem (decisions, refunds), GetItem (reads after a condition
+    // failure without the old item); nothing else on the table. Status,
+    // reset and the migration are the operator's, with the CLI.
     let actions: BTreeSet<&str> = template
         .lines()
         .filter_map(|line| line.trim().strip_prefix("- dynamodb:"))
         .collect();
-    assert_eq!(
-        actions,
-        BTreeSet::from(["DeleteItem", "GetItem", "UpdateItem"])
-    );
+    assert_eq!(actions, BTreeSet::from(["GetItem", "UpdateItem"]));
     assert!(!template.contains("dynamodb:*"));
     assert!(template.contains("Action: execute-api:ManageConnections"));
     assert!(template.contains("RouteSelectionExpression: \"$request.body.action\""));

@@ -1,6 +1,8 @@
 //! Test support shared by the crates' tests and benches (a dev-dependency
-//! only): a real DynamoDB-API server in process, and log capture that is safe
-//! when tests run in parallel.
+//! only): a real DynamoDB-API server in process, log capture that is safe
+//! when tests run in parallel, and the store [`conformance`] suite.
+
+pub mod conformance;
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, Once};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
-use ratelimiter::{Identifier, Limits, Operation, Quota, RateLimitService};
+use ratelimiter::{Builder, LimitSpec, Policy, PolicyId, RateLimitService};
 
 /// Polls a future that is ready at once, as the in-memory store's are.
 fn ready<F: Future>(future: F) -> F::Output {
@@ -33,9 +33,19 @@ impl Contenders {
     fn new(keys: usize) -> Self {
         let huge = NonZeroU32::MAX;
         Self {
-            ours: RateLimitService::in_memory(
-                Limits::default().with(Operation::ConnectionAttempt, Quota::per_second(huge)),
-            ),
+            ours: Builder::new()
+                .policy(
+                    Policy::new(
+                        "connection_attempt",
+                        ratelimiter::Kind::IP,
+                        &[LimitSpec {
+                            count: huge.get(),
+                            period: Duration::from_secs(1),
+                        }],
+                    )
+                    .unwrap(),
+                )
+                .in_memory(),
             governor: RateLimiter::keyed(governor::Quota::per_second(huge)),
             ids: (0..keys)
                 .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
@@ -46,9 +56,7 @@ impl Contenders {
     /// The synchronous API of the in-memory service.
     fn ours(&self, i: usize) {
         let id = &self.ids[i % self.ids.len()];
-        let verdict = self
-            .ours
-            .check_now(Operation::ConnectionAttempt, Identifier::ip(id), 1);
+        let verdict = self.ours.check_now(PolicyId::CONNECTION_ATTEMPT, id, 1);
         assert!(black_box(verdict).is_ok());
     }
 

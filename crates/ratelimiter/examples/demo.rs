@@ -2,22 +2,25 @@
 //! decision as one JSON line. Time is simulated, so the run is instant and
 //! repeatable: `cargo run -p ratelimiter --example demo`.
 //!
-//! The seed's environment variables apply, e.g.
+//! The seed's environment variables and `RATE_LIMIT_CONFIG` apply, e.g.
 //! `RATE_LIMIT_HEARTBEATS_PER_MIN=3 cargo run -p ratelimiter --example demo`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ratelimiter::{
-    FakeClock, Identifier, IdentifierKind, Limits, MemoryStore, Operation, RateLimitService,
-    Verdict,
-};
+use ratelimiter::{Builder, FakeClock, Kind, MemoryStore, PolicyId, RateLimitService, Verdict};
 use serde_json::json;
 
-fn print(at: &FakeClock, start: u64, identifier: &str, verdict: &Verdict) {
+fn print(
+    service: &RateLimitService<MemoryStore, FakeClock>,
+    start: u64,
+    identifier: &str,
+    verdict: &Verdict,
+) {
+    let at = service.clock();
     let line = json!({
         "t": format!("+{}s", (ratelimiter::Clock::now(at) - start) / 1_000_000_000),
-        "operation": verdict.operation.as_str(),
+        "operation": service.policies()[verdict.policy].name(),
         "identifier": identifier,
         "allowed": verdict.allowed(),
         "remaining": verdict.decision.remaining,
@@ -27,39 +30,41 @@ fn print(at: &FakeClock, start: u64, identifier: &str, verdict: &Verdict) {
     println!("{line}");
 }
 
-async fn run(limits: Limits) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(builder: Builder) -> Result<(), Box<dyn std::error::Error>> {
     let clock = FakeClock::at_secs(1_700_000_000);
     let start = ratelimiter::Clock::now(&clock);
-    let service = RateLimitService::with_clock(MemoryStore::new(), limits, clock.clone());
-    let decide = |operation, identifier: Identifier<'static>| {
+    let service = builder.clock(clock.clone()).in_memory();
+    let decide = |policy, identifier: &'static str| {
         let service = &service;
-        let clock = &clock;
         async move {
-            let verdict = service.decide(operation, identifier, 1).await?;
-            print(clock, start, identifier.value, &verdict);
+            let verdict = service.decide(policy, identifier, 1).await?;
+            print(service, start, identifier, &verdict);
             Ok::<_, ratelimiter::RateLimitError>(verdict)
         }
     };
 
     println!("# heartbeats on one connection; the third waits");
     for _ in 0..3 {
-        decide(Operation::Heartbeat, Identifier::connection("conn-A")).await?;
+        decide(PolicyId::HEARTBEAT, "conn-A").await?;
     }
     clock.advance(Duration::from_secs(30));
-    decide(Operation::Heartbeat, Identifier::connection("conn-A")).await?;
+    decide(PolicyId::HEARTBEAT, "conn-A").await?;
 
     println!("# listeners joining from one IP");
-    for _ in 0..limits.quota(Operation::ListenerJoin).limit() + 1 {
-        decide(Operation::ListenerJoin, Identifier::ip("203.0.113.7")).await?;
+    let joins = service.policies()[PolicyId::LISTENER_JOIN].limits()[0]
+        .quota()
+        .limit();
+    for _ in 0..joins + 1 {
+        decide(PolicyId::LISTENER_JOIN, "203.0.113.7").await?;
     }
 
     println!("# a speaker creating sessions, one a minute");
     for _ in 0..3 {
-        decide(Operation::SessionCreate, Identifier::user("user-123")).await?;
+        decide(PolicyId::SESSION_CREATE, "user-123").await?;
         clock.advance(Duration::from_secs(60));
     }
     let status = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
         .await?;
     println!("# status of user-123's sessions");
     println!("{}", serde_json::to_string(&status)?);
@@ -67,8 +72,8 @@ async fn run(limits: Limits) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let limits = match Limits::from_env() {
-        Ok(limits) => limits,
+    let builder = match Builder::from_env() {
+        Ok(builder) => builder,
         Err(error) => {
             eprintln!("configuration error: {error}");
             return ExitCode::from(2);
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime builds");
-    match runtime.block_on(run(limits)) {
+    match runtime.block_on(run(builder)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");

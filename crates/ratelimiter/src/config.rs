@@ -1,61 +1,62 @@
-//! The quota of each operation: the seed's defaults and their environment overrides.
+//! Configuration: the policies, their failure and shadow modes, the key
+//! secret and the tier field, from a TOML file and the environment.
+//!
+//! This module reads the environment and one file, once, at start-up; it is
+//! the only part of the core that does any I/O, and nothing on the decision
+//! path calls it.
+//!
+//! # Precedence
+//!
+//! - Limits: the built-in defaults, then the file, then the seed's variables
+//!   (`RATE_LIMIT_SESSIONS_PER_HOUR`, ...), which set the count of the
+//!   built-in policy's limit of their period (adding that limit when the
+//!   file gave the policy other periods only).
+//! - Failure and shadow modes, from weakest to strongest: the default
+//!   (`open`, not shadowed), the file's top-level setting,
+//!   `RATE_LIMIT_FAILURE_MODE` / `RATE_LIMIT_SHADOW_MODE`, the file's
+//!   setting for the policy, and `RATE_LIMIT_FAILURE_MODE_<POLICY>` /
+//!   `RATE_LIMIT_SHADOW_MODE_<POLICY>`. The more specific setting wins; at
+//!   the same level, the environment wins over the file.
+//!
+//! ```
+//! use ratelimiter::config::Config;
+//!
+//! let file = r#"
+//! [policy.send_message]
+//! key = "connection"
+//! limits = ["3/10s", "100/min"]
+//!
+//! [policy.api_calls]
+//! key = "tenant"
+//! limits = ["100/min"]
+//!
+//! [policy.api_calls.tier.pro]
+//! limits = ["1000/min"]
+//! "#;
+//! let config = Config::from_file_text("limits.toml", file, |_| None)?;
+//! let id = config.policies.id("api_calls").unwrap();
+//! assert_eq!(config.policies[id].tier("pro").unwrap()[0].quota().limit(), 1000);
+//! # Ok::<(), ratelimiter::ConfigError>(())
+//! ```
 
-use std::num::NonZeroU32;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::Path;
 
-use crate::gcra::Quota;
-use crate::key::Operation;
+use serde::Deserialize;
+use toml::Spanned;
 
-/// How one operation's limit is configured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitSetting {
-    /// The operation.
-    pub operation: Operation,
-    /// The environment variable that overrides the limit.
-    pub env_var: &'static str,
-    /// The seed's default limit.
-    pub default_limit: u32,
-    /// The period the limit applies to.
-    pub period: Duration,
-}
+use crate::failure::{FAILURE_MODE_VAR, FailureMode, SHADOW_MODE_VAR, parse_bool, per_policy_var};
+use crate::key::{KeySecret, Kind, shorten};
+use crate::policy::{BUILTINS, LimitSpec, Policies, Policy};
 
-/// The seed's four limits, in [`Operation::ALL`] order.
-pub const SETTINGS: [LimitSetting; 4] = [
-    LimitSetting {
-        operation: Operation::SessionCreate,
-        env_var: "RATE_LIMIT_SESSIONS_PER_HOUR",
-        default_limit: 50,
-        period: Duration::from_secs(3600),
-    },
-    LimitSetting {
-        operation: Operation::ListenerJoin,
-        env_var: "RATE_LIMIT_LISTENER_JOINS_PER_MIN",
-        default_limit: 10,
-        period: Duration::from_secs(60),
-    },
-    LimitSetting {
-        operation: Operation::ConnectionAttempt,
-        env_var: "RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN",
-        default_limit: 20,
-        period: Duration::from_secs(60),
-    },
-    LimitSetting {
-        operation: Operation::Heartbeat,
-        env_var: "RATE_LIMIT_HEARTBEATS_PER_MIN",
-        default_limit: 2,
-        period: Duration::from_secs(60),
-    },
-];
-
-impl LimitSetting {
-    /// The setting of `operation`.
-    pub fn of(operation: Operation) -> &'static LimitSetting {
-        SETTINGS
-            .iter()
-            .find(|s| s.operation == operation)
-            .expect("every operation has a setting")
-    }
-}
+/// The variable naming the configuration file.
+pub const CONFIG_VAR: &str = "RATE_LIMIT_CONFIG";
+/// The variable holding the key secret (at least 32 bytes).
+pub const KEY_SECRET_VAR: &str = "RATE_LIMIT_KEY_SECRET";
+/// The variable naming the authorizer-context field that holds the tier.
+pub const TIER_FIELD_VAR: &str = "RATE_LIMIT_TIER_FIELD";
+/// The tier field when nothing sets it.
+pub const DEFAULT_TIER_FIELD: &str = "tier";
 
 /// A configuration value that cannot be used. Never replaced by a default.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +66,7 @@ pub enum ConfigError {
     NotAPositiveInteger {
         /// The variable's name.
         var: String,
-        /// Its value, as found.
+        /// Its value, as found (shortened).
         value: String,
         /// The largest accepted value.
         max: u64,
@@ -75,7 +76,7 @@ pub enum ConfigError {
     NotOneOf {
         /// The variable's name.
         var: String,
-        /// Its value, as found.
+        /// Its value, as found (shortened).
         value: String,
         /// The accepted values, for the message.
         expected: &'static str,
@@ -86,10 +87,38 @@ pub enum ConfigError {
     Invalid {
         /// The variable's name.
         var: String,
-        /// Its value, as found.
+        /// Its value, as found (shortened).
         value: String,
         /// What the value must be, for the message.
         expected: &'static str,
+    },
+    /// The key secret is too short. The message never quotes it.
+    #[error("{var} must be at least {min} bytes, got {len} bytes")]
+    SecretTooShort {
+        /// The variable's name.
+        var: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The shortest length accepted.
+        min: usize,
+    },
+    /// The configuration file cannot be read.
+    #[error("{path}: {message}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The configuration file holds something wrong.
+    #[error("{path}:{line}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// The line of the offending value (1 when unknown).
+        line: usize,
+        /// What is wrong.
+        message: String,
     },
 }
 
@@ -105,147 +134,676 @@ pub fn parse_positive(var: &str, value: &str, max: u64) -> Result<u64, ConfigErr
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| ConfigError::NotAPositiveInteger {
             var: var.to_owned(),
-            value: value.to_owned(),
+            value: shorten(value),
             max,
         })
 }
 
-/// The quota of each operation.
-///
-/// ```
-/// use ratelimiter::config::Limits;
-/// use ratelimiter::key::Operation;
-///
-/// let limits = Limits::from_lookup(|var| {
-///     (var == "RATE_LIMIT_HEARTBEATS_PER_MIN").then(|| "5".to_string())
-/// })
-/// .unwrap();
-/// assert_eq!(limits.quota(Operation::Heartbeat).limit(), 5);
-/// assert_eq!(limits.quota(Operation::SessionCreate).limit(), 50);
-///
-/// let err = Limits::from_lookup(|_| Some("0".to_string())).unwrap_err();
-/// assert!(err.to_string().contains("RATE_LIMIT_SESSIONS_PER_HOUR"));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    quotas: [Quota; 4],
+/// Everything the service needs to know before the first request.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The policies, with their modes resolved.
+    pub policies: Policies,
+    /// The secret that turns identifiers into keyed digests, if any.
+    pub secret: Option<KeySecret>,
+    /// The authorizer-context field that holds a caller's tier.
+    pub tier_field: String,
 }
 
-impl Default for Limits {
-    /// The seed's defaults.
+impl Default for Config {
+    /// The seed's four policies with their defaults; no secret.
     fn default() -> Self {
         Self {
-            quotas: SETTINGS.map(|s| {
-                Quota::new(NonZeroU32::new(s.default_limit).unwrap(), s.period)
-                    .expect("default periods are valid")
-            }),
+            policies: Policies::builtin(),
+            secret: None,
+            tier_field: DEFAULT_TIER_FIELD.to_owned(),
         }
     }
 }
 
-impl Limits {
-    /// The defaults, overridden by the process environment.
+impl Config {
+    /// The configuration of this process: the file named by
+    /// [`CONFIG_VAR`], if set, and the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|var| std::env::var(var).ok())
     }
 
-    /// The defaults, overridden by whatever `lookup` returns for each variable.
-    ///
-    /// A variable that is set must hold a positive integer; an empty value is
-    /// an error too, not a way to ask for the default.
+    /// The configuration `lookup` gives: the file named by [`CONFIG_VAR`],
+    /// if set, and the variables.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut limits = Self::default();
-        for setting in &SETTINGS {
-            if let Some(value) = lookup(setting.env_var) {
-                let limit = parse_positive(setting.env_var, &value, u64::from(u32::MAX))?;
-                let limit = NonZeroU32::new(limit as u32).expect("parse_positive excludes 0");
-                limits = limits.with(
-                    setting.operation,
-                    Quota::new(limit, setting.period).expect("setting periods are valid"),
-                );
+        match lookup(CONFIG_VAR) {
+            Some(path) if path.trim().is_empty() => Err(ConfigError::Invalid {
+                var: CONFIG_VAR.to_owned(),
+                value: path,
+                expected: "the path of a TOML file",
+            }),
+            Some(path) => Self::from_file(Path::new(&path), lookup),
+            None => Self::build(None, &lookup),
+        }
+    }
+
+    /// The file at `path`, then the variables `lookup` gives. A missing or
+    /// unreadable file is an error.
+    pub fn from_file(
+        path: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: shown.clone(),
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Self::from_file_text(&shown, &text, lookup)
+    }
+
+    /// The file's `text` (named `path` in messages), then the variables.
+    pub fn from_file_text(
+        path: &str,
+        text: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file = FileSource::parse(path, text)?;
+        Self::build(Some(&file), &lookup)
+    }
+
+    fn build(
+        file: Option<&FileSource<'_>>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut policies = Policies::builtin();
+        let mut file_modes: Vec<(String, Option<FailureMode>, Option<bool>)> = Vec::new();
+        if let Some(file) = file {
+            for (name, spec) in &file.spec.policy {
+                let policy = file.policy(name, spec, &policies)?;
+                file_modes.push((
+                    name.get_ref().clone(),
+                    spec.get_ref()
+                        .failure_mode
+                        .as_ref()
+                        .map(|m| file.mode(m))
+                        .transpose()?,
+                    spec.get_ref().shadow,
+                ));
+                policies.insert(policy);
             }
         }
-        Ok(limits)
+        apply_seed_variables(&mut policies, lookup)?;
+
+        let file_mode = file
+            .and_then(|f| f.spec.failure_mode.as_ref().map(|m| f.mode(m)))
+            .transpose()?;
+        let file_shadow = file.and_then(|f| f.spec.shadow);
+        let env_mode = read_mode(lookup, FAILURE_MODE_VAR)?;
+        let env_shadow = read_flag(lookup, SHADOW_MODE_VAR)?;
+        let ids: Vec<_> = policies
+            .iter()
+            .map(|(id, p)| (id, p.name().to_owned()))
+            .collect();
+        for (id, name) in ids {
+            let in_file = file_modes.iter().find(|(n, _, _)| *n == name);
+            let mode = read_mode(lookup, &per_policy_var(FAILURE_MODE_VAR, &name))?
+                .or(in_file.and_then(|f| f.1))
+                .or(env_mode)
+                .or(file_mode)
+                .unwrap_or_default();
+            let shadow = read_flag(lookup, &per_policy_var(SHADOW_MODE_VAR, &name))?
+                .or(in_file.and_then(|f| f.2))
+                .or(env_shadow)
+                .or(file_shadow)
+                .unwrap_or(false);
+            let policy = policies.get_mut(id).expect("ids come from the registry");
+            *policy = policy.clone().with_failure_mode(mode).with_shadow(shadow);
+        }
+
+        let secret = match lookup(KEY_SECRET_VAR) {
+            None => None,
+            Some(secret) => Some(KeySecret::new(secret.as_bytes()).map_err(|e| {
+                ConfigError::SecretTooShort {
+                    var: KEY_SECRET_VAR.to_owned(),
+                    len: e.0,
+                    min: crate::key::MIN_SECRET_BYTES,
+                }
+            })?),
+        };
+        let tier_field = match lookup(TIER_FIELD_VAR) {
+            Some(field) => check_tier_field(TIER_FIELD_VAR, &field)?,
+            None => match file.and_then(|f| f.spec.tier_field.as_ref()) {
+                Some(field) => check_tier_field("tier_field", field.get_ref())
+                    .map_err(|e| file.expect("from the file").error(field.span(), e))?,
+                None => DEFAULT_TIER_FIELD.to_owned(),
+            },
+        };
+        Ok(Self {
+            policies,
+            secret,
+            tier_field,
+        })
+    }
+}
+
+fn check_tier_field(var: &str, field: &str) -> Result<String, ConfigError> {
+    if (1..=128).contains(&field.len()) {
+        Ok(field.to_owned())
+    } else {
+        Err(ConfigError::Invalid {
+            var: var.to_owned(),
+            value: shorten(field),
+            expected: "the name of an authorizer-context field (1 to 128 bytes)",
+        })
+    }
+}
+
+/// The seed's variables set the count of their built-in policy's limit.
+fn apply_seed_variables(
+    policies: &mut Policies,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (i, builtin) in BUILTINS.iter().enumerate() {
+        let Some(value) = lookup(builtin.env_var) else {
+            continue;
+        };
+        let count = parse_positive(builtin.env_var, &value, u64::from(u32::MAX))? as u32;
+        let id = policies
+            .id(builtin.name)
+            .expect("built-ins are always there");
+        debug_assert_eq!(id.index(), i);
+        let policy = &policies[id];
+        let mut specs: Vec<LimitSpec> = policy.limits().iter().map(|l| l.spec()).collect();
+        match specs.iter_mut().find(|s| s.period == builtin.period) {
+            Some(spec) => spec.count = count,
+            None => specs.insert(
+                0,
+                LimitSpec {
+                    count,
+                    period: builtin.period,
+                },
+            ),
+        }
+        let updated = policy
+            .clone()
+            .with_limits(&specs)
+            .map_err(|e| ConfigError::Invalid {
+                var: builtin.env_var.to_owned(),
+                value: shorten(&value),
+                expected: leak_reason(&e),
+            })?;
+        policies.insert(updated);
+    }
+    Ok(())
+}
+
+/// The only way a seed variable can make a policy invalid: one limit too many.
+fn leak_reason(_: &crate::policy::PolicyError) -> &'static str {
+    "a count for a policy that already has the most limits allowed"
+}
+
+fn read_mode(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<FailureMode>, ConfigError> {
+    lookup(var)
+        .map(|value| {
+            value.parse().map_err(|()| ConfigError::NotOneOf {
+                var: var.to_owned(),
+                value: shorten(&value),
+                expected: "open, closed, local",
+            })
+        })
+        .transpose()
+}
+
+fn read_flag(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<bool>, ConfigError> {
+    lookup(var)
+        .map(|value| {
+            parse_bool(&value).ok_or_else(|| ConfigError::NotOneOf {
+                var: var.to_owned(),
+                value: shorten(&value),
+                expected: "true, false",
+            })
+        })
+        .transpose()
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    failure_mode: Option<Spanned<String>>,
+    shadow: Option<bool>,
+    tier_field: Option<Spanned<String>>,
+    #[serde(default)]
+    policy: BTreeMap<Spanned<String>, Spanned<PolicySpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    key: Option<Spanned<String>>,
+    limits: Option<Spanned<Vec<LimitSpec>>>,
+    failure_mode: Option<Spanned<String>>,
+    shadow: Option<bool>,
+    #[serde(default)]
+    tier: BTreeMap<Spanned<String>, Spanned<TierSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierSpec {
+    limits: Spanned<Vec<LimitSpec>>,
+}
+
+impl<'de> Deserialize<'de> for LimitSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A parsed file and what is needed to point at its lines.
+struct FileSource<'a> {
+    path: &'a str,
+    text: &'a str,
+    spec: FileSpec,
+}
+
+impl<'a> FileSource<'a> {
+    fn parse(path: &'a str, text: &'a str) -> Result<Self, ConfigError> {
+        let spec: FileSpec = toml::from_str(text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            line: e.span().map_or(1, |span| line_of(text, span.start)),
+            message: e.message().trim().to_owned(),
+        })?;
+        Ok(Self { path, text, spec })
     }
 
-    /// The same limits, with `operation` limited by `quota`.
-    #[must_use]
-    pub fn with(mut self, operation: Operation, quota: Quota) -> Self {
-        self.quotas[Self::slot(operation)] = quota;
-        self
+    fn error(&self, span: std::ops::Range<usize>, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError::File {
+            path: self.path.to_owned(),
+            line: line_of(self.text, span.start),
+            message: message.to_string(),
+        }
     }
 
-    /// The quota of `operation`.
-    #[inline]
-    pub fn quota(&self, operation: Operation) -> &Quota {
-        &self.quotas[Self::slot(operation)]
+    fn mode(&self, mode: &Spanned<String>) -> Result<FailureMode, ConfigError> {
+        mode.get_ref().parse().map_err(|()| {
+            self.error(
+                mode.span(),
+                format!(
+                    "failure_mode must be one of open, closed, local, got {:?}",
+                    shorten(mode.get_ref())
+                ),
+            )
+        })
     }
 
-    fn slot(operation: Operation) -> usize {
-        // `Operation::ALL` lists the variants in declaration order.
-        operation as usize
+    /// The policy `name` as the file sets it: a new one, or a built-in with
+    /// the file's changes.
+    fn policy(
+        &self,
+        name: &Spanned<String>,
+        spec: &Spanned<PolicySpec>,
+        policies: &Policies,
+    ) -> Result<Policy, ConfigError> {
+        let at = |span: std::ops::Range<usize>, message: String| {
+            self.error(
+                span,
+                format!("policy {:?}: {message}", shorten(name.get_ref())),
+            )
+        };
+        let builtin = policies.id(name.get_ref()).map(|id| &policies[id]);
+        let fields = spec.get_ref();
+        let kind = match (&fields.key, builtin) {
+            (Some(key), _) => {
+                Kind::new(key.get_ref()).map_err(|e| at(key.span(), format!("key: {e}")))?
+            }
+            (None, Some(builtin)) => builtin.kind().clone(),
+            (None, None) => {
+                return Err(at(
+                    spec.span(),
+                    "missing `key` (user, ip, connection or a name of your own)".to_owned(),
+                ));
+            }
+        };
+        let limits = match (&fields.limits, builtin) {
+            (Some(limits), _) => limits.get_ref().clone(),
+            (None, Some(builtin)) => builtin.limits().iter().map(|l| l.spec()).collect(),
+            (None, None) => {
+                return Err(at(
+                    spec.span(),
+                    "missing `limits` (such as limits = [\"100/min\"])".to_owned(),
+                ));
+            }
+        };
+        let limits_span = fields.limits.as_ref().map_or(spec.span(), Spanned::span);
+        let mut policy = Policy::new(name.get_ref(), kind, &limits).map_err(|e| {
+            let span = match e {
+                crate::policy::PolicyError::Name(_) => name.span(),
+                _ => limits_span.clone(),
+            };
+            at(span, e.to_string())
+        })?;
+        for (tier, tier_spec) in &fields.tier {
+            policy = policy
+                .with_tier(tier.get_ref(), tier_spec.get_ref().limits.get_ref())
+                .map_err(|e| {
+                    let span = match e {
+                        crate::policy::PolicyError::Tier(_) => tier.span(),
+                        _ => tier_spec.get_ref().limits.span(),
+                    };
+                    at(span, format!("tier {:?}: {e}", shorten(tier.get_ref())))
+                })?;
+        }
+        Ok(policy)
     }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    fn with_var(var: &'static str, value: &'static str) -> Result<Limits, ConfigError> {
-        Limits::from_lookup(move |name| (name == var).then(|| value.to_owned()))
+    use super::*;
+    use crate::policy::PolicyId;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |var| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == var)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
+    fn file_error(text: &str) -> String {
+        Config::from_file_text("limits.toml", text, |_| None)
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn limits(config: &Config, id: PolicyId) -> Vec<String> {
+        config.policies[id]
+            .limits()
+            .iter()
+            .map(|l| l.spec().to_string())
+            .collect()
     }
 
     #[test]
     fn defaults_are_the_seeds() {
-        let limits = Limits::from_lookup(|_| None).unwrap();
+        let config = Config::from_lookup(|_| None).unwrap();
         let expect = [
-            (Operation::SessionCreate, 50, 3600),
-            (Operation::ListenerJoin, 10, 60),
-            (Operation::ConnectionAttempt, 20, 60),
-            (Operation::Heartbeat, 2, 60),
+            (PolicyId::SESSION_CREATE, "50/h", "user"),
+            (PolicyId::LISTENER_JOIN, "10/min", "ip"),
+            (PolicyId::CONNECTION_ATTEMPT, "20/min", "ip"),
+            (PolicyId::HEARTBEAT, "2/min", "connection"),
         ];
-        for (op, limit, secs) in expect {
-            assert_eq!(limits.quota(op).limit(), limit, "{op}");
-            assert_eq!(limits.quota(op).period(), Duration::from_secs(secs), "{op}");
+        for (id, limit, kind) in expect {
+            assert_eq!(limits(&config, id), [limit]);
+            assert_eq!(config.policies[id].kind().as_str(), kind);
+            assert_eq!(config.policies[id].failure_mode(), FailureMode::Open);
+            assert!(!config.policies[id].shadow());
         }
+        assert!(config.secret.is_none());
+        assert_eq!(config.tier_field, "tier");
     }
 
     #[test]
-    fn each_variable_overrides_its_operation_only() {
-        for setting in SETTINGS {
-            let limits =
-                Limits::from_lookup(|name| (name == setting.env_var).then(|| "7".to_owned()))
+    fn each_seed_variable_overrides_its_policy_only() {
+        for (i, builtin) in BUILTINS.iter().enumerate() {
+            let config =
+                Config::from_lookup(|var| (var == builtin.env_var).then(|| "7".to_owned()))
                     .unwrap();
-            for op in Operation::ALL {
-                let expected = if op == setting.operation {
-                    7
-                } else {
-                    LimitSetting::of(op).default_limit
-                };
-                assert_eq!(limits.quota(op).limit(), expected, "{}", setting.env_var);
-                assert_eq!(limits.quota(op).period(), LimitSetting::of(op).period);
+            for (j, other) in BUILTINS.iter().enumerate() {
+                let id = config.policies.id(other.name).unwrap();
+                let count = config.policies[id].limits()[0].quota().limit();
+                assert_eq!(
+                    count,
+                    if i == j { 7 } else { other.count },
+                    "{}",
+                    builtin.env_var
+                );
+                assert_eq!(
+                    config.policies[id].limits()[0].quota().period(),
+                    other.period
+                );
             }
         }
     }
 
     #[test]
-    fn bad_values_name_the_variable_and_the_value() {
-        for setting in SETTINGS {
+    fn bad_seed_values_name_the_variable_and_the_value() {
+        for builtin in &BUILTINS {
             for bad in ["0", "-1", "abc", "", " ", "1.5", "99999999999", "5 per min"] {
                 let err =
-                    Limits::from_lookup(|name| (name == setting.env_var).then(|| bad.to_owned()))
-                        .unwrap_err();
-                let message = err.to_string();
-                assert!(message.contains(setting.env_var), "{message}");
-                assert!(message.contains(&format!("{bad:?}")), "{message}");
-                assert!(message.contains("positive integer"), "{message}");
+                    Config::from_lookup(|var| (var == builtin.env_var).then(|| bad.to_owned()))
+                        .unwrap_err()
+                        .to_string();
+                assert!(err.contains(builtin.env_var), "{err}");
+                assert!(err.contains(&format!("{bad:?}")), "{err}");
+                assert!(err.contains("positive integer"), "{err}");
             }
+        }
+        let config =
+            Config::from_lookup(env(&[("RATE_LIMIT_LISTENER_JOINS_PER_MIN", " 12\n")])).unwrap();
+        assert_eq!(limits(&config, PolicyId::LISTENER_JOIN), ["12/min"]);
+    }
+
+    const FILE: &str = r#"
+failure_mode = "local"
+
+[policy.send_message]
+key = "connection"
+limits = ["3/10s", "100/min"]
+shadow = true
+
+[policy.api_calls]
+key = "tenant"
+limits = ["100/min"]
+failure_mode = "closed"
+
+[policy.api_calls.tier.pro]
+limits = ["1000/min"]
+
+[policy.session_create]
+limits = ["10/min", "100/h"]
+"#;
+
+    #[test]
+    fn the_file_adds_policies_tiers_and_overrides_builtins() {
+        let config = Config::from_file_text("limits.toml", FILE, |_| None).unwrap();
+        let send = config.policies.id("send_message").unwrap();
+        assert_eq!(limits(&config, send), ["3/10s", "100/min"]);
+        assert_eq!(config.policies[send].kind(), &Kind::CONNECTION);
+        assert!(config.policies[send].shadow());
+        assert_eq!(config.policies[send].failure_mode(), FailureMode::Local);
+        let api = config.policies.id("api_calls").unwrap();
+        assert_eq!(config.policies[api].kind().as_str(), "tenant");
+        assert_eq!(config.policies[api].failure_mode(), FailureMode::Closed);
+        let pro = config.policies[api].tier("pro").unwrap();
+        assert_eq!(pro[0].quota().limit(), 1000);
+        assert_eq!(
+            limits(&config, PolicyId::SESSION_CREATE),
+            ["10/min", "100/h"]
+        );
+        assert_eq!(
+            config.policies[PolicyId::SESSION_CREATE].kind(),
+            &Kind::USER
+        );
+        assert_eq!(config.policies.len(), 6);
+    }
+
+    #[test]
+    fn precedence_between_the_file_and_the_environment() {
+        let config = Config::from_file_text(
+            "limits.toml",
+            FILE,
+            env(&[
+                ("RATE_LIMIT_SESSIONS_PER_HOUR", "7"),
+                ("RATE_LIMIT_FAILURE_MODE", "open"),
+                ("RATE_LIMIT_FAILURE_MODE_SEND_MESSAGE", "closed"),
+                ("RATE_LIMIT_SHADOW_MODE", "true"),
+                ("RATE_LIMIT_SHADOW_MODE_SEND_MESSAGE", "false"),
+            ]),
+        )
+        .unwrap();
+        // The seed's variable sets the count of the period it names.
+        assert_eq!(limits(&config, PolicyId::SESSION_CREATE), ["10/min", "7/h"]);
+        let send = config.policies.id("send_message").unwrap();
+        let api = config.policies.id("api_calls").unwrap();
+        // The per-policy variable beats everything.
+        assert_eq!(config.policies[send].failure_mode(), FailureMode::Closed);
+        assert!(!config.policies[send].shadow());
+        // The file's per-policy setting beats the global variable...
+        assert_eq!(config.policies[api].failure_mode(), FailureMode::Closed);
+        // ...which beats the file's global setting.
+        assert_eq!(
+            config.policies[PolicyId::HEARTBEAT].failure_mode(),
+            FailureMode::Open
+        );
+        assert!(config.policies[PolicyId::HEARTBEAT].shadow());
+
+        // A seed variable for a period the file left out adds that limit.
+        let config = Config::from_file_text(
+            "f",
+            "[policy.heartbeat]\nlimits = [\"1/s\"]\n",
+            env(&[("RATE_LIMIT_HEARTBEATS_PER_MIN", "4")]),
+        )
+        .unwrap();
+        assert_eq!(limits(&config, PolicyId::HEARTBEAT), ["4/min", "1/s"]);
+    }
+
+    #[test]
+    fn bad_files_name_the_file_the_line_and_the_fault() {
+        for (text, line, expect) in [
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = [\"5/fortnight\"]\n",
+                3,
+                "unknown unit",
+            ),
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = [\"0/min\"]\n",
+                3,
+                "count must be",
+            ),
+            ("\n[policy.a]\nkey = \"ip\"\n", 2, "missing `limits`"),
+            ("[policy.a]\nlimits = [\"1/s\"]\n", 1, "missing `key`"),
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = [\"1/s\"]\nlimit = 3\n",
+                4,
+                "unknown field `limit`",
+            ),
+            ("[policy.a]\nkey = \"ip\"\nlimits = [\"1/s\"\n", 3, ""),
+            (
+                "[policy.a]\nkey = \"i p\"\nlimits = [\"1/s\"]\n",
+                2,
+                "not a valid name",
+            ),
+            (
+                "[policy.\"a-b\"]\nkey = \"ip\"\nlimits = [\"1/s\"]\n",
+                1,
+                "not a valid name",
+            ),
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = [\"1/s\", \"2/1s\"]\n",
+                3,
+                "same period",
+            ),
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = []\n",
+                3,
+                "at least one limit",
+            ),
+            (
+                "failure_mode = \"sometimes\"\n",
+                1,
+                "failure_mode must be one of",
+            ),
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = [\"1/s\"]\n[policy.a.tier.pro]\nlimits = [\"2/5d\"]\n",
+                5,
+                "from 1s to 1d",
+            ),
+            ("shadow = \"yes\"\n", 1, ""),
+        ] {
+            let err = file_error(text);
+            assert!(
+                err.starts_with(&format!("limits.toml:{line}: ")),
+                "{text:?}: {err}"
+            );
+            assert!(err.contains(expect), "{text:?}: {err}");
         }
     }
 
     #[test]
-    fn surrounding_white_space_is_tolerated() {
-        let limits = with_var("RATE_LIMIT_LISTENER_JOINS_PER_MIN", " 12\n").unwrap();
-        assert_eq!(limits.quota(Operation::ListenerJoin).limit(), 12);
+    fn missing_files_and_short_secrets_are_errors() {
+        let err = Config::from_lookup(env(&[("RATE_LIMIT_CONFIG", "/nonexistent/limits.toml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/nonexistent/limits.toml: cannot read"),
+            "{err}"
+        );
+        assert!(Config::from_lookup(env(&[("RATE_LIMIT_CONFIG", "")])).is_err());
+        let err = Config::from_lookup(env(&[("RATE_LIMIT_KEY_SECRET", "short-secret")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "RATE_LIMIT_KEY_SECRET must be at least 32 bytes, got 12 bytes"
+        );
+        let config = Config::from_lookup(env(&[(
+            "RATE_LIMIT_KEY_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )]))
+        .unwrap();
+        assert!(config.secret.is_some());
+    }
+
+    #[test]
+    fn modes_name_bad_values() {
+        let err = Config::from_lookup(env(&[(
+            "RATE_LIMIT_FAILURE_MODE_LISTENER_JOIN",
+            "sometimes",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "RATE_LIMIT_FAILURE_MODE_LISTENER_JOIN must be one of open, closed, local, got \"sometimes\""
+        );
+        let err = Config::from_lookup(env(&[("RATE_LIMIT_SHADOW_MODE", "yes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RATE_LIMIT_SHADOW_MODE must be one of true, false"),
+            "{err}"
+        );
+        let config = Config::from_lookup(env(&[
+            ("RATE_LIMIT_FAILURE_MODE", "closed"),
+            ("RATE_LIMIT_SHADOW_MODE_HEARTBEAT", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.policies[PolicyId::SESSION_CREATE].failure_mode(),
+            FailureMode::Closed
+        );
+        assert!(config.policies[PolicyId::HEARTBEAT].shadow());
+        assert!(!config.policies[PolicyId::LISTENER_JOIN].shadow());
+        assert_eq!(
+            config.policies[PolicyId::HEARTBEAT].limits()[0]
+                .quota()
+                .period(),
+            Duration::from_secs(60)
+        );
     }
 }

@@ -280,6 +280,17 @@ impl Step {
         self.horizon - self.increment
     }
 
+    /// The TAT after giving back what this step took, when `tat` may still
+    /// hold it (it is at least [`Step::idle_target`]); `None` when the bucket
+    /// was reset or refilled since, and there is nothing to give back.
+    ///
+    /// Giving back leaves a state equivalent, for every later decision, to
+    /// the one the step found: `max(old, now)`.
+    #[inline]
+    pub fn refund(&self, tat: Nanos) -> Option<Nanos> {
+        (tat >= self.idle_target()).then(|| tat - self.increment)
+    }
+
     /// The whole rule on one TAT: what a store that can run code atomically does.
     #[inline]
     pub fn outcome(&self, tat: Nanos) -> Outcome {

@@ -1,34 +1,41 @@
 //! Token-bucket rate limiting for serverless WebSocket APIs.
 //!
 //! The crate is layered so that each part can be tested alone:
-//! - [`gcra`]: the pure decision core (GCRA on one number per key);
+//! - [`gcra`]: the pure decision core (GCRA on one number per bucket);
 //! - [`clock`]: where time comes from, with a fake clock for tests;
-//! - [`key`]: operations, identifiers and collision-free keys;
-//! - [`config`]: the seed's four limits and their environment overrides;
+//! - [`key`]: kinds of identifiers, buckets and collision-free keys;
+//! - [`policy`]: policies (a kind and limits, with tiers) and their registry;
+//! - [`config`]: the policies from a TOML file and the environment;
 //! - [`store`]: the atomic contract a backing store fulfils, and [`memory`],
 //!   an in-memory implementation;
-//! - [`policy`]: failure modes and the circuit breaker for an unavailable store;
-//! - [`service`]: the seed's `RateLimitService` API;
-//! - [`response`]: the seed's 429 and 500 API Gateway responses;
+//! - [`cache`]: the deny cache and hints, a decorator for any store;
+//! - [`failure`]: failure modes and the circuit breaker for an unavailable store;
+//! - [`service`]: the `RateLimitService`, with the seed's API;
+//! - [`builder`]: one way to build a service from the environment;
+//! - [`response`]: the seed's error bodies, as plain data;
 //! - [`telemetry`]: the metrics every decision records.
 //!
+//! "The seed" is the Python integration guide this project started from:
+//! its four limits (session creations, listener joins, connection attempts,
+//! heartbeats), their `RATE_LIMIT_*` variables, its service API and its
+//! error bodies are the built-in behaviour.
+//!
 //! ```
-//! use ratelimiter::{Limits, RateLimitService};
-//! use ratelimiter::response::rate_limit_error_response;
+//! use ratelimiter::{Builder, PolicyId};
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let service = RateLimitService::in_memory(Limits::from_env()?);
-//! let response = match service.check_connection_attempt_limit("203.0.113.7").await {
-//!     Ok(_) => None,
-//!     Err(e) => e.retry_after().map(rate_limit_error_response),
-//! };
-//! assert!(response.is_none());
+//! let limiter = Builder::from_env()?.in_memory();
+//! let verdict = limiter.check(PolicyId::CONNECTION_ATTEMPT, "203.0.113.7", 1).await?;
+//! assert_eq!(verdict.decision.remaining, 19);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
 
+pub mod builder;
+pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod failure;
 pub mod gcra;
 pub mod key;
 pub mod memory;
@@ -38,11 +45,14 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 
+pub use builder::Builder;
+pub use cache::Cached;
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use config::{ConfigError, Limits};
+pub use config::{Config, ConfigError};
+pub use failure::{CircuitBreaker, FailureMode};
 pub use gcra::{Decision, Quota, Status};
-pub use key::{Identifier, IdentifierKind, Key, Operation};
+pub use key::{Key, Kind, Slot};
 pub use memory::MemoryStore;
-pub use policy::{CircuitBreaker, FailureMode, FailurePolicy, ShadowMode};
-pub use service::{RateLimitError, RateLimitService, Verdict};
+pub use policy::{LimitSpec, Policies, Policy, PolicyId};
+pub use service::{Degradation, RateLimitError, RateLimitService, Request, Verdict};
 pub use store::{Store, StoreError, StoreErrorKind};

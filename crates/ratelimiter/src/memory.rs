@@ -1,47 +1,52 @@
 //! An in-memory [`Store`]: concurrent, sharded, bounded.
 //!
-//! Each key's TAT is an `AtomicU64`, so deciding on a key that exists takes a
-//! shard's read lock and one compare-and-swap: threads never wait for each
-//! other unless one of them is inserting a new key into the same shard.
-//! Memory is bounded: keys whose bucket has been full again for a while are
-//! swept away when a shard grows (forgetting them changes no decision), and a
-//! hard cap evicts the keys nearest to full when live keys alone exceed it.
+//! Each bucket's TAT is an `AtomicU64`, so a request on one bucket of an
+//! existing item takes a shard's read lock and one compare-and-swap: threads
+//! never wait for each other unless one of them is inserting into the same
+//! shard. A request on several buckets of one item (a policy with several
+//! limits) takes the write locks of the shards those buckets live in, in
+//! shard order, which makes it atomic against everything else on them.
+//! Memory is bounded: buckets that have been full again for a while
+//! are swept away when a shard grows (forgetting them changes no decision),
+//! and a hard cap evicts the buckets nearest to full when live ones alone
+//! exceed it.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
-use crate::gcra::{Nanos, Outcome, Step};
-use crate::key::{Key, OwnedKey};
-use crate::store::{Store, StoreError};
+use crate::gcra::{self, Nanos, Step};
+use crate::key::{Key, OwnedKey, Slot};
+use crate::store::{Applied, Op, Outcome, Store, StoreError};
 
-/// How long a key's bucket must have been full before a sweep forgets it.
+/// How long a bucket must have been full before a sweep forgets it.
 /// The margin covers clocks of different threads that disagree slightly.
 const SWEEP_GRACE: Nanos = 1_000_000_000;
 
-/// A shard is not swept before it holds this many keys.
+/// A shard is not swept before it holds this many buckets.
 const MIN_SWEEP_LEN: usize = 64;
 
-/// The default bound on the number of keys kept.
+/// The default bound on the number of buckets kept.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
 /// An in-memory store of TATs, shared by all threads of a process.
 ///
 /// ```
 /// use ratelimiter::gcra::{Outcome, Quota};
-/// use ratelimiter::key::{Identifier, Key, Operation};
+/// use ratelimiter::key::{Key, Kind, Slot};
 /// use ratelimiter::memory::MemoryStore;
 ///
 /// let store = MemoryStore::new();
 /// let quota = Quota::per_minute(2.try_into().unwrap());
-/// let key = Key::new(Operation::Heartbeat, Identifier::connection("abc"));
+/// let key = Key::new(&Kind::CONNECTION, "abc");
+/// let slot = Slot::new("heartbeat@60");
 /// let now = 1_700_000_000_000_000_000;
 /// let step = quota.step(now, 1).unwrap();
-/// assert!(matches!(store.apply_now(&key, &step), Outcome::Allowed { .. }));
-/// assert!(matches!(store.apply_now(&key, &step), Outcome::Allowed { .. }));
-/// assert!(matches!(store.apply_now(&key, &step), Outcome::Denied { .. }));
+/// assert!(matches!(store.apply_step(&key, &slot, &step), Outcome::Allowed { .. }));
+/// assert!(matches!(store.apply_step(&key, &slot, &step), Outcome::Allowed { .. }));
+/// assert!(matches!(store.apply_step(&key, &slot, &step), Outcome::Denied { .. }));
 /// ```
 pub struct MemoryStore {
     shards: Box<[Shard]>,
@@ -59,8 +64,12 @@ struct ShardTable {
     sweep_at: usize,
 }
 
+/// One bucket: four words.
 struct Entry {
     key: OwnedKey,
+    /// The key's tag mixed with the slot's fingerprint: with the key's
+    /// bytes, the bucket's identity.
+    tag: u64,
     tat: AtomicU64,
 }
 
@@ -74,19 +83,30 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("shards", &self.shards.len())
-            .field("keys", &self.len())
-            .field("max_keys", &(self.max_keys_per_shard * self.shards.len()))
+            .field("buckets", &self.len())
+            .field(
+                "max_buckets",
+                &(self.max_keys_per_shard * self.shards.len()),
+            )
             .finish()
     }
 }
 
+/// Where one bucket lives: its shard, its hash and its tag.
+#[derive(Clone, Copy)]
+struct Place {
+    shard: usize,
+    hash: u64,
+    tag: u64,
+}
+
 impl MemoryStore {
-    /// A store that keeps at most [`DEFAULT_MAX_KEYS`] keys.
+    /// A store that keeps at most [`DEFAULT_MAX_KEYS`] buckets.
     pub fn new() -> Self {
         Self::with_max_keys(DEFAULT_MAX_KEYS)
     }
 
-    /// A store that keeps at most about `max_keys` keys (at least one per shard).
+    /// A store that keeps at most about `max_keys` buckets (at least one per shard).
     pub fn with_max_keys(max_keys: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         let shard_count = (cores * 4).next_power_of_two().clamp(4, 256);
@@ -107,105 +127,201 @@ impl MemoryStore {
         }
     }
 
-    /// The number of keys currently kept.
+    /// The number of buckets currently kept.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| read(s).entries.len()).sum()
     }
 
-    /// Whether no key is kept.
+    /// Whether no bucket is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// [`Store::apply`], without the future.
     #[inline]
-    pub fn apply_now(&self, key: &Key<'_>, step: &Step) -> Outcome {
-        let hash = self.hasher.hash_one(key);
-        let shard = self.shard(hash);
-        if let Some(entry) = read(shard).entries.find(hash, |e| key.matches(&e.key)) {
+    fn bucket_hash(&self, tag: u64, id: &[u8]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write_u64(tag);
+        hasher.write(id);
+        hasher.finish()
+    }
+
+    #[inline]
+    fn place(&self, key: &Key<'_>, slot: &Slot) -> Place {
+        let tag = key.tag() ^ slot.fingerprint().rotate_left(29);
+        let hash = self.bucket_hash(tag, key.id_bytes());
+        Place {
+            // The table itself uses the lowest and the highest bits.
+            shard: (hash >> 32) as usize & self.shard_mask,
+            hash,
+            tag,
+        }
+    }
+
+    /// Applies one step to one bucket: what [`Store::apply`] does for a
+    /// single op, without the future.
+    #[inline]
+    pub fn apply_step(&self, key: &Key<'_>, slot: &Slot, step: &Step) -> gcra::Outcome {
+        let place = self.place(key, slot);
+        let shard = &self.shards[place.shard];
+        let found = |e: &Entry| e.tag == place.tag && key.matches(&e.key);
+        if let Some(entry) = read(shard).entries.find(place.hash, found) {
             return apply_to(&entry.tat, step);
         }
         let mut table = write(shard);
-        if let Some(entry) = table.entries.find(hash, |e| key.matches(&e.key)) {
+        if let Some(entry) = table.entries.find(place.hash, found) {
             return apply_to(&entry.tat, step);
         }
         let outcome = step.outcome(0);
-        if let Outcome::Allowed { tat } = outcome {
-            self.insert(&mut table, hash, key, tat, step.now());
+        if let gcra::Outcome::Allowed { tat } = outcome {
+            self.insert(&mut table, place, key, tat, step.now());
         }
         outcome
     }
 
-    fn insert(&self, table: &mut ShardTable, hash: u64, key: &Key<'_>, tat: Nanos, now: Nanos) {
+    /// [`Store::apply`], without the future.
+    #[inline]
+    pub fn apply_now(&self, key: &Key<'_>, ops: &[Op<'_>], tats: &mut [Nanos]) -> Outcome {
+        if let [op] = ops {
+            return match self.apply_step(key, op.slot, &op.step) {
+                gcra::Outcome::Allowed { tat } => {
+                    tats[0] = tat;
+                    Outcome::Allowed
+                }
+                gcra::Outcome::Denied { tat } => {
+                    tats[0] = tat;
+                    Outcome::Denied
+                }
+            };
+        }
+        let places: Vec<Place> = ops.iter().map(|op| self.place(key, op.slot)).collect();
+        let mut shards: Vec<usize> = places.iter().map(|p| p.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        // Write locks on every shard involved, in shard order (so that two
+        // such requests cannot deadlock), keep every other writer out.
+        let mut tables: Vec<(usize, RwLockWriteGuard<'_, ShardTable>)> = shards
+            .iter()
+            .map(|&i| (i, write(&self.shards[i])))
+            .collect();
+        let at = |shard: usize| {
+            shards
+                .iter()
+                .position(|&i| i == shard)
+                .expect("every shard involved is locked")
+        };
+        let mut allowed = true;
+        for ((op, place), tat) in ops.iter().zip(&places).zip(tats.iter_mut()) {
+            *tat = tables[at(place.shard)]
+                .1
+                .entries
+                .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
+                .map_or(0, |e| e.tat.load(Ordering::Acquire));
+            allowed &= matches!(op.step.outcome(*tat), gcra::Outcome::Allowed { .. });
+        }
+        if !allowed {
+            return Outcome::Denied;
+        }
+        for ((op, place), tat) in ops.iter().zip(&places).zip(tats.iter_mut()) {
+            let gcra::Outcome::Allowed { tat: new } = op.step.outcome(*tat) else {
+                unreachable!("every step was allowed above")
+            };
+            *tat = new;
+            let table = &mut *tables[at(place.shard)].1;
+            match table
+                .entries
+                .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
+            {
+                Some(entry) => entry.tat.store(new, Ordering::Release),
+                None => self.insert(table, *place, key, new, op.step.now()),
+            }
+        }
+        Outcome::Allowed
+    }
+
+    fn insert(&self, table: &mut ShardTable, place: Place, key: &Key<'_>, tat: Nanos, now: Nanos) {
         self.make_room(table, now);
-        // Rehashing recomputes hashes from the keys: rare, and it keeps
+        // Rehashing recomputes hashes from the entries: rare, and it keeps
         // entries at four words.
         table.entries.insert_unique(
-            hash,
+            place.hash,
             Entry {
                 key: key.to_owned_key(),
+                tag: place.tag,
                 tat: AtomicU64::new(tat),
             },
-            |e| self.hasher.hash_one(e.key.as_key()),
+            |e| self.bucket_hash(e.tag, e.key.bytes()),
         );
     }
 
-    /// [`Store::load`], without the future.
-    pub fn load_now(&self, key: &Key<'_>) -> Nanos {
-        let hash = self.hasher.hash_one(key);
-        read(self.shard(hash))
+    /// The TAT of one bucket, or `None` when this store does not know it.
+    #[inline]
+    pub fn get_now(&self, key: &Key<'_>, slot: &Slot) -> Option<Nanos> {
+        let place = self.place(key, slot);
+        read(&self.shards[place.shard])
             .entries
-            .find(hash, |e| key.matches(&e.key))
-            .map_or(0, |e| e.tat.load(Ordering::Acquire))
-    }
-
-    /// The TAT of `key`, or `None` when this store does not know the key.
-    pub fn get_now(&self, key: &Key<'_>) -> Option<Nanos> {
-        let hash = self.hasher.hash_one(key);
-        read(self.shard(hash))
-            .entries
-            .find(hash, |e| key.matches(&e.key))
+            .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
             .map(|e| e.tat.load(Ordering::Acquire))
     }
 
-    /// Remembers that `key`'s TAT is at least `tat`, as seen at `now`: for
-    /// stores that cache what a shared store told them. A TAT only moves
-    /// forward, so the larger of the known and the seen value is kept.
-    pub fn record_now(&self, key: &Key<'_>, tat: Nanos, now: Nanos) {
-        let hash = self.hasher.hash_one(key);
-        let shard = self.shard(hash);
-        if let Some(entry) = read(shard).entries.find(hash, |e| key.matches(&e.key)) {
+    /// [`Store::load`], without the future.
+    pub fn load_now(&self, key: &Key<'_>, slots: &[&Slot], tats: &mut [Nanos]) {
+        for (slot, tat) in slots.iter().zip(tats.iter_mut()) {
+            *tat = self.get_now(key, slot).unwrap_or(0);
+        }
+    }
+
+    /// Remembers that a bucket's TAT is at least `tat`, as seen at `now`:
+    /// for caches of what a shared store said. A TAT only moves forward, so
+    /// the larger of the known and the seen value is kept.
+    pub fn record_now(&self, key: &Key<'_>, slot: &Slot, tat: Nanos, now: Nanos) {
+        let place = self.place(key, slot);
+        let shard = &self.shards[place.shard];
+        let found = |e: &Entry| e.tag == place.tag && key.matches(&e.key);
+        if let Some(entry) = read(shard).entries.find(place.hash, found) {
             entry.tat.fetch_max(tat, Ordering::AcqRel);
             return;
         }
         let mut table = write(shard);
-        if let Some(entry) = table.entries.find(hash, |e| key.matches(&e.key)) {
+        if let Some(entry) = table.entries.find(place.hash, found) {
             entry.tat.fetch_max(tat, Ordering::AcqRel);
             return;
         }
-        self.insert(&mut table, hash, key, tat, now);
+        self.insert(&mut table, place, key, tat, now);
     }
 
-    /// [`Store::remove`], without the future.
-    pub fn remove_now(&self, key: &Key<'_>) {
-        let hash = self.hasher.hash_one(key);
-        if let Ok(entry) = write(self.shard(hash))
-            .entries
-            .find_entry(hash, |e| key.matches(&e.key))
-        {
-            entry.remove();
+    /// [`Store::refund`], without the future.
+    pub fn refund_now(&self, key: &Key<'_>, ops: &[Op<'_>]) {
+        for op in ops {
+            let place = self.place(key, op.slot);
+            if let Some(entry) = read(&self.shards[place.shard])
+                .entries
+                .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
+            {
+                let _ = entry
+                    .tat
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                        op.step.refund(tat)
+                    });
+            }
         }
     }
 
-    #[inline]
-    fn shard(&self, hash: u64) -> &Shard {
-        // The table itself uses the lowest and the highest bits of the hash.
-        &self.shards[(hash >> 32) as usize & self.shard_mask]
+    /// [`Store::remove`], without the future.
+    pub fn remove_now(&self, key: &Key<'_>, slots: &[&Slot]) {
+        for slot in slots {
+            let place = self.place(key, slot);
+            if let Ok(entry) = write(&self.shards[place.shard])
+                .entries
+                .find_entry(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
+            {
+                entry.remove();
+            }
+        }
     }
 
-    /// Before an insert: sweep keys that are full again once the shard has
-    /// grown enough, and evict the keys nearest to full if live keys alone
-    /// exceed the bound.
+    /// Before an insert: sweep buckets that are full again once the shard
+    /// has grown enough, and evict the buckets nearest to full if live ones
+    /// alone exceed the bound.
     fn make_room(&self, table: &mut ShardTable, now: Nanos) {
         if table.entries.len() < table.sweep_at {
             return;
@@ -229,7 +345,7 @@ impl MemoryStore {
             tracing::warn!(
                 evicted = before - table.entries.len(),
                 kept = table.entries.len(),
-                "in-memory rate-limit store is full of live keys; forgot the keys nearest to full"
+                "in-memory rate-limit store is full of live buckets; forgot the ones nearest to full"
             );
         }
         table.sweep_at = (table.entries.len() * 2)
@@ -240,13 +356,13 @@ impl MemoryStore {
 
 /// Applies `step` to one TAT with a compare-and-swap loop.
 #[inline]
-fn apply_to(tat: &AtomicU64, step: &Step) -> Outcome {
+fn apply_to(tat: &AtomicU64, step: &Step) -> gcra::Outcome {
     let mut current = tat.load(Ordering::Acquire);
     loop {
         match step.outcome(current) {
-            Outcome::Allowed { tat: new } => {
+            gcra::Outcome::Allowed { tat: new } => {
                 match tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => return Outcome::Allowed { tat: new },
+                    Ok(_) => return gcra::Outcome::Allowed { tat: new },
                     Err(actual) => current = actual,
                 }
             }
@@ -272,17 +388,41 @@ impl Store for MemoryStore {
     fn apply(
         &self,
         key: &Key<'_>,
-        step: &Step,
-    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send {
-        std::future::ready(Ok(self.apply_now(key, step)))
+        ops: &[Op<'_>],
+        _retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> impl Future<Output = Applied> + Send {
+        std::future::ready(Applied {
+            outcome: Ok(self.apply_now(key, ops, tats)),
+            calls: 1,
+        })
     }
 
-    fn load(&self, key: &Key<'_>) -> impl Future<Output = Result<Nanos, StoreError>> + Send {
-        std::future::ready(Ok(self.load_now(key)))
+    fn refund(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.refund_now(key, ops);
+        std::future::ready(Ok(()))
     }
 
-    fn remove(&self, key: &Key<'_>) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.remove_now(key);
+    fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.load_now(key, slots, tats);
+        std::future::ready(Ok(()))
+    }
+
+    fn remove(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.remove_now(key, slots);
         std::future::ready(Ok(()))
     }
 }
@@ -295,7 +435,7 @@ mod tests {
 
     use super::*;
     use crate::gcra::Quota;
-    use crate::key::{Identifier, Operation};
+    use crate::key::Kind;
 
     const NOW: Nanos = 1_700_000_000_000_000_000;
     const SEC: Nanos = 1_000_000_000;
@@ -305,91 +445,179 @@ mod tests {
     }
 
     fn ip_key(ip: &str) -> Key<'_> {
-        Key::new(Operation::ConnectionAttempt, Identifier::ip(ip))
+        Key::new(&Kind::IP, ip)
+    }
+
+    fn slot() -> Slot {
+        Slot::new("connection_attempt@60")
+    }
+
+    fn allowed(outcome: gcra::Outcome) -> bool {
+        matches!(outcome, gcra::Outcome::Allowed { .. })
     }
 
     #[test]
     fn many_threads_on_one_key_never_admit_more_than_the_limit() {
         for round in 0..20 {
             let store = Arc::new(MemoryStore::new());
-            let allowed = Arc::new(AtomicU32::new(0));
+            let admitted = Arc::new(AtomicU32::new(0));
             let quota = quota(100);
             let step = quota.step(NOW + round * SEC, 1).unwrap();
             let threads: Vec<_> = (0..8)
                 .map(|_| {
-                    let (store, allowed) = (store.clone(), allowed.clone());
+                    let (store, admitted) = (store.clone(), admitted.clone());
                     std::thread::spawn(move || {
                         for _ in 0..50 {
-                            if let Outcome::Allowed { .. } =
-                                store.apply_now(&ip_key("10.0.0.1"), &step)
-                            {
-                                allowed.fetch_add(1, Ordering::Relaxed);
+                            if allowed(store.apply_step(&ip_key("10.0.0.1"), &slot(), &step)) {
+                                admitted.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     })
                 })
                 .collect();
             threads.into_iter().for_each(|t| t.join().unwrap());
-            assert_eq!(allowed.load(Ordering::Relaxed), 100, "round {round}");
+            assert_eq!(admitted.load(Ordering::Relaxed), 100, "round {round}");
             assert_eq!(
-                store.load_now(&ip_key("10.0.0.1")),
-                NOW + round * SEC + 60 * SEC
+                store.get_now(&ip_key("10.0.0.1"), &slot()),
+                Some(NOW + round * SEC + 60 * SEC)
             );
         }
     }
 
     #[test]
-    fn keys_are_independent() {
-        let store = MemoryStore::new();
-        let step = quota(1).step(NOW, 1).unwrap();
-        assert!(matches!(
-            store.apply_now(&ip_key("a"), &step),
-            Outcome::Allowed { .. }
-        ));
-        assert!(matches!(
-            store.apply_now(&ip_key("a"), &step),
-            Outcome::Denied { .. }
-        ));
-        assert!(matches!(
-            store.apply_now(&ip_key("b"), &step),
-            Outcome::Allowed { .. }
-        ));
-        let other_op = Key::new(Operation::ListenerJoin, Identifier::ip("a"));
-        assert!(matches!(
-            store.apply_now(&other_op, &step),
-            Outcome::Allowed { .. }
-        ));
-        assert_eq!(store.len(), 3);
+    fn many_threads_on_two_buckets_of_one_item_never_over_admit_either() {
+        let store = Arc::new(MemoryStore::new());
+        let short = Slot::new("p@10");
+        let long = Slot::new("p@60");
+        let (q_short, q_long) = (
+            Quota::new(
+                NonZeroU32::new(30).unwrap(),
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap(),
+            quota(100),
+        );
+        let admitted = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (store, admitted, short, long) =
+                    (store.clone(), admitted.clone(), short.clone(), long.clone());
+                std::thread::spawn(move || {
+                    for i in 0..100u64 {
+                        let now = NOW + (t * 100 + i) * 1000;
+                        let ops = [
+                            Op {
+                                slot: &short,
+                                step: q_short.step(now, 1).unwrap(),
+                                hint: crate::store::Hint::None,
+                            },
+                            Op {
+                                slot: &long,
+                                step: q_long.step(now, 1).unwrap(),
+                                hint: crate::store::Hint::None,
+                            },
+                        ];
+                        let mut tats = [0; 2];
+                        if store.apply_now(&ip_key("x"), &ops, &mut tats) == Outcome::Allowed {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        // Within a millisecond of fake time the short limit decides.
+        assert_eq!(admitted.load(Ordering::Relaxed), 30);
+        // And both buckets moved together: 30 tokens each.
+        let tat_long = store.get_now(&ip_key("x"), &long).unwrap();
+        assert!(tat_long >= NOW + 30 * q_long.emission_interval().as_nanos() as u64);
     }
 
     #[test]
-    fn remove_makes_the_bucket_full_again() {
+    fn a_denial_on_one_bucket_writes_none() {
+        let store = MemoryStore::new();
+        let (a, b) = (Slot::new("p@1"), Slot::new("p@60"));
+        let (qa, qb) = (Quota::per_second(NonZeroU32::new(5).unwrap()), quota(1));
+        let ops = |now| {
+            [
+                Op {
+                    slot: &a,
+                    step: qa.step(now, 1).unwrap(),
+                    hint: crate::store::Hint::None,
+                },
+                Op {
+                    slot: &b,
+                    step: qb.step(now, 1).unwrap(),
+                    hint: crate::store::Hint::None,
+                },
+            ]
+        };
+        let mut tats = [0; 2];
+        assert_eq!(
+            store.apply_now(&ip_key("k"), &ops(NOW), &mut tats),
+            Outcome::Allowed
+        );
+        let after_first = tats;
+        assert_eq!(
+            store.apply_now(&ip_key("k"), &ops(NOW), &mut tats),
+            Outcome::Denied
+        );
+        // The per-second bucket, which would have allowed, is unchanged.
+        assert_eq!(tats, after_first);
+        assert_eq!(store.get_now(&ip_key("k"), &a), Some(after_first[0]));
+    }
+
+    #[test]
+    fn keys_and_slots_are_independent() {
         let store = MemoryStore::new();
         let step = quota(1).step(NOW, 1).unwrap();
-        store.apply_now(&ip_key("a"), &step);
-        assert!(matches!(
-            store.apply_now(&ip_key("a"), &step),
-            Outcome::Denied { .. }
-        ));
-        store.remove_now(&ip_key("a"));
-        assert_eq!(store.load_now(&ip_key("a")), 0);
-        assert!(matches!(
-            store.apply_now(&ip_key("a"), &step),
-            Outcome::Allowed { .. }
-        ));
-        store.remove_now(&ip_key("never seen"));
+        assert!(allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
+        assert!(!allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
+        assert!(allowed(store.apply_step(&ip_key("b"), &slot(), &step)));
+        assert!(allowed(store.apply_step(
+            &ip_key("a"),
+            &Slot::new("listener_join@60"),
+            &step
+        )));
+        assert!(allowed(store.apply_step(
+            &Key::new(&Kind::USER, "a"),
+            &slot(),
+            &step
+        )));
+        assert_eq!(store.len(), 4);
+    }
+
+    #[test]
+    fn remove_makes_the_bucket_full_again_and_refunds_give_back() {
+        let store = MemoryStore::new();
+        let step = quota(1).step(NOW, 1).unwrap();
+        store.apply_step(&ip_key("a"), &slot(), &step);
+        assert!(!allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
+        store.remove_now(&ip_key("a"), &[&slot()]);
+        assert_eq!(store.get_now(&ip_key("a"), &slot()), None);
+        assert!(allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
+        let op = Op {
+            slot: &slot(),
+            step,
+            hint: crate::store::Hint::None,
+        };
+        store.refund_now(&ip_key("a"), &[op]);
+        assert!(allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
+        store.remove_now(&ip_key("never seen"), &[&slot()]);
     }
 
     #[test]
     fn recorded_tats_only_move_forward() {
         let store = MemoryStore::new();
         let key = ip_key("r");
-        assert_eq!(store.get_now(&key), None);
-        store.record_now(&key, NOW + 5, NOW);
-        store.record_now(&key, NOW + 3, NOW);
-        assert_eq!(store.get_now(&key), Some(NOW + 5));
-        store.record_now(&key, NOW + 9, NOW);
-        assert_eq!(store.load_now(&key), NOW + 9);
+        assert_eq!(store.get_now(&key, &slot()), None);
+        store.record_now(&key, &slot(), NOW + 5, NOW);
+        store.record_now(&key, &slot(), NOW + 3, NOW);
+        assert_eq!(store.get_now(&key, &slot()), Some(NOW + 5));
+        store.record_now(&key, &slot(), NOW + 9, NOW);
+        let mut tats = [0];
+        store.load_now(&key, &[&slot()], &mut tats);
+        assert_eq!(tats, [NOW + 9]);
     }
 
     #[test]
@@ -400,14 +628,14 @@ mod tests {
             .map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
             .collect();
         for id in &ids {
-            store.apply_now(&ip_key(id), &quota.step(NOW, 1).unwrap());
+            store.apply_step(&ip_key(id), &slot(), &quota.step(NOW, 1).unwrap());
         }
         assert_eq!(store.len(), ids.len());
         // Two minutes later every one of those buckets is full; new traffic
         // sweeps them away as shards grow.
         let later = quota.step(NOW + 120 * SEC, 1).unwrap();
         for id in &ids {
-            store.apply_now(&ip_key(&format!("new-{id}")), &later);
+            store.apply_step(&ip_key(&format!("new-{id}")), &slot(), &later);
         }
         assert!(
             store.len() < ids.len() + ids.len() / 2,
@@ -423,7 +651,11 @@ mod tests {
         for i in 0..20_000u64 {
             let id = i.to_string();
             // Later keys have later TATs: they are the ones worth keeping.
-            store.apply_now(&ip_key(&id), &quota.step(NOW + i * 1000, 1).unwrap());
+            store.apply_step(
+                &ip_key(&id),
+                &slot(),
+                &quota.step(NOW + i * 1000, 1).unwrap(),
+            );
             assert!(
                 store.len() <= 1_000 + store.shards.len(),
                 "{} keys at {i}",
@@ -432,8 +664,8 @@ mod tests {
         }
         // The most recent key is still counted.
         assert_eq!(
-            store.load_now(&ip_key("19999")),
-            NOW + 19_999 * 1000 + 6 * SEC
+            store.get_now(&ip_key("19999"), &slot()),
+            Some(NOW + 19_999 * 1000 + 6 * SEC)
         );
     }
 }

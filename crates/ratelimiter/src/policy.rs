@@ -1,461 +1,678 @@
-//! What to do when the store fails: the failure mode of each operation, and
-//! a circuit breaker that stops calling a failing store for a while.
+//! Policies: what is limited, per what, and how much.
+//!
+//! A [`Policy`] has a name, the [`Kind`] of identifier it counts, and one or
+//! more [`Limit`]s (N per period), each a GCRA bucket with burst N. All of a
+//! policy's limits are checked and consumed together: a request is allowed
+//! only if every limit allows it. A policy may give other limits to named
+//! tiers (`pro`, `free`, ...).
+//!
+//! [`Policies`] is the one registry: a [`PolicyId`] indexes everything the
+//! service keeps per policy (limits, failure mode, shadow mode, metric
+//! handles). The seed's four policies are always there, at fixed ids
+//! ([`PolicyId::SESSION_CREATE`], ...); a configuration may change their
+//! limits and add its own policies after them.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::config::ConfigError;
-use crate::gcra::Nanos;
-use crate::key::Operation;
+use crate::failure::FailureMode;
+use crate::gcra::Quota;
+use crate::key::{Kind, NameError, Slot, check_name, shorten};
 
-/// How an operation behaves while its store is unavailable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum FailureMode {
-    /// Allow the request and log a warning: the seed's graceful degradation.
-    #[default]
-    Open,
-    /// Deny the request.
-    Closed,
-    /// Decide with an in-memory limiter in this process, which still stops
-    /// one abusive client while the shared store is away.
-    Local,
-}
+/// The most limits one policy (or tier) may have.
+pub const MAX_LIMITS: usize = 8;
 
-impl FailureMode {
-    /// The configuration name: `open`, `closed` or `local`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureMode::Open => "open",
-            FailureMode::Closed => "closed",
-            FailureMode::Local => "local",
-        }
-    }
-}
+/// The shortest period a limit may have.
+pub const MIN_PERIOD: Duration = Duration::from_secs(1);
 
-impl fmt::Display for FailureMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The longest period a limit may have.
+pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
-impl FromStr for FailureMode {
-    type Err = ();
+/// The index of a policy in its [`Policies`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyId(u16);
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "open" => Ok(FailureMode::Open),
-            "closed" => Ok(FailureMode::Closed),
-            "local" => Ok(FailureMode::Local),
-            _ => Err(()),
-        }
-    }
-}
+impl PolicyId {
+    /// The seed's session creations: 50 per hour per user.
+    pub const SESSION_CREATE: PolicyId = PolicyId(0);
+    /// The seed's listener joins: 10 per minute per IP address.
+    pub const LISTENER_JOIN: PolicyId = PolicyId(1);
+    /// The seed's connection attempts: 20 per minute per IP address.
+    pub const CONNECTION_ATTEMPT: PolicyId = PolicyId(2);
+    /// The seed's heartbeats: 2 per minute per connection.
+    pub const HEARTBEAT: PolicyId = PolicyId(3);
 
-/// The variable that sets the failure mode of every operation.
-pub const FAILURE_MODE_VAR: &str = "RATE_LIMIT_FAILURE_MODE";
-
-/// The variable that overrides the failure mode of one operation, such as
-/// `RATE_LIMIT_FAILURE_MODE_HEARTBEAT`.
-pub fn failure_mode_var(operation: Operation) -> String {
-    per_operation_var(FAILURE_MODE_VAR, operation)
-}
-
-/// `<base>_<OPERATION>`, such as `RATE_LIMIT_SHADOW_MODE_SESSION_CREATE`.
-fn per_operation_var(base: &str, operation: Operation) -> String {
-    format!("{base}_{}", operation.as_str().to_ascii_uppercase())
-}
-
-/// One setting per operation: `default`, overridden for every operation by
-/// `base`, then for each one by `<base>_<OPERATION>`. A value `parse` rejects
-/// is an error naming the variable, the value and the `expected` values.
-fn per_operation<T: Copy>(
-    lookup: impl Fn(&str) -> Option<String>,
-    base: &str,
-    default: T,
-    expected: &'static str,
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<[T; 4], ConfigError> {
-    let read = |var: &str| -> Result<Option<T>, ConfigError> {
-        match lookup(var) {
-            None => Ok(None),
-            Some(value) => parse(value.trim()).map(Some).ok_or(ConfigError::NotOneOf {
-                var: var.to_owned(),
-                value,
-                expected,
-            }),
-        }
-    };
-    let mut settings = [read(base)?.unwrap_or(default); 4];
-    for operation in Operation::ALL {
-        if let Some(value) = read(&per_operation_var(base, operation))? {
-            settings[operation as usize] = value;
-        }
-    }
-    Ok(settings)
-}
-
-/// The failure mode of each operation.
-///
-/// ```
-/// use ratelimiter::key::Operation;
-/// use ratelimiter::policy::{FailureMode, FailurePolicy};
-///
-/// let policy = FailurePolicy::from_lookup(|var| match var {
-///     "RATE_LIMIT_FAILURE_MODE" => Some("local".into()),
-///     "RATE_LIMIT_FAILURE_MODE_HEARTBEAT" => Some("open".into()),
-///     _ => None,
-/// })
-/// .unwrap();
-/// assert_eq!(policy.mode(Operation::ListenerJoin), FailureMode::Local);
-/// assert_eq!(policy.mode(Operation::Heartbeat), FailureMode::Open);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FailurePolicy {
-    modes: [FailureMode; 4],
-}
-
-impl FailurePolicy {
-    /// Every operation in `mode`.
-    pub fn all(mode: FailureMode) -> Self {
-        Self { modes: [mode; 4] }
-    }
-
-    /// The policy set by the process environment (`open` when unset).
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|var| std::env::var(var).ok())
-    }
-
-    /// The policy set by `lookup`: [`FAILURE_MODE_VAR`] for every operation,
-    /// then [`failure_mode_var`] for each one.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let modes = per_operation(
-            lookup,
-            FAILURE_MODE_VAR,
-            FailureMode::default(),
-            "open, closed, local",
-            |value| value.parse().ok(),
-        )?;
-        Ok(Self { modes })
-    }
-
-    /// The same policy, with `operation` in `mode`.
-    #[must_use]
-    pub fn with(mut self, operation: Operation, mode: FailureMode) -> Self {
-        self.modes[operation as usize] = mode;
-        self
-    }
-
-    /// The failure mode of `operation`.
-    pub fn mode(&self, operation: Operation) -> FailureMode {
-        self.modes[operation as usize]
-    }
-}
-
-/// The variable that puts every operation in shadow mode (`true` or `false`).
-pub const SHADOW_MODE_VAR: &str = "RATE_LIMIT_SHADOW_MODE";
-
-/// The variable that sets shadow mode for one operation, such as
-/// `RATE_LIMIT_SHADOW_MODE_SESSION_CREATE`.
-pub fn shadow_mode_var(operation: Operation) -> String {
-    per_operation_var(SHADOW_MODE_VAR, operation)
-}
-
-/// Which operations run in shadow mode: their decisions are computed, logged
-/// and counted, but nothing is denied. This is how a limit is introduced or
-/// tightened safely.
-///
-/// ```
-/// use ratelimiter::key::Operation;
-/// use ratelimiter::policy::ShadowMode;
-///
-/// let shadow = ShadowMode::from_lookup(|var| {
-///     (var == "RATE_LIMIT_SHADOW_MODE_HEARTBEAT").then(|| "true".into())
-/// })
-/// .unwrap();
-/// assert!(shadow.is_shadow(Operation::Heartbeat));
-/// assert!(!shadow.is_shadow(Operation::SessionCreate));
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ShadowMode {
-    operations: [bool; 4],
-}
-
-impl ShadowMode {
-    /// Every operation in shadow mode, or none.
-    pub fn all(shadow: bool) -> Self {
-        Self {
-            operations: [shadow; 4],
-        }
-    }
-
-    /// Shadow mode as the process environment sets it (off when unset).
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|var| std::env::var(var).ok())
-    }
-
-    /// Shadow mode as `lookup` sets it: [`SHADOW_MODE_VAR`] for every
-    /// operation, then [`shadow_mode_var`] for each one; `true` or `false`.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let operations =
-            per_operation(
-                lookup,
-                SHADOW_MODE_VAR,
-                false,
-                "true, false",
-                |value| match value {
-                    "true" => Some(true),
-                    "false" => Some(false),
-                    _ => None,
-                },
-            )?;
-        Ok(Self { operations })
-    }
-
-    /// The same, with `operation` in shadow mode or not.
-    #[must_use]
-    pub fn with(mut self, operation: Operation, shadow: bool) -> Self {
-        self.operations[operation as usize] = shadow;
-        self
-    }
-
-    /// Whether `operation` is in shadow mode.
-    pub fn is_shadow(&self, operation: Operation) -> bool {
-        self.operations[operation as usize]
-    }
-}
-
-/// What the breaker allows for one decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Permit {
-    /// Call the store.
-    Call,
-    /// Call the store as the one probe after a cool-down; its result closes
-    /// or reopens the breaker.
-    Probe,
-    /// Do not call the store: it failed recently.
-    Skip,
-}
-
-/// The breaker's state, for logs and metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// Calls are skipped until the cool-down ends.
-    Open,
-    /// The cool-down has ended; the next call is a probe.
-    HalfOpen,
-}
-
-/// Stops calling a failing store for a cool-down, then lets one probe through.
-///
-/// After `threshold` consecutive failures the breaker opens: decisions skip
-/// the store (and take microseconds instead of a timeout) until `cool_down`
-/// has passed. Then one decision probes the store; success closes the
-/// breaker, failure opens it for another cool-down.
-#[derive(Debug)]
-pub struct CircuitBreaker {
-    threshold: u32,
-    cool_down: Nanos,
-    failures: AtomicU32,
-    /// When the current cool-down ends; 0 while closed.
-    open_until: AtomicU64,
-    probing: AtomicBool,
-}
-
-/// Consecutive failures that open the breaker by default.
-pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
-
-/// How long the breaker stays open by default.
-pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
-
-impl Default for CircuitBreaker {
-    fn default() -> Self {
-        Self::new(DEFAULT_BREAKER_THRESHOLD, DEFAULT_BREAKER_COOL_DOWN)
-    }
-}
-
-impl CircuitBreaker {
-    /// A breaker that opens after `threshold` consecutive failures (at least
-    /// one) and stays open for `cool_down`.
-    pub fn new(threshold: u32, cool_down: Duration) -> Self {
-        Self {
-            threshold: threshold.max(1),
-            cool_down: cool_down.as_nanos() as u64,
-            failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-        }
-    }
-
-    /// How long the breaker stays open after it opens.
-    pub fn cool_down(&self) -> Duration {
-        Duration::from_nanos(self.cool_down)
-    }
-
-    /// Whether a decision at `now` may call the store.
+    /// The position in the registry, for tables indexed by policy.
     #[inline]
-    pub fn permit(&self, now: Nanos) -> Permit {
-        let open_until = self.open_until.load(Ordering::Acquire);
-        if open_until == 0 {
-            Permit::Call
-        } else if now < open_until {
-            Permit::Skip
-        } else if self
-            .probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            Permit::Probe
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// One of a policy's limits: `count` requests per `period`, as a quota and
+/// the bucket it is kept in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    quota: Quota,
+    slot: Slot,
+}
+
+impl Limit {
+    /// The quota: count, period, burst.
+    #[inline]
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// The bucket this limit is kept in.
+    #[inline]
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    /// The limit as written in configuration: `100/min`, `3/10s`.
+    pub fn spec(&self) -> LimitSpec {
+        LimitSpec {
+            count: self.quota.limit(),
+            period: self.quota.period(),
+        }
+    }
+}
+
+/// A limit as configuration writes it: `N/PERIOD`, where PERIOD is `s`,
+/// `min`, `h` or `d`, optionally with a count (`10s`, `15min`).
+///
+/// ```
+/// use std::time::Duration;
+/// use ratelimiter::policy::LimitSpec;
+///
+/// let spec: LimitSpec = "3/10s".parse().unwrap();
+/// assert_eq!((spec.count, spec.period), (3, Duration::from_secs(10)));
+/// assert_eq!("100/60s".parse::<LimitSpec>().unwrap().to_string(), "100/min");
+/// assert!("5/fortnight".parse::<LimitSpec>().unwrap_err().to_string().contains("unknown unit"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LimitSpec {
+    /// Requests per period, which is also the burst.
+    pub count: u32,
+    /// The period.
+    pub period: Duration,
+}
+
+/// Why a limit could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// Not of the form `N/PERIOD`.
+    #[error("{0:?} is not a limit: write N/PERIOD, such as 100/min or 3/10s")]
+    Shape(String),
+    /// The count is zero or not a whole number.
+    #[error("{0:?}: the count must be a whole number from 1 to 4294967295")]
+    Count(String),
+    /// The period's unit is not one of `s`, `min`, `h`, `d`.
+    #[error("{0:?}: unknown unit {1:?}; use s, min, h or d, optionally with a count (10s, 15min)")]
+    Unit(String, String),
+    /// The period is outside 1 s to 1 day.
+    #[error("{0:?}: the period must be from 1s to 1d")]
+    Period(String),
+}
+
+const UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)];
+
+impl std::str::FromStr for LimitSpec {
+    type Err = LimitError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let quoted = shorten(text);
+        let (count, period) = text
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| LimitError::Shape(quoted.clone()))?;
+        let count = count
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| LimitError::Count(quoted.clone()))?;
+        let period = period.trim();
+        let digits = period.bytes().take_while(u8::is_ascii_digit).count();
+        let (multiple, unit) = period.split_at(digits);
+        let seconds = UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, seconds)| *seconds)
+            .ok_or_else(|| LimitError::Unit(quoted.clone(), shorten(unit)))?;
+        let multiple = if multiple.is_empty() {
+            1
         } else {
-            Permit::Skip
+            multiple
+                .parse::<u64>()
+                .map_err(|_| LimitError::Period(quoted.clone()))?
+        };
+        let period = Duration::from_secs(multiple.saturating_mul(seconds));
+        if !(MIN_PERIOD..=MAX_PERIOD).contains(&period) {
+            return Err(LimitError::Period(quoted));
+        }
+        Ok(Self { count, period })
+    }
+}
+
+impl fmt::Display for LimitSpec {
+    /// The shortest form: the largest unit that divides the period.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.period.as_secs();
+        let (name, unit) = UNITS
+            .iter()
+            .find(|(_, unit)| secs.is_multiple_of(*unit))
+            .expect("seconds divide every period");
+        match secs / unit {
+            1 => write!(f, "{}/{name}", self.count),
+            n => write!(f, "{}/{n}{name}", self.count),
         }
     }
+}
 
-    /// The state at `now`.
-    pub fn state(&self, now: Nanos) -> BreakerState {
-        match self.open_until.load(Ordering::Acquire) {
-            0 => BreakerState::Closed,
-            until if now < until => BreakerState::Open,
-            _ => BreakerState::HalfOpen,
-        }
+/// A policy's name, shared cheaply by verdicts and errors.
+pub type PolicyName = std::sync::Arc<str>;
+
+/// What is limited, per what, and how much.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    name: PolicyName,
+    kind: Kind,
+    limits: Box<[Limit]>,
+    tiers: Vec<(Box<str>, Box<[Limit]>)>,
+    failure_mode: FailureMode,
+    shadow: bool,
+    capacity: Duration,
+}
+
+/// Why a policy could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy or tier name is not a valid name.
+    #[error("policy name: {0}")]
+    Name(NameError),
+    /// The kind is not a valid name.
+    #[error("key: {0}")]
+    Kind(NameError),
+    /// A tier name is not a valid name.
+    #[error("tier name: {0}")]
+    Tier(NameError),
+    /// No limits.
+    #[error("a policy needs at least one limit")]
+    NoLimits,
+    /// Too many limits.
+    #[error("a policy may have at most {MAX_LIMITS} limits, got {0}")]
+    TooManyLimits(usize),
+    /// Two limits with one period.
+    #[error("two limits have the same period ({0}); keep one")]
+    SamePeriod(String),
+}
+
+impl Policy {
+    /// A policy `name` counting per `kind`, with `limits`, open on failure,
+    /// not in shadow mode.
+    ///
+    /// ```
+    /// use ratelimiter::key::Kind;
+    /// use ratelimiter::policy::Policy;
+    ///
+    /// let policy = Policy::new("send_message", Kind::CONNECTION, &["3/10s".parse()?, "100/min".parse()?])?;
+    /// assert_eq!(policy.limits().len(), 2);
+    /// assert_eq!(policy.limits()[1].slot().name(), "send_message@60");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(name: &str, kind: Kind, limits: &[LimitSpec]) -> Result<Self, PolicyError> {
+        check_name(name).map_err(PolicyError::Name)?;
+        let limits = build_limits(name, limits)?;
+        let mut policy = Self {
+            name: name.into(),
+            kind,
+            limits,
+            tiers: Vec::new(),
+            failure_mode: FailureMode::default(),
+            shadow: false,
+            capacity: Duration::ZERO,
+        };
+        policy.capacity = policy.longest_capacity();
+        Ok(policy)
     }
 
-    /// When the current cool-down ends, if the breaker is open at `now`.
-    pub fn open_until(&self, now: Nanos) -> Option<Nanos> {
-        let until = self.open_until.load(Ordering::Acquire);
-        (until > now).then_some(until)
+    /// The same policy, with `tier` limited by `limits` instead of the
+    /// default limits, in buckets of its own (`<policy>.<tier>@<period>`):
+    /// a caller moved to another tier starts with that tier's buckets full.
+    /// A tier given twice keeps the last limits.
+    pub fn with_tier(mut self, tier: &str, limits: &[LimitSpec]) -> Result<Self, PolicyError> {
+        check_name(tier).map_err(PolicyError::Tier)?;
+        let limits = build_limits(&format!("{}.{tier}", self.name), limits)?;
+        self.tiers.retain(|(name, _)| &**name != tier);
+        self.tiers.push((tier.into(), limits));
+        self.capacity = self.longest_capacity();
+        Ok(self)
     }
 
-    /// A call succeeded. Returns true if this closed an open breaker.
+    /// The same policy with `limits` as its default limits.
+    pub fn with_limits(mut self, limits: &[LimitSpec]) -> Result<Self, PolicyError> {
+        self.limits = build_limits(&self.name, limits)?;
+        self.capacity = self.longest_capacity();
+        Ok(self)
+    }
+
+    /// The policy's name.
     #[inline]
-    pub fn record_success(&self) -> bool {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
-        if self.open_until.load(Ordering::Acquire) == 0 {
-            return false;
-        }
-        self.open_until.store(0, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
-        true
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// A call failed at `now`. Returns true if this opened the breaker.
-    pub fn record_failure(&self, now: Nanos) -> bool {
-        let reopen = now.saturating_add(self.cool_down);
-        if self.probing.swap(false, Ordering::AcqRel) {
-            self.open_until.store(reopen, Ordering::Release);
-            return true;
-        }
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= self.threshold
-            && self
-                .open_until
-                .compare_exchange(0, reopen, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            return true;
-        }
-        false
+    /// The name, shared.
+    pub fn shared_name(&self) -> &PolicyName {
+        &self.name
     }
+
+    /// The kind of identifier the policy counts.
+    #[inline]
+    pub fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    /// The default limits.
+    #[inline]
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
+    /// The tiers with limits of their own, in the order they were added.
+    pub fn tiers(&self) -> impl Iterator<Item = (&str, &[Limit])> {
+        self.tiers.iter().map(|(name, limits)| (&**name, &**limits))
+    }
+
+    /// The limits of `tier`, or `None` when the policy has no such tier.
+    #[inline]
+    pub fn tier(&self, tier: &str) -> Option<&[Limit]> {
+        self.tiers
+            .iter()
+            .find(|(name, _)| &**name == tier)
+            .map(|(_, limits)| &**limits)
+    }
+
+    /// What happens while the store is unavailable.
+    #[inline]
+    pub fn failure_mode(&self) -> FailureMode {
+        self.failure_mode
+    }
+
+    /// Whether decisions are only logged and counted, never enforced.
+    #[inline]
+    pub fn shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// The same policy in `mode` when the store fails.
+    #[must_use]
+    pub fn with_failure_mode(mut self, mode: FailureMode) -> Self {
+        self.failure_mode = mode;
+        self
+    }
+
+    /// The same policy, in shadow mode or not.
+    #[must_use]
+    pub fn with_shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The longest time any of the policy's buckets takes to refill: no TAT
+    /// it writes is ever further than this ahead of the write.
+    pub fn capacity(&self) -> Duration {
+        self.capacity
+    }
+
+    fn longest_capacity(&self) -> Duration {
+        self.tiers
+            .iter()
+            .flat_map(|(_, limits)| limits.iter())
+            .chain(self.limits.iter())
+            .map(|limit| limit.quota.emission_interval() * limit.quota.limit())
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// The limits of `specs`, kept in buckets named `<prefix>@<period in seconds>`.
+fn build_limits(prefix: &str, specs: &[LimitSpec]) -> Result<Box<[Limit]>, PolicyError> {
+    if specs.is_empty() {
+        return Err(PolicyError::NoLimits);
+    }
+    if specs.len() > MAX_LIMITS {
+        return Err(PolicyError::TooManyLimits(specs.len()));
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if let Some(same) = limits.iter().find(|l| l.quota.period() == spec.period) {
+            return Err(PolicyError::SamePeriod(format!(
+                "{} and {spec}",
+                same.spec()
+            )));
+        }
+        let count = NonZeroU32::new(spec.count).expect("LimitSpec counts are positive");
+        let quota = Quota::new(count, spec.period).expect("LimitSpec periods are valid");
+        limits.push(Limit {
+            quota,
+            slot: Slot::new(format!("{prefix}@{}", spec.period.as_secs())),
+        });
+    }
+    Ok(limits.into_boxed_slice())
+}
+
+/// The seed's four policies, in [`PolicyId`] order: name, kind, count per
+/// period, and the variable that overrides the count.
+pub const BUILTINS: [Builtin; 4] = [
+    Builtin {
+        name: "session_create",
+        kind: Kind::USER,
+        count: 50,
+        period: Duration::from_secs(3600),
+        env_var: "RATE_LIMIT_SESSIONS_PER_HOUR",
+    },
+    Builtin {
+        name: "listener_join",
+        kind: Kind::IP,
+        count: 10,
+        period: Duration::from_secs(60),
+        env_var: "RATE_LIMIT_LISTENER_JOINS_PER_MIN",
+    },
+    Builtin {
+        name: "connection_attempt",
+        kind: Kind::IP,
+        count: 20,
+        period: Duration::from_secs(60),
+        env_var: "RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN",
+    },
+    Builtin {
+        name: "heartbeat",
+        kind: Kind::CONNECTION,
+        count: 2,
+        period: Duration::from_secs(60),
+        env_var: "RATE_LIMIT_HEARTBEATS_PER_MIN",
+    },
+];
+
+/// One of the seed's policies, as it is when nothing configures it.
+#[derive(Clone, Debug)]
+pub struct Builtin {
+    /// The policy's name.
+    pub name: &'static str,
+    /// What it counts per.
+    pub kind: Kind,
+    /// The seed's default count.
+    pub count: u32,
+    /// The period of that count.
+    pub period: Duration,
+    /// The variable that sets the count.
+    pub env_var: &'static str,
+}
+
+impl Builtin {
+    /// The seed's default limit.
+    pub fn spec(&self) -> LimitSpec {
+        LimitSpec {
+            count: self.count,
+            period: self.period,
+        }
+    }
+
+    /// The policy with the seed's default limit.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.name, self.kind.clone(), &[self.spec()]).expect("built-ins are valid")
+    }
+}
+
+/// The registry of policies. Ids are positions: the seed's four first, then
+/// the others in the order they were added.
+///
+/// ```
+/// use ratelimiter::key::Kind;
+/// use ratelimiter::policy::{Policies, Policy, PolicyId};
+///
+/// let mut policies = Policies::builtin();
+/// let id = policies.insert(Policy::new("api_calls", Kind::new("tenant")?, &["100/min".parse()?])?);
+/// assert_eq!(policies.id("api_calls"), Some(id));
+/// assert_eq!(policies.id("heartbeat"), Some(PolicyId::HEARTBEAT));
+/// assert_eq!(policies.id("session-create"), Some(PolicyId::SESSION_CREATE));
+/// assert_eq!(policies[id].limits()[0].quota().limit(), 100);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Policies {
+    list: Vec<Policy>,
+    by_name: HashMap<PolicyName, PolicyId>,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Policies {
+    /// The seed's four policies with their default limits.
+    pub fn builtin() -> Self {
+        let mut policies = Self {
+            list: Vec::new(),
+            by_name: HashMap::new(),
+        };
+        for builtin in &BUILTINS {
+            policies.insert(builtin.policy());
+        }
+        policies
+    }
+
+    /// Adds `policy`, or replaces the policy of the same name (keeping its
+    /// id); returns its id.
+    pub fn insert(&mut self, policy: Policy) -> PolicyId {
+        if let Some(&id) = self.by_name.get(policy.name()) {
+            self.list[id.index()] = policy;
+            return id;
+        }
+        let id = PolicyId(u16::try_from(self.list.len()).expect("fewer than 65536 policies"));
+        self.by_name.insert(policy.name.clone(), id);
+        self.list.push(policy);
+        id
+    }
+
+    /// The id of the policy called `name`; `-` may stand for `_`
+    /// (`session-create`).
+    pub fn id(&self, name: &str) -> Option<PolicyId> {
+        match self.by_name.get(name) {
+            Some(id) => Some(*id),
+            None if name.contains('-') => self.by_name.get(&*name.replace('-', "_")).copied(),
+            None => None,
+        }
+    }
+
+    /// The policy called `name`, or an error listing the policies there are.
+    pub fn find(&self, name: &str) -> Result<PolicyId, UnknownPolicy> {
+        self.id(name).ok_or_else(|| UnknownPolicy {
+            name: shorten(name),
+            known: self.list.iter().map(|p| p.name().to_owned()).collect(),
+        })
+    }
+
+    /// The policy with `id`, if there is one.
+    pub fn get(&self, id: PolicyId) -> Option<&Policy> {
+        self.list.get(id.index())
+    }
+
+    /// The policy with `id`, to change its modes.
+    pub fn get_mut(&mut self, id: PolicyId) -> Option<&mut Policy> {
+        self.list.get_mut(id.index())
+    }
+
+    /// Every policy with its id, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (PolicyId, &Policy)> {
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (PolicyId(i as u16), p))
+    }
+
+    /// How many policies there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Always false: the built-ins are always there.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The longest time any bucket of an item of `kind` takes to refill,
+    /// over every policy on that kind: an item not written for this long
+    /// holds only full buckets, so a store may forget it.
+    pub fn retention(&self, kind: &Kind) -> Duration {
+        self.list
+            .iter()
+            .filter(|p| p.kind() == kind)
+            .map(Policy::capacity)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+impl std::ops::Index<PolicyId> for Policies {
+    type Output = Policy;
+
+    fn index(&self, id: PolicyId) -> &Policy {
+        &self.list[id.index()]
+    }
+}
+
+/// A policy name that the registry does not have.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {name:?}: expected one of {}", known.join(", "))]
+pub struct UnknownPolicy {
+    /// The name asked for (shortened).
+    pub name: String,
+    /// The policies there are.
+    pub known: Vec<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SEC: Nanos = 1_000_000_000;
-
-    #[test]
-    fn modes_parse_and_name_bad_values() {
-        let policy = FailurePolicy::from_lookup(|_| None).unwrap();
-        assert!(
-            Operation::ALL
-                .iter()
-                .all(|op| policy.mode(*op) == FailureMode::Open)
-        );
-        let policy = FailurePolicy::from_lookup(|v| {
-            (v == "RATE_LIMIT_FAILURE_MODE").then(|| "closed".into())
-        })
-        .unwrap();
-        assert_eq!(policy.mode(Operation::SessionCreate), FailureMode::Closed);
-        let err = FailurePolicy::from_lookup(|v| {
-            (v == "RATE_LIMIT_FAILURE_MODE_LISTENER_JOIN").then(|| "sometimes".into())
-        })
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "RATE_LIMIT_FAILURE_MODE_LISTENER_JOIN must be one of open, closed, local, got \"sometimes\""
-        );
-        assert!(FailurePolicy::from_lookup(|_| Some(String::new())).is_err());
+    fn spec(text: &str) -> LimitSpec {
+        text.parse().unwrap()
     }
 
     #[test]
-    fn per_operation_variables_are_named_after_the_operation() {
-        assert_eq!(
-            failure_mode_var(Operation::ConnectionAttempt),
-            "RATE_LIMIT_FAILURE_MODE_CONNECTION_ATTEMPT"
-        );
-    }
-
-    #[test]
-    fn shadow_mode_parses_strictly() {
-        assert_eq!(
-            ShadowMode::from_lookup(|_| None).unwrap(),
-            ShadowMode::all(false)
-        );
-        let shadow = ShadowMode::from_lookup(|v| match v {
-            "RATE_LIMIT_SHADOW_MODE" => Some("true".into()),
-            "RATE_LIMIT_SHADOW_MODE_LISTENER_JOIN" => Some("false".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert!(shadow.is_shadow(Operation::Heartbeat));
-        assert!(!shadow.is_shadow(Operation::ListenerJoin));
-        for bad in ["yes", "1", "", "TRUE"] {
-            let err =
-                ShadowMode::from_lookup(|v| (v == "RATE_LIMIT_SHADOW_MODE").then(|| bad.into()))
-                    .unwrap_err()
-                    .to_string();
-            assert!(
-                err.contains("RATE_LIMIT_SHADOW_MODE must be one of true, false"),
-                "{err}"
+    fn limits_parse_in_every_unit() {
+        for (text, count, secs) in [
+            ("100/min", 100, 60),
+            ("3/10s", 3, 10),
+            ("5/15min", 5, 900),
+            ("1000/h", 1000, 3600),
+            ("7/d", 7, 86_400),
+            (" 2 / 1s ", 2, 1),
+            ("1/24h", 1, 86_400),
+        ] {
+            assert_eq!(
+                spec(text),
+                LimitSpec {
+                    count,
+                    period: Duration::from_secs(secs)
+                },
+                "{text}"
             );
         }
+        assert_eq!(spec("100/60s").to_string(), "100/min");
+        assert_eq!(spec("3/10s").to_string(), "3/10s");
+        assert_eq!(spec("1/24h").to_string(), "1/d");
+        assert_eq!(spec("9/90min").to_string(), "9/90min");
     }
 
     #[test]
-    fn breaker_opens_after_threshold_and_probes_after_cool_down() {
-        let breaker = CircuitBreaker::new(3, Duration::from_secs(5));
-        let t = 100 * SEC;
-        assert_eq!(breaker.permit(t), Permit::Call);
-        assert!(!breaker.record_failure(t));
-        assert!(!breaker.record_failure(t));
-        assert!(breaker.record_failure(t));
-        assert_eq!(breaker.state(t), BreakerState::Open);
-        assert_eq!(breaker.permit(t + 4 * SEC), Permit::Skip);
-        // After the cool-down exactly one decision probes.
-        assert_eq!(breaker.permit(t + 5 * SEC), Permit::Probe);
-        assert_eq!(breaker.permit(t + 5 * SEC), Permit::Skip);
-        // The probe fails: open for another cool-down.
-        assert!(breaker.record_failure(t + 5 * SEC));
-        assert_eq!(breaker.permit(t + 9 * SEC), Permit::Skip);
-        assert_eq!(breaker.permit(t + 10 * SEC), Permit::Probe);
-        // The probe succeeds: closed.
-        assert!(breaker.record_success());
-        assert_eq!(breaker.state(t + 10 * SEC), BreakerState::Closed);
-        assert_eq!(breaker.permit(t + 10 * SEC), Permit::Call);
+    fn bad_limits_say_what_is_wrong() {
+        for (text, expect) in [
+            ("100", "is not a limit"),
+            ("0/min", "count must be"),
+            ("-1/min", "count must be"),
+            ("x/min", "count must be"),
+            ("5/fortnight", "unknown unit \"fortnight\""),
+            ("5/10m", "unknown unit \"m\""),
+            ("5/", "unknown unit \"\""),
+            ("5/0s", "from 1s to 1d"),
+            ("5/2d", "from 1s to 1d"),
+            ("5/99999999999999999999s", "from 1s to 1d"),
+        ] {
+            let err = text.parse::<LimitSpec>().unwrap_err().to_string();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+        let long = format!("1/{}", "s".repeat(10_000));
+        let err = long.parse::<LimitSpec>().unwrap_err().to_string();
+        assert!(err.len() < 400, "the message quotes the input in full");
     }
 
     #[test]
-    fn a_success_resets_the_count_of_failures() {
-        let breaker = CircuitBreaker::new(2, Duration::from_secs(1));
-        breaker.record_failure(0);
-        assert!(!breaker.record_success());
-        assert!(!breaker.record_failure(0));
-        assert_eq!(breaker.permit(0), Permit::Call);
+    fn policies_check_their_limits() {
+        let kind = Kind::CONNECTION;
+        assert_eq!(
+            Policy::new("p", kind.clone(), &[]).unwrap_err(),
+            PolicyError::NoLimits
+        );
+        assert!(matches!(
+            Policy::new("p", kind.clone(), &[spec("1/min"), spec("5/60s")]),
+            Err(PolicyError::SamePeriod(_))
+        ));
+        let nine: Vec<_> = (1..=9).map(|s| spec(&format!("1/{s}s"))).collect();
+        assert_eq!(
+            Policy::new("p", kind.clone(), &nine).unwrap_err(),
+            PolicyError::TooManyLimits(9)
+        );
+        assert!(matches!(
+            Policy::new("bad-name", kind.clone(), &[spec("1/s")]),
+            Err(PolicyError::Name(_))
+        ));
+        let policy = Policy::new("p", kind, &[spec("1/s")])
+            .unwrap()
+            .with_tier("pro", &[spec("10/s"), spec("100/h")])
+            .unwrap();
+        assert_eq!(policy.tier("pro").unwrap().len(), 2);
+        assert_eq!(policy.tier("pro").unwrap()[1].slot().name(), "p.pro@3600");
+        assert!(policy.tier("free").is_none());
+        assert_eq!(policy.capacity(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn builtins_keep_their_ids_when_replaced() {
+        let mut policies = Policies::builtin();
+        assert_eq!(policies.len(), 4);
+        for (i, builtin) in BUILTINS.iter().enumerate() {
+            let id = policies.id(builtin.name).unwrap();
+            assert_eq!(id.index(), i);
+            assert_eq!(policies[id].limits()[0].quota().limit(), builtin.count);
+        }
+        let id = policies.insert(
+            Policy::new(
+                "heartbeat",
+                Kind::CONNECTION,
+                &[spec("5/min"), spec("100/h")],
+            )
+            .unwrap(),
+        );
+        assert_eq!(id, PolicyId::HEARTBEAT);
+        assert_eq!(policies.len(), 4);
+        assert_eq!(
+            policies.retention(&Kind::CONNECTION),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(policies.retention(&Kind::IP), Duration::from_secs(60));
+        let err = policies.find("sessions").unwrap_err().to_string();
+        assert!(
+            err.contains("\"sessions\"") && err.contains("heartbeat"),
+            "{err}"
+        );
     }
 }

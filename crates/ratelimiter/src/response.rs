@@ -1,17 +1,13 @@
-//! The seed's error responses, shaped as API Gateway proxy responses.
-//!
-//! The body is a JSON string, as API Gateway expects:
+//! The seed's error bodies, as plain data: what a 429 or a 500 says,
+//! whatever carries it (an API Gateway response, a WebSocket message, an
+//! HTTP response of your own). The Lambda crate wraps them in API Gateway
+//! responses. For example:
 //!
 //! ```json
 //! {"type":"error","code":"RATE_LIMIT_EXCEEDED","message":"Rate limit exceeded. Retry after 45 seconds.",
 //!  "timestamp":1699500123456,"details":{"retryAfter":45}}
 //! ```
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use aws_lambda_events::apigw::ApiGatewayProxyResponse;
-use aws_lambda_events::encodings::Body;
-use aws_lambda_events::http::{HeaderMap, HeaderValue, header};
 use serde::{Deserialize, Serialize};
 
 /// The code of a rate-limit denial.
@@ -74,97 +70,19 @@ impl ErrorBody {
     }
 }
 
-/// The current time in milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The seed's 429 response, with a `Retry-After` header.
-///
-/// ```
-/// let response = ratelimiter::response::rate_limit_error_response(45);
-/// assert_eq!(response.status_code, 429);
-/// assert_eq!(response.headers["retry-after"], "45");
-/// ```
-pub fn rate_limit_error_response(retry_after: u64) -> ApiGatewayProxyResponse {
-    rate_limit_error_response_at(retry_after, now_ms())
-}
-
-/// [`rate_limit_error_response`] with a given timestamp.
-pub fn rate_limit_error_response_at(
-    retry_after: u64,
-    timestamp_ms: u64,
-) -> ApiGatewayProxyResponse {
-    let mut response = json_response(429, &ErrorBody::rate_limited(retry_after, timestamp_ms));
-    response
-        .headers
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    response
-}
-
-/// The seed's 500 response: `INTERNAL_ERROR`, "Internal server error", and
-/// nothing about the cause, which belongs in the logs.
-///
-/// ```
-/// let response = ratelimiter::response::internal_error_response();
-/// assert_eq!(response.status_code, 500);
-/// ```
-pub fn internal_error_response() -> ApiGatewayProxyResponse {
-    error_response(500, INTERNAL_ERROR, "Internal server error")
-}
-
-/// An error response in the seed's format, such as
-/// `error_response(400, "BAD_REQUEST", "the message has no body")`.
-pub fn error_response(status: u16, code: &str, message: &str) -> ApiGatewayProxyResponse {
-    error_response_at(status, code, message, now_ms())
-}
-
-/// [`error_response`] with a given timestamp.
-pub fn error_response_at(
-    status: u16,
-    code: &str,
-    message: &str,
-    timestamp_ms: u64,
-) -> ApiGatewayProxyResponse {
-    json_response(status, &ErrorBody::new(code, message, timestamp_ms))
-}
-
-fn json_response(status: u16, body: &ErrorBody) -> ApiGatewayProxyResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let mut response = ApiGatewayProxyResponse::default();
-    response.status_code = i64::from(status);
-    response.headers = headers;
-    response.body = Some(Body::Text(body.to_json()));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::*;
 
-    fn body_json(response: &ApiGatewayProxyResponse) -> Value {
-        match &response.body {
-            Some(Body::Text(text)) => serde_json::from_str(text).unwrap(),
-            other => panic!("expected a text body, got {other:?}"),
-        }
-    }
-
     #[test]
     fn rate_limit_body_is_the_seeds_exactly() {
-        let response = rate_limit_error_response_at(45, 1_699_500_123_456);
-        assert_eq!(response.status_code, 429);
-        assert_eq!(response.headers[header::RETRY_AFTER], "45");
-        assert_eq!(response.headers[header::CONTENT_TYPE], "application/json");
+        let body: Value =
+            serde_json::from_str(&ErrorBody::rate_limited(45, 1_699_500_123_456).to_json())
+                .unwrap();
         assert_eq!(
-            body_json(&response),
+            body,
             json!({
                 "type": "error",
                 "code": "RATE_LIMIT_EXCEEDED",
@@ -177,29 +95,13 @@ mod tests {
 
     #[test]
     fn internal_error_body() {
-        let response = error_response_at(500, INTERNAL_ERROR, "Internal server error", 7);
-        assert_eq!(response.status_code, 500);
-        assert!(!response.headers.contains_key(header::RETRY_AFTER));
+        let body: Value = serde_json::from_str(
+            &ErrorBody::new(INTERNAL_ERROR, "Internal server error", 7).to_json(),
+        )
+        .unwrap();
         assert_eq!(
-            body_json(&response),
+            body,
             json!({"type": "error", "code": "INTERNAL_ERROR", "message": "Internal server error", "timestamp": 7})
         );
-    }
-
-    #[test]
-    fn the_timestamp_is_now_in_milliseconds() {
-        let before = now_ms();
-        let response = rate_limit_error_response(3);
-        let stamp = body_json(&response)["timestamp"].as_u64().unwrap();
-        assert!(stamp >= before && stamp <= now_ms(), "{stamp}");
-        assert!(stamp > 1_600_000_000_000, "not milliseconds: {stamp}");
-    }
-
-    #[test]
-    fn the_proxy_response_serializes_with_a_string_body() {
-        let value = serde_json::to_value(rate_limit_error_response_at(5, 1)).unwrap();
-        assert_eq!(value["statusCode"], 429);
-        assert!(value["body"].is_string(), "{value}");
-        assert_eq!(value["headers"]["retry-after"], "5");
     }
 }

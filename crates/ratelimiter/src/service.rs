@@ -1,27 +1,37 @@
-//! The seed's rate-limit service: one check per operation, a status query,
-//! and the fail-open policy when the store is unavailable.
+//! The rate-limit service: checks requests against policies, with the
+//! seed's API (one check per built-in policy, a status query) and the
+//! failure modes for an unavailable store.
+//!
+//! One decision: the policy's limits (or its tier's) give one GCRA step per
+//! limit at the same instant; the store applies them to the buckets of one
+//! item atomically; the verdict reports the tightest limit and every limit's
+//! numbers. Before the store is called, it may answer from what this process
+//! knows (a cached denial); when it fails, or the circuit breaker keeps it
+//! out, the policy's failure mode decides.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Limits;
-use crate::gcra::{CostExceedsCapacity, Decision, Outcome, Quota, Status, Step, ceil_secs};
-use crate::key::{Identifier, IdentifierKind, Key, Operation};
+use crate::config::Config;
+use crate::failure::{CircuitBreaker, FailureMode, Permit};
+use crate::gcra::{self, CostExceedsCapacity, Decision, Nanos, Status, ceil_secs};
+use crate::key::{Key, KeySecret, Kind, shorten};
 use crate::memory::MemoryStore;
-use crate::policy::{CircuitBreaker, FailureMode, FailurePolicy, Permit, ShadowMode};
-use crate::store::{Store, StoreError};
+use crate::policy::{Limit, MAX_LIMITS, Policies, Policy, PolicyId, PolicyName};
+use crate::store::{Op, Outcome, Store, StoreError, StoreErrorKind};
 use crate::telemetry::DecisionMetrics;
 
-/// Checks requests against each operation's quota, with state kept in a [`Store`].
+/// Checks requests against policies, with state kept in a [`Store`].
 ///
 /// Create one per process (per Lambda container) and share it: it holds no
-/// per-request state.
+/// per-request state. [`crate::Builder`] makes one from the environment.
 ///
 /// ```
-/// use ratelimiter::{Limits, RateLimitError, RateLimitService};
+/// use ratelimiter::{RateLimitError, RateLimitService};
 ///
 /// # tokio_test_block_on(async {
-/// let service = RateLimitService::in_memory(Limits::default());
+/// let service = RateLimitService::in_memory(Default::default());
 /// service.check_heartbeat_limit("conn-1").await.unwrap();
 /// service.check_heartbeat_limit("conn-1").await.unwrap();
 /// match service.check_heartbeat_limit("conn-1").await {
@@ -37,32 +47,138 @@ use crate::telemetry::DecisionMetrics;
 pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     store: S,
     clock: C,
-    limits: Limits,
-    policy: FailurePolicy,
-    shadow: ShadowMode,
+    policies: Policies,
+    secret: Option<KeySecret>,
+    tier_field: String,
     breaker: CircuitBreaker,
-    /// Decides for operations in [`FailureMode::Local`] while the store is away.
+    /// Decides for policies in [`FailureMode::Local`] while the store is away.
     local: MemoryStore,
     metrics: DecisionMetrics,
+    /// Per policy: how long an item of its kind must be kept (ns).
+    retention: Box<[Nanos]>,
+    /// Per policy: whether an unknown tier was already reported.
+    warned_tier: Box<[AtomicBool]>,
 }
 
-/// Keys the local fallback limiter keeps at most.
+/// Buckets the local fallback limiter keeps at most.
 const LOCAL_FALLBACK_KEYS: usize = 10_000;
 
-/// The outcome of one check, allowed or not.
+/// One request to decide: a policy, an identifier, and optionally a tier, a
+/// cost and another kind than the policy's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The policy whose limits apply.
+    pub policy: PolicyId,
+    /// Who is counted: a user id, an IP address, a connection id, ...
+    pub identifier: &'a str,
+    /// The caller's tier, if it has one; an unknown tier gets the default limits.
+    pub tier: Option<&'a str>,
+    /// Tokens to take from each limit (1 unless said otherwise).
+    pub cost: u32,
+    /// Count the identifier as this kind instead of the policy's.
+    pub kind: Option<&'a Kind>,
+}
+
+impl<'a> Request<'a> {
+    /// One token of `policy` for `identifier`, default tier.
+    pub fn new(policy: PolicyId, identifier: &'a str) -> Self {
+        Self {
+            policy,
+            identifier,
+            tier: None,
+            cost: 1,
+            kind: None,
+        }
+    }
+
+    /// The same request in `tier` (none when `None`).
+    #[must_use]
+    pub fn tier(mut self, tier: Option<&'a str>) -> Self {
+        self.tier = tier;
+        self
+    }
+
+    /// The same request, taking `cost` tokens.
+    #[must_use]
+    pub fn cost(mut self, cost: u32) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// The same request, counting the identifier as a `kind`.
+    #[must_use]
+    pub fn kind(mut self, kind: Option<&'a Kind>) -> Self {
+        self.kind = kind;
+        self
+    }
+}
+
+/// Why a decision was made without the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Degradation {
+    /// The store did not answer in time.
+    Timeout,
+    /// The store asked to slow down.
+    Throttled,
+    /// The store could not be reached, refused, or has no table.
+    Unavailable,
+    /// The store refused the credentials.
+    Unauthorized,
+    /// The store answered something unexpected (or kept changing the item).
+    Protocol,
+    /// The circuit breaker kept the store out after recent failures.
+    BreakerOpen,
+}
+
+impl Degradation {
+    /// The name used in logs and JSON: `timeout`, `breaker_open`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Degradation::Timeout => "timeout",
+            Degradation::Throttled => "throttled",
+            Degradation::Unavailable => "unavailable",
+            Degradation::Unauthorized => "unauthorized",
+            Degradation::Protocol => "protocol",
+            Degradation::BreakerOpen => "breaker_open",
+        }
+    }
+}
+
+impl From<StoreErrorKind> for Degradation {
+    fn from(kind: StoreErrorKind) -> Self {
+        match kind {
+            StoreErrorKind::Timeout => Degradation::Timeout,
+            StoreErrorKind::Throttled => Degradation::Throttled,
+            StoreErrorKind::Unauthorized => Degradation::Unauthorized,
+            StoreErrorKind::Protocol => Degradation::Protocol,
+            _ => Degradation::Unavailable,
+        }
+    }
+}
+
+/// The outcome of one check, allowed or not, and how it was reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
-    /// The operation that was checked.
-    pub operation: Operation,
-    /// The decision's numbers.
+    /// The policy that was checked.
+    pub policy: PolicyId,
+    /// The numbers of the tightest limit: for a denial, the limit that
+    /// makes the caller wait longest; otherwise the one with the fewest
+    /// tokens left.
     pub decision: Decision,
-    /// True when the operation runs in shadow mode: a denial is reported in
+    /// Every limit's numbers, when the policy has more than one.
+    limits: Option<Box<[Decision]>>,
+    /// True when the policy runs in shadow mode: a denial is reported in
     /// `decision` and logged, but the request is allowed.
     pub shadow: bool,
-    /// True when the store could not be used and the operation's failure
-    /// mode decided instead: allowed with the numbers of a fresh bucket
-    /// (`open`), denied (`closed`), or decided by this process alone (`local`).
-    pub degraded: bool,
+    /// Why the store was not used, when the policy's failure mode decided:
+    /// allowed with the numbers of a fresh bucket (`open`), denied
+    /// (`closed`), or decided by this process alone (`local`).
+    pub degraded: Option<Degradation>,
+    /// Calls the store made to its backing service for this decision.
+    pub calls: u32,
+    /// True when this process answered from what it already knew (a
+    /// denial from the deny cache), without calling the store.
+    pub cached: bool,
 }
 
 impl Verdict {
@@ -72,24 +188,24 @@ impl Verdict {
         self.decision.allowed || self.shadow
     }
 
-    /// Whether the limit would have denied the request, had the operation
+    /// Whether the failure mode decided instead of the store.
+    #[inline]
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.is_some()
+    }
+
+    /// Every limit's numbers, in the order of the policy's (or tier's) limits.
+    pub fn limits(&self) -> &[Decision] {
+        match &self.limits {
+            Some(limits) => limits,
+            None => std::slice::from_ref(&self.decision),
+        }
+    }
+
+    /// Whether the limit would have denied the request, had the policy
     /// not been in shadow mode.
     pub fn would_deny(&self) -> bool {
         self.shadow && !self.decision.allowed
-    }
-
-    /// `Ok(self)` when allowed, the seed's rate-limit error when denied.
-    #[inline]
-    pub fn into_result(self) -> Result<Self, RateLimitError> {
-        if self.allowed() {
-            Ok(self)
-        } else {
-            Err(RateLimitError::Exceeded {
-                operation: self.operation,
-                retry_after: self.retry_after_secs(),
-                limit: self.decision.limit,
-            })
-        }
     }
 
     /// `retry_after` in whole seconds, rounded up; never 0 for a denial.
@@ -107,24 +223,27 @@ impl Verdict {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RateLimitError {
-    /// The request is over its operation's limit.
-    #[error("rate limit exceeded for {operation}; retry after {retry_after} seconds")]
+    /// The request is over its policy's limit.
+    #[error("rate limit exceeded for {policy}; retry after {retry_after} seconds")]
     Exceeded {
-        /// The operation whose limit was reached.
-        operation: Operation,
+        /// The policy whose limit was reached.
+        policy: PolicyName,
         /// Whole seconds until the same request would be allowed (at least 1).
         retry_after: u64,
-        /// The operation's limit.
+        /// The limit of the tightest limit.
         limit: u32,
     },
-    /// The request asked for more tokens than the operation's bucket holds.
-    #[error("invalid cost for {operation}: {source}")]
+    /// The request asked for more tokens than one of the policy's buckets holds.
+    #[error("invalid cost for {policy}: {source}")]
     InvalidCost {
-        /// The operation that was checked.
-        operation: Operation,
+        /// The policy that was checked.
+        policy: PolicyName,
         /// What was wrong with the cost.
         source: CostExceedsCapacity,
     },
+    /// The policy id does not belong to this service's registry.
+    #[error("no policy with id {0:?} in this service")]
+    UnknownPolicy(PolicyId),
     /// The store failed where failing open does not apply (status, reset).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -142,45 +261,43 @@ impl RateLimitError {
 
 impl RateLimitService<MemoryStore, SystemClock> {
     /// A service keeping its state in this process's memory.
-    pub fn in_memory(limits: Limits) -> Self {
-        Self::new(MemoryStore::new(), limits)
+    pub fn in_memory(config: Config) -> Self {
+        Self::new(MemoryStore::new(), config)
     }
 }
 
 impl<S: Store> RateLimitService<S, SystemClock> {
     /// A service on `store`, using the system clock.
-    pub fn new(store: S, limits: Limits) -> Self {
-        Self::with_clock(store, limits, SystemClock)
+    pub fn new(store: S, config: Config) -> Self {
+        Self::with_clock(store, config, SystemClock)
     }
 }
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// A service on `store`, taking time from `clock`.
-    pub fn with_clock(store: S, limits: Limits, clock: C) -> Self {
+    pub fn with_clock(store: S, config: Config, clock: C) -> Self {
+        let Config {
+            policies,
+            secret,
+            tier_field,
+        } = config;
+        let retention = policies
+            .iter()
+            .map(|(_, p)| policies.retention(p.kind()).as_nanos() as Nanos)
+            .collect();
+        let warned_tier = policies.iter().map(|_| AtomicBool::new(false)).collect();
         Self {
+            metrics: DecisionMetrics::register(&policies, S::CALLS_METRIC),
             store,
             clock,
-            limits,
-            policy: FailurePolicy::default(),
-            shadow: ShadowMode::default(),
+            policies,
+            secret,
+            tier_field,
             breaker: CircuitBreaker::default(),
             local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
-            metrics: DecisionMetrics::register(),
+            retention,
+            warned_tier,
         }
-    }
-
-    /// The same service, with `policy` deciding what happens when the store fails.
-    #[must_use]
-    pub fn with_policy(mut self, policy: FailurePolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// The same service, with the operations `shadow` names in shadow mode.
-    #[must_use]
-    pub fn with_shadow(mut self, shadow: ShadowMode) -> Self {
-        self.shadow = shadow;
-        self
     }
 
     /// The same service, with `breaker` guarding the store.
@@ -190,19 +307,24 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         self
     }
 
-    /// The failure policy in force.
-    pub fn policy(&self) -> &FailurePolicy {
-        &self.policy
-    }
-
     /// The circuit breaker guarding the store.
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
 
-    /// The quotas in force.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// The policies in force.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The id of the policy called `name` (`-` may stand for `_`).
+    pub fn policy_id(&self, name: &str) -> Option<PolicyId> {
+        self.policies.id(name)
+    }
+
+    /// The authorizer-context field that holds a caller's tier.
+    pub fn tier_field(&self) -> &str {
+        &self.tier_field
     }
 
     /// The store the state lives in.
@@ -210,13 +332,23 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         &self.store
     }
 
+    /// The clock decisions take their time from.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Now, in milliseconds since the Unix epoch, by the service's clock:
+    /// the timestamp of responses.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now() / 1_000_000
+    }
+
     /// Counts a connection attempt from `ip` (default 20 per minute).
     pub async fn check_connection_attempt_limit(
         &self,
         ip: &str,
     ) -> Result<Verdict, RateLimitError> {
-        self.check(Operation::ConnectionAttempt, Identifier::ip(ip), 1)
-            .await
+        self.check(PolicyId::CONNECTION_ATTEMPT, ip, 1).await
     }
 
     /// Counts a session created by `user_id` (default 50 per hour).
@@ -224,14 +356,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         &self,
         user_id: &str,
     ) -> Result<Verdict, RateLimitError> {
-        self.check(Operation::SessionCreate, Identifier::user(user_id), 1)
-            .await
+        self.check(PolicyId::SESSION_CREATE, user_id, 1).await
     }
 
     /// Counts a listener joining from `ip` (default 10 per minute).
     pub async fn check_listener_join_limit(&self, ip: &str) -> Result<Verdict, RateLimitError> {
-        self.check(Operation::ListenerJoin, Identifier::ip(ip), 1)
-            .await
+        self.check(PolicyId::LISTENER_JOIN, ip, 1).await
     }
 
     /// Counts a heartbeat on `connection_id` (default 2 per minute).
@@ -239,74 +369,392 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         &self,
         connection_id: &str,
     ) -> Result<Verdict, RateLimitError> {
-        self.check(
-            Operation::Heartbeat,
-            Identifier::connection(connection_id),
-            1,
-        )
-        .await
+        self.check(PolicyId::HEARTBEAT, connection_id, 1).await
     }
 
-    /// Consumes `cost` tokens of `operation` for `identifier`; a denial is an
+    /// Takes `cost` tokens of `policy` for `identifier`; a denial is an
     /// [`RateLimitError::Exceeded`] error.
     pub async fn check(
         &self,
-        operation: Operation,
-        identifier: Identifier<'_>,
+        policy: PolicyId,
+        identifier: &str,
         cost: u32,
     ) -> Result<Verdict, RateLimitError> {
-        self.decide(operation, identifier, cost)
-            .await?
-            .into_result()
+        let verdict = self
+            .decide_request(&Request::new(policy, identifier).cost(cost))
+            .await?;
+        self.to_result(verdict)
     }
 
-    /// Consumes `cost` tokens of `operation` for `identifier` and reports the
+    /// [`RateLimitService::check`] for a full request.
+    pub async fn check_request(&self, request: &Request<'_>) -> Result<Verdict, RateLimitError> {
+        let verdict = self.decide_request(request).await?;
+        self.to_result(verdict)
+    }
+
+    /// Takes `cost` tokens of `policy` for `identifier` and reports the
     /// verdict, allowed or denied, as a value.
-    ///
-    /// When the store fails, or the circuit breaker keeps the store out of a
-    /// failing period, the operation's [`FailureMode`] decides and the verdict
-    /// is marked degraded: by default the request is allowed with a warning
-    /// logged (the seed's graceful degradation).
     pub async fn decide(
         &self,
-        operation: Operation,
-        identifier: Identifier<'_>,
+        policy: PolicyId,
+        identifier: &str,
         cost: u32,
     ) -> Result<Verdict, RateLimitError> {
-        let (quota, step) = self.step(operation, cost)?;
-        let verdict = self.decide_step(operation, identifier, quota, &step).await;
-        let elapsed = self.clock.now().saturating_sub(step.now());
-        self.metrics.latency(operation, elapsed);
+        self.decide_request(&Request::new(policy, identifier).cost(cost))
+            .await
+    }
+
+    /// Decides one request and reports the verdict, allowed or denied, as a
+    /// value.
+    ///
+    /// When the store fails, or the circuit breaker keeps the store out of a
+    /// failing period, the policy's [`FailureMode`] decides and the verdict
+    /// is marked degraded: by default the request is allowed with a warning
+    /// logged (the seed's graceful degradation).
+    pub async fn decide_request(&self, request: &Request<'_>) -> Result<Verdict, RateLimitError> {
+        self.decide_at(request, self.clock.now()).await
+    }
+
+    /// [`RateLimitService::decide_request`] at `now`.
+    async fn decide_at(
+        &self,
+        request: &Request<'_>,
+        now: Nanos,
+    ) -> Result<Verdict, RateLimitError> {
+        let (policy, limits) = self.resolve(request)?;
+        let kind = request.kind.unwrap_or(policy.kind());
+        let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
+        let retention = self.retention[request.policy.index()];
+        let verdict = if let [limit] = limits {
+            let mut ops = [Op::new(
+                limit.slot(),
+                self.step(policy, limit, now, request.cost)?,
+            )];
+            self.run(
+                request.policy,
+                policy,
+                limits,
+                &key,
+                &mut ops,
+                &mut [0],
+                retention,
+            )
+            .await
+        } else {
+            let mut ops = self.ops(policy, limits, now, request.cost)?;
+            let mut tats = [0; MAX_LIMITS];
+            let n = limits.len();
+            self.run(
+                request.policy,
+                policy,
+                limits,
+                &key,
+                &mut ops[..n],
+                &mut tats[..n],
+                retention,
+            )
+            .await
+        };
+        self.metrics
+            .latency(request.policy, self.clock.now().saturating_sub(now));
         Ok(verdict)
     }
 
-    async fn decide_step(
+    /// Decides `first`, and `second` only if `first` is allowed, with the
+    /// result of two checks in a row: a refused `second` still counts
+    /// `first`, and a refused `first` takes nothing from `second` (whose
+    /// verdict is then `None`). A `$connect` is one: the connection
+    /// attempt, then the session creation or listener join.
+    ///
+    /// It takes one round trip when both are allowed: one store call when
+    /// both count the same identifier (their buckets share an item), else
+    /// two calls at once; if `first` is then refused, what `second` took is
+    /// given back ([`Store::refund`]).
+    pub async fn decide_both(
         &self,
-        operation: Operation,
-        identifier: Identifier<'_>,
-        quota: &Quota,
-        step: &Step,
-    ) -> Verdict {
-        let key = Key::new(operation, identifier);
-        if self.breaker.permit(step.now()) == Permit::Skip {
-            tracing::debug!(
-                operation = operation.as_str(),
-                "circuit breaker open; not calling the rate-limit store"
-            );
-            return self.finish(self.degraded(&key, quota, step), identifier);
+        first: &Request<'_>,
+        second: &Request<'_>,
+    ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
+        let now = self.clock.now();
+        let (policy1, limits1) = self.resolve(first)?;
+        let (policy2, limits2) = self.resolve(second)?;
+        let kind1 = first.kind.unwrap_or(policy1.kind());
+        let kind2 = second.kind.unwrap_or(policy2.kind());
+        if kind1 != kind2 || first.identifier != second.identifier {
+            return self.decide_both_apart(first, second, now).await;
         }
-        match self.store.apply(&key, step).await {
+        let key = Key::with_secret(kind1, first.identifier, self.secret.as_ref());
+        let n1 = limits1.len();
+        let mut ops = Vec::with_capacity(n1 + limits2.len());
+        for (policy, limits, cost) in [
+            (policy1, limits1, first.cost),
+            (policy2, limits2, second.cost),
+        ] {
+            for limit in limits {
+                ops.push(Op::new(limit.slot(), self.step(policy, limit, now, cost)?));
+            }
+        }
+        let mut tats = vec![0; ops.len()];
+        let breaker_open = self.breaker.permit(now) == Permit::Skip;
+        let answer = self.store.prepare(&key, &mut ops, &mut tats);
+        if breaker_open || answer == Some(Outcome::Denied) {
+            // Not the common case: decide them one after the other, each
+            // with the cache, the breaker and the failure modes.
+            return self.decide_both_in_turn(first, second, now).await;
+        }
+        let retention =
+            self.retention[first.policy.index()].max(self.retention[second.policy.index()]);
+        let applied = self.store.apply(&key, &ops, retention, &mut tats).await;
+        let outcome = match applied.outcome {
             Ok(outcome) => {
                 if self.breaker.record_success() {
                     tracing::info!("rate-limit store answered again; circuit breaker closed");
                 }
-                self.finish(verdict(operation, quota, step, outcome), identifier)
+                outcome
             }
             Err(error) => {
-                let mode = self.policy.mode(operation);
+                // Perhaps written, perhaps not: never call again for it.
                 tracing::warn!(
-                    operation = operation.as_str(),
-                    key_type = identifier.kind.as_str(),
+                    policy = policy1.name(),
+                    key_type = key.kind().as_str(),
+                    %error,
+                    "rate-limit store unavailable; deciding by the failure mode"
+                );
+                if self.breaker.record_failure(self.clock.now()) {
+                    tracing::warn!(
+                        "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
+                    );
+                }
+                let why = error.kind().into();
+                let (ops1, ops2) = ops.split_at(n1);
+                let (tats1, tats2) = tats.split_at_mut(n1);
+                let mut v1 = self.degraded(first.policy, policy1, limits1, &key, ops1, tats1, why);
+                v1.calls = applied.calls;
+                let v1 = self.finish(v1, policy1);
+                if !v1.allowed() {
+                    return Ok((v1, None));
+                }
+                let v2 = self.degraded(second.policy, policy2, limits2, &key, ops2, tats2, why);
+                let mut v2 = self.finish(v2, policy2);
+                v2.calls = 0;
+                return Ok((v1, Some(v2)));
+            }
+        };
+        let elapsed = self.clock.now().saturating_sub(now);
+        self.metrics.latency(first.policy, elapsed);
+        self.metrics.latency(second.policy, elapsed);
+        let (ops1, ops2) = ops.split_at(n1);
+        if outcome == Outcome::Allowed {
+            let mut v1 = verdict(first.policy, limits1, ops1, &tats[..n1], Outcome::Allowed);
+            v1.calls = applied.calls;
+            let mut v2 = verdict(second.policy, limits2, ops2, &tats[n1..], Outcome::Allowed);
+            v2.calls = 0;
+            return Ok((self.finish(v1, policy1), Some(self.finish(v2, policy2))));
+        }
+        let first_alone = ops1
+            .iter()
+            .zip(&tats[..n1])
+            .all(|(op, &tat)| matches!(op.step.outcome(tat), gcra::Outcome::Allowed { .. }));
+        if !first_alone {
+            let mut v1 = verdict(first.policy, limits1, ops1, &tats[..n1], Outcome::Denied);
+            v1.calls = applied.calls;
+            return Ok((self.finish(v1, policy1), None));
+        }
+        // Only `second` refused: `first` still counts, in a call of its own.
+        let v2 = verdict(second.policy, limits2, ops2, &tats[n1..], Outcome::Denied);
+        let mut v1 = self.decide_at(first, now).await?;
+        v1.calls += applied.calls;
+        if !v1.allowed() {
+            return Ok((v1, None));
+        }
+        let mut v2 = self.finish(v2, policy2);
+        v2.calls = 0;
+        Ok((v1, Some(v2)))
+    }
+
+    /// [`RateLimitService::decide_both`] as two checks in a row.
+    async fn decide_both_in_turn(
+        &self,
+        first: &Request<'_>,
+        second: &Request<'_>,
+        now: Nanos,
+    ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
+        let v1 = self.decide_at(first, now).await?;
+        if !v1.allowed() {
+            return Ok((v1, None));
+        }
+        Ok((v1, Some(self.decide_at(second, now).await?)))
+    }
+
+    /// [`RateLimitService::decide_both`] for two items: both at once, then
+    /// `second`'s tokens given back if `first` was refused.
+    async fn decide_both_apart(
+        &self,
+        first: &Request<'_>,
+        second: &Request<'_>,
+        now: Nanos,
+    ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
+        if self.known_denied(first, now) {
+            return self.decide_both_in_turn(first, second, now).await;
+        }
+        let (v1, v2) = join(self.decide_at(first, now), self.decide_at(second, now)).await;
+        let (v1, v2) = (v1?, v2?);
+        if v1.allowed() {
+            return Ok((v1, Some(v2)));
+        }
+        if v2.decision.allowed && v2.degraded.is_none() {
+            self.refund(second, now).await;
+        }
+        Ok((v1, None))
+    }
+
+    /// Whether this process already knows `request` would be denied.
+    fn known_denied(&self, request: &Request<'_>, now: Nanos) -> bool {
+        let Ok((policy, limits)) = self.resolve(request) else {
+            return false;
+        };
+        let kind = request.kind.unwrap_or(policy.kind());
+        let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
+        let Ok(mut ops) = limits
+            .iter()
+            .map(|limit| {
+                Ok(Op::new(
+                    limit.slot(),
+                    self.step(policy, limit, now, request.cost)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, RateLimitError>>()
+        else {
+            return false;
+        };
+        let mut tats = vec![0; ops.len()];
+        self.store.prepare(&key, &mut ops, &mut tats) == Some(Outcome::Denied)
+    }
+
+    /// Gives back what `request`, allowed at `now`, took.
+    async fn refund(&self, request: &Request<'_>, now: Nanos) {
+        let Ok((policy, limits)) = self.resolve(request) else {
+            return;
+        };
+        let kind = request.kind.unwrap_or(policy.kind());
+        let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
+        let ops: Result<Vec<_>, _> = limits
+            .iter()
+            .map(|limit| {
+                Ok::<_, RateLimitError>(Op::new(
+                    limit.slot(),
+                    self.step(policy, limit, now, request.cost)?,
+                ))
+            })
+            .collect();
+        if let Ok(ops) = ops
+            && let Err(error) = self.store.refund(&key, &ops).await
+        {
+            // The tokens stay taken: stricter, never looser.
+            tracing::warn!(policy = policy.name(), %error, "could not give back a refused request's tokens");
+        }
+    }
+
+    /// The policy and the limits that apply to `request`.
+    #[inline]
+    fn resolve(&self, request: &Request<'_>) -> Result<(&Policy, &[Limit]), RateLimitError> {
+        let policy = self
+            .policies
+            .get(request.policy)
+            .ok_or(RateLimitError::UnknownPolicy(request.policy))?;
+        let limits = match request.tier {
+            None => policy.limits(),
+            Some(tier) => match policy.tier(tier) {
+                Some(limits) => limits,
+                None => {
+                    if !self.warned_tier[request.policy.index()].swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            policy = policy.name(),
+                            tier = %shorten(tier),
+                            "unknown tier: the policy's default limits apply (reported once per policy)"
+                        );
+                    }
+                    policy.limits()
+                }
+            },
+        };
+        Ok((policy, limits))
+    }
+
+    #[inline]
+    fn step(
+        &self,
+        policy: &Policy,
+        limit: &Limit,
+        now: Nanos,
+        cost: u32,
+    ) -> Result<gcra::Step, RateLimitError> {
+        limit
+            .quota()
+            .step(now, cost)
+            .map_err(|source| RateLimitError::InvalidCost {
+                policy: policy.shared_name().clone(),
+                source,
+            })
+    }
+
+    /// One op per limit, in an array as long as the longest policy.
+    fn ops<'p>(
+        &self,
+        policy: &Policy,
+        limits: &'p [Limit],
+        now: Nanos,
+        cost: u32,
+    ) -> Result<[Op<'p>; MAX_LIMITS], RateLimitError> {
+        let first = Op::new(limits[0].slot(), self.step(policy, &limits[0], now, cost)?);
+        let mut ops = [first; MAX_LIMITS];
+        for (op, limit) in ops.iter_mut().zip(limits).skip(1) {
+            *op = Op::new(limit.slot(), self.step(policy, limit, now, cost)?);
+        }
+        Ok(ops)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        id: PolicyId,
+        policy: &Policy,
+        limits: &[Limit],
+        key: &Key<'_>,
+        ops: &mut [Op<'_>],
+        tats: &mut [Nanos],
+        retention: Nanos,
+    ) -> Verdict {
+        if let Some(outcome) = self.store.prepare(key, ops, tats) {
+            let mut verdict = verdict(id, limits, ops, tats, outcome);
+            verdict.cached = true;
+            verdict.calls = 0;
+            return self.finish(verdict, policy);
+        }
+        let now = ops[0].step.now();
+        if self.breaker.permit(now) == Permit::Skip {
+            tracing::debug!(
+                policy = policy.name(),
+                "circuit breaker open; not calling the rate-limit store"
+            );
+            let mut verdict =
+                self.degraded(id, policy, limits, key, ops, tats, Degradation::BreakerOpen);
+            verdict.calls = 0;
+            return self.finish(verdict, policy);
+        }
+        let applied = self.store.apply(key, ops, retention, tats).await;
+        let mut verdict = match applied.outcome {
+            Ok(outcome) => {
+                if self.breaker.record_success() {
+                    tracing::info!("rate-limit store answered again; circuit breaker closed");
+                }
+                verdict(id, limits, ops, tats, outcome)
+            }
+            Err(error) => {
+                let mode = policy.failure_mode();
+                tracing::warn!(
+                    policy = policy.name(),
+                    key_type = key.kind().as_str(),
                     failure_mode = mode.as_str(),
                     %error,
                     "rate-limit store unavailable; deciding by the failure mode{}",
@@ -318,20 +766,22 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                         "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
                     );
                 }
-                self.finish(self.degraded(&key, quota, step), identifier)
+                self.degraded(id, policy, limits, key, ops, tats, error.kind().into())
             }
-        }
+        };
+        verdict.calls = applied.calls;
+        self.finish(verdict, policy)
     }
 
-    /// Marks `verdict` as shadowed when its operation is in shadow mode, logs
+    /// Marks `verdict` as shadowed when its policy is in shadow mode, logs
     /// the denial that did not happen, and counts the decision.
     #[inline]
-    fn finish(&self, mut verdict: Verdict, identifier: Identifier<'_>) -> Verdict {
-        verdict.shadow = self.shadow.is_shadow(verdict.operation);
+    fn finish(&self, mut verdict: Verdict, policy: &Policy) -> Verdict {
+        verdict.shadow = policy.shadow();
         if verdict.would_deny() {
             tracing::info!(
-                operation = verdict.operation.as_str(),
-                key_type = identifier.kind.as_str(),
+                policy = policy.name(),
+                key_type = policy.kind().as_str(),
                 retry_after = ceil_secs(verdict.decision.retry_after),
                 "rate limit would deny (shadow mode): allowed"
             );
@@ -340,112 +790,282 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         verdict
     }
 
-    /// The verdict when the store cannot be used, by the operation's failure mode.
-    fn degraded(&self, key: &Key<'_>, quota: &Quota, step: &Step) -> Verdict {
-        let operation = key.operation();
-        let decision = match self.policy.mode(operation) {
-            FailureMode::Open => Decision {
-                allowed: true,
-                limit: quota.limit(),
-                remaining: quota.limit() - step.cost(),
-                retry_after: Duration::ZERO,
-                reset_after: Duration::ZERO,
-            },
+    /// The verdict when the store cannot be used, by the policy's failure mode.
+    #[allow(clippy::too_many_arguments)]
+    fn degraded(
+        &self,
+        id: PolicyId,
+        policy: &Policy,
+        limits: &[Limit],
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+        tats: &mut [Nanos],
+        why: Degradation,
+    ) -> Verdict {
+        let fixed = |allowed: bool, retry_after: Duration| {
+            limits
+                .iter()
+                .zip(ops)
+                .map(|(limit, op)| Decision {
+                    allowed,
+                    limit: limit.quota().limit(),
+                    remaining: if allowed {
+                        limit.quota().limit() - op.step.cost()
+                    } else {
+                        0
+                    },
+                    retry_after,
+                    reset_after: Duration::ZERO,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut verdict = match policy.failure_mode() {
+            FailureMode::Open => from_decisions(id, fixed(true, Duration::ZERO)),
             FailureMode::Closed => {
                 // Ask the client to come back once the store may be back.
-                let wait = self
-                    .breaker
-                    .open_until(step.now())
-                    .map_or(0, |until| until - step.now());
-                Decision {
-                    allowed: false,
-                    limit: quota.limit(),
-                    remaining: 0,
-                    retry_after: Duration::from_nanos(wait).max(Duration::from_secs(1)),
-                    reset_after: Duration::ZERO,
-                }
+                let now = ops[0].step.now();
+                let wait = self.breaker.open_until(now).map_or(0, |until| until - now);
+                from_decisions(
+                    id,
+                    fixed(
+                        false,
+                        Duration::from_nanos(wait).max(Duration::from_secs(1)),
+                    ),
+                )
             }
-            FailureMode::Local => quota.decision(step, self.local.apply_now(key, step)),
+            FailureMode::Local => {
+                let outcome = self.local.apply_now(key, ops, tats);
+                verdict(id, limits, ops, tats, outcome)
+            }
         };
-        Verdict {
-            operation,
-            decision,
-            shadow: false,
-            degraded: true,
+        verdict.degraded = Some(why);
+        verdict
+    }
+
+    /// The seed's error ([`RateLimitError::Exceeded`]) for a denied
+    /// verdict, or the verdict.
+    #[inline]
+    pub fn to_result(&self, verdict: Verdict) -> Result<Verdict, RateLimitError> {
+        if verdict.allowed() {
+            Ok(verdict)
+        } else {
+            Err(RateLimitError::Exceeded {
+                policy: self.policies[verdict.policy].shared_name().clone(),
+                retry_after: verdict.retry_after_secs(),
+                limit: verdict.decision.limit,
+            })
         }
     }
 
-    fn step(&self, operation: Operation, cost: u32) -> Result<(&Quota, Step), RateLimitError> {
-        let quota = self.limits.quota(operation);
-        let step = quota
-            .step(self.clock.now(), cost)
-            .map_err(|source| RateLimitError::InvalidCost { operation, source })?;
-        Ok((quota, step))
+    /// The status of every limit of `request`'s policy (or tier) for its
+    /// identifier, without consuming anything, in the order of the limits.
+    pub async fn statuses(&self, request: &Request<'_>) -> Result<Vec<Status>, RateLimitError> {
+        let (policy, limits) = self.resolve(request)?;
+        let kind = request.kind.unwrap_or(policy.kind());
+        let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
+        let slots: Vec<_> = limits.iter().map(Limit::slot).collect();
+        let mut tats = vec![0; slots.len()];
+        self.store.load(&key, &slots, &mut tats).await?;
+        let now = self.clock.now();
+        Ok(limits
+            .iter()
+            .zip(tats)
+            .map(|(limit, tat)| limit.quota().status(tat, now))
+            .collect())
     }
 
-    /// The seed's status of one key, without consuming anything.
+    /// The seed's status of one key, without consuming anything: for a
+    /// policy with several limits, the one whose bucket is fullest.
     pub async fn get_rate_limit_status(
         &self,
-        operation: Operation,
-        identifier_type: IdentifierKind,
+        policy: PolicyId,
+        identifier_type: &Kind,
         identifier_value: &str,
     ) -> Result<Status, RateLimitError> {
-        let key = Key::new(
-            operation,
-            Identifier {
-                kind: identifier_type,
-                value: identifier_value,
-            },
-        );
-        let tat = self.store.load(&key).await?;
-        Ok(self.limits.quota(operation).status(tat, self.clock.now()))
+        let request = Request::new(policy, identifier_value).kind(Some(identifier_type));
+        let statuses = self.statuses(&request).await?;
+        Ok(tightest_status(&statuses))
     }
 
-    /// Forgets one key's usage, so its bucket is full again.
+    /// Forgets `identifier`'s usage of `policy` (every limit and tier), so
+    /// that its buckets are full again. Other policies sharing the item keep
+    /// theirs.
     pub async fn reset(
         &self,
-        operation: Operation,
-        identifier: Identifier<'_>,
+        policy: PolicyId,
+        identifier: &str,
+        kind: Option<&Kind>,
     ) -> Result<(), RateLimitError> {
-        Ok(self.store.remove(&Key::new(operation, identifier)).await?)
+        let found = self
+            .policies
+            .get(policy)
+            .ok_or(RateLimitError::UnknownPolicy(policy))?;
+        let key = Key::with_secret(
+            kind.unwrap_or(found.kind()),
+            identifier,
+            self.secret.as_ref(),
+        );
+        let mut slots: Vec<_> = found.limits().iter().map(Limit::slot).collect();
+        for (_, limits) in found.tiers() {
+            for limit in limits {
+                if !slots.contains(&limit.slot()) {
+                    slots.push(limit.slot());
+                }
+            }
+        }
+        Ok(self.store.remove(&key, &slots).await?)
     }
 }
 
 impl<C: Clock> RateLimitService<MemoryStore, C> {
     /// [`RateLimitService::decide`] without a future, for synchronous callers
     /// of an in-memory service.
+    #[inline]
     pub fn decide_now(
         &self,
-        operation: Operation,
-        identifier: Identifier<'_>,
+        policy: PolicyId,
+        identifier: &str,
         cost: u32,
     ) -> Result<Verdict, RateLimitError> {
-        let (quota, step) = self.step(operation, cost)?;
-        let outcome = self
-            .store
-            .apply_now(&Key::new(operation, identifier), &step);
-        Ok(self.finish(verdict(operation, quota, &step, outcome), identifier))
+        let request = Request::new(policy, identifier).cost(cost);
+        let (found, limits) = self.resolve(&request)?;
+        let now = self.clock.now();
+        let key = Key::with_secret(found.kind(), identifier, self.secret.as_ref());
+        let verdict = if let [limit] = limits {
+            let step = self.step(found, limit, now, cost)?;
+            let outcome = self.store.apply_step(&key, limit.slot(), &step);
+            single(policy, limit.quota().decision(&step, outcome))
+        } else {
+            let ops = self.ops(found, limits, now, cost)?;
+            let mut tats = [0; MAX_LIMITS];
+            let n = limits.len();
+            let outcome = self.store.apply_now(&key, &ops[..n], &mut tats[..n]);
+            let mut verdict = verdict(policy, limits, &ops[..n], &tats[..n], outcome);
+            verdict.calls = 1;
+            verdict
+        };
+        Ok(self.finish(verdict, found))
     }
 
     /// [`RateLimitService::check`] without a future.
+    #[inline]
     pub fn check_now(
         &self,
-        operation: Operation,
-        identifier: Identifier<'_>,
+        policy: PolicyId,
+        identifier: &str,
         cost: u32,
     ) -> Result<Verdict, RateLimitError> {
-        self.decide_now(operation, identifier, cost)
-            .and_then(Verdict::into_result)
+        let verdict = self.decide_now(policy, identifier, cost)?;
+        self.to_result(verdict)
     }
 }
 
-/// The verdict on a step the store applied.
+/// Polls two futures until both are done: `$connect`'s two decisions at once.
+async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none()
+            && let std::task::Poll::Ready(out) = a.as_mut().poll(cx)
+        {
+            ra = Some(out);
+        }
+        if rb.is_none()
+            && let std::task::Poll::Ready(out) = b.as_mut().poll(cx)
+        {
+            rb = Some(out);
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready((ra.take().expect("set"), rb.take().expect("set")))
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// A verdict on one limit's decision, from the store.
 #[inline]
-fn verdict(operation: Operation, quota: &Quota, step: &Step, outcome: Outcome) -> Verdict {
+fn single(policy: PolicyId, decision: Decision) -> Verdict {
     Verdict {
-        operation,
-        decision: quota.decision(step, outcome),
+        policy,
+        decision,
+        limits: None,
         shadow: false,
-        degraded: false,
+        degraded: None,
+        calls: 1,
+        cached: false,
     }
+}
+
+/// The verdict on ops a store applied (or refused), from the TATs it reported.
+#[inline]
+fn verdict(
+    policy: PolicyId,
+    limits: &[Limit],
+    ops: &[Op<'_>],
+    tats: &[Nanos],
+    outcome: Outcome,
+) -> Verdict {
+    let decide = |(limit, (op, &tat)): (&Limit, (&Op<'_>, &Nanos))| {
+        let outcome = match outcome {
+            Outcome::Allowed => gcra::Outcome::Allowed { tat },
+            Outcome::Denied => gcra::Outcome::Denied { tat },
+        };
+        limit.quota().decision(&op.step, outcome)
+    };
+    if let ([limit], [op], [tat]) = (limits, ops, tats) {
+        return single(policy, decide((limit, (op, tat))));
+    }
+    from_decisions(
+        policy,
+        limits
+            .iter()
+            .zip(ops.iter().zip(tats))
+            .map(decide)
+            .collect(),
+    )
+}
+
+/// The verdict on several limits' decisions: the tightest leads.
+fn from_decisions(policy: PolicyId, decisions: Vec<Decision>) -> Verdict {
+    let allowed = decisions.iter().all(|d| d.allowed);
+    let tightest = if allowed {
+        decisions.iter().min_by_key(|d| d.remaining)
+    } else {
+        // The earliest time every limit allows is the latest of their times.
+        decisions.iter().rev().max_by_key(|d| d.retry_after)
+    };
+    let mut decision = *tightest.expect("a policy has at least one limit");
+    decision.allowed = allowed;
+    Verdict {
+        policy,
+        decision,
+        limits: (decisions.len() > 1).then(|| {
+            decisions
+                .into_iter()
+                .map(|mut d| {
+                    d.allowed = allowed;
+                    d
+                })
+                .collect()
+        }),
+        shadow: false,
+        degraded: None,
+        calls: 1,
+        cached: false,
+    }
+}
+
+/// The status whose bucket is fullest (the highest share of its limit in use).
+fn tightest_status(statuses: &[Status]) -> Status {
+    *statuses
+        .iter()
+        .rev()
+        .max_by(|a, b| {
+            (u64::from(a.count) * u64::from(b.limit))
+                .cmp(&(u64::from(b.count) * u64::from(a.limit)))
+        })
+        .expect("a policy has at least one limit")
 }

@@ -1,35 +1,152 @@
 //! The contract between the limiter and the place where TATs live.
 //!
-//! A store persists one number per key and applies a [`Step`] to it
+//! A store persists one item per [`Key`], holding one TAT per bucket
+//! ([`Slot`]), and applies a request's [`Step`]s to some buckets of one item
 //! atomically: it never decides anything itself. The rule lives in
-//! [`crate::gcra`]; a store only has to make "read the TAT, apply the step,
-//! write the result" indivisible, however it does that (a compare-and-swap in
-//! memory, conditional writes in DynamoDB).
+//! [`crate::gcra`]; a store only has to make "read the TATs, apply the
+//! steps if every one allows, write the results" indivisible, however it
+//! does that (a compare-and-swap or a lock in memory, one conditional write
+//! in DynamoDB).
+//!
+//! Caching and the failure policy are not a store's business: the deny
+//! cache ([`crate::cache::Cached`]) wraps any store, and the service applies
+//! the failure modes and the circuit breaker around whatever store it has.
 
 use std::future::Future;
 
-use crate::gcra::{Nanos, Outcome, Step};
-use crate::key::Key;
+use crate::gcra::{Nanos, Step};
+use crate::key::{Key, Slot};
+
+/// One bucket of an item and the step a request takes on it.
+#[derive(Clone, Copy, Debug)]
+pub struct Op<'a> {
+    /// The bucket.
+    pub slot: &'a Slot,
+    /// What the request does to it.
+    pub step: Step,
+    /// What this process expects of the bucket, never trusted for the
+    /// decision: stores whose conditional writes come in two shapes
+    /// (DynamoDB) try the likely one first.
+    pub hint: Hint,
+}
+
+impl<'a> Op<'a> {
+    /// `step` on `slot`, with no hint.
+    #[inline]
+    pub fn new(slot: &'a Slot, step: Step) -> Self {
+        Self {
+            slot,
+            step,
+            hint: Hint::None,
+        }
+    }
+
+    /// Whether the bucket's TAT is probably after the step's `now` (the
+    /// bucket is not full), by the hint.
+    #[inline]
+    pub fn likely_busy(&self) -> bool {
+        match self.hint {
+            Hint::None => false,
+            Hint::Seen(tat) => tat > self.step.now(),
+            Hint::Guess { busy } => busy,
+        }
+    }
+}
+
+/// What a process expects of a bucket before asking its store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hint {
+    /// Nothing.
+    #[default]
+    None,
+    /// The last TAT this process saw for the bucket.
+    Seen(Nanos),
+    /// A guess for a bucket this process has not seen, from how other
+    /// buckets of the same slot were lately.
+    Guess {
+        /// Whether such buckets were mostly not full.
+        busy: bool,
+    },
+}
+
+/// Whether a store applied a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step allowed, and every TAT written.
+    Allowed,
+    /// Some step denied, and nothing written.
+    Denied,
+}
+
+/// What a store reports for one request: the outcome, or why there is none,
+/// and how many calls to its backing service it made for it.
+#[derive(Debug)]
+pub struct Applied {
+    /// The outcome, or the error that prevented one.
+    pub outcome: Result<Outcome, StoreError>,
+    /// Calls made to the backing service (1 for one in-memory atomic
+    /// section; 0 when nothing was asked, as for a cached denial).
+    pub calls: u32,
+}
 
 /// Where TATs live.
 ///
 /// Implementations must be safe to call from many tasks and threads at once,
-/// and must never admit a request that [`Step::outcome`] would deny on the
-/// key's TAT at the moment of the write.
+/// and must never admit a request that [`Step::outcome`] would deny on a
+/// bucket's TAT at the moment of the write.
 pub trait Store: Send + Sync {
-    /// Atomically applies `step` to the TAT of `key` (0 when the key is absent)
-    /// and reports what happened.
+    /// The metric that counts calls to the backing service per policy
+    /// (`DynamoDbCalls`), or `None` for a store without one.
+    const CALLS_METRIC: Option<&'static str> = None;
+
+    /// Atomically applies every op to its bucket of `key`'s item (a missing
+    /// bucket has TAT 0): either every step allows and every TAT is
+    /// written, or none is. Then `tats[i]` holds the TAT of `ops[i]`'s
+    /// bucket: the new one when allowed, the current one when denied.
+    ///
+    /// `tats` is as long as `ops`. An item not written for `retention`
+    /// holds only full buckets, so a store may forget it after that.
     fn apply(
         &self,
         key: &Key<'_>,
-        step: &Step,
-    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> impl Future<Output = Applied> + Send;
 
-    /// The TAT of `key`, or 0 when it has none, read consistently.
-    fn load(&self, key: &Key<'_>) -> impl Future<Output = Result<Nanos, StoreError>> + Send;
+    /// Gives back what allowed `ops` took, where the bucket still holds it
+    /// (its TAT is at least the step's [`Step::idle_target`]): for a request
+    /// that was allowed and then, as a whole, refused.
+    fn refund(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Forgets `key`, so that its bucket is full again.
-    fn remove(&self, key: &Key<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The TATs of `slots` of `key`'s item, read consistently, into `tats`
+    /// (0 for a missing bucket).
+    fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Forgets `slots` of `key`'s item, so that those buckets are full again.
+    fn remove(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Before a call: answers the request from what this process already
+    /// knows, without calling anything, when it can (only ever a denial;
+    /// `tats` then filled like [`Store::apply`] does), or else marks `ops`
+    /// with hints. Stores that keep no knowledge of their own do neither.
+    fn prepare(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> Option<Outcome> {
+        let _ = (key, ops, tats);
+        None
+    }
 }
 
 /// What went wrong in a store.
@@ -46,6 +163,19 @@ pub enum StoreErrorKind {
     Unauthorized,
     /// The backing service answered with something the store does not understand.
     Protocol,
+}
+
+impl StoreErrorKind {
+    /// The name used in logs and verdicts: `timeout`, `throttled`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Timeout => "timeout",
+            StoreErrorKind::Throttled => "throttled",
+            StoreErrorKind::Unauthorized => "unauthorized",
+            StoreErrorKind::Protocol => "protocol",
+        }
+    }
 }
 
 /// A store could not apply, read or remove a key.
@@ -97,19 +227,44 @@ impl std::error::Error for StoreError {
 }
 
 impl<S: Store> Store for std::sync::Arc<S> {
+    const CALLS_METRIC: Option<&'static str> = S::CALLS_METRIC;
+
     fn apply(
         &self,
         key: &Key<'_>,
-        step: &Step,
-    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send {
-        (**self).apply(key, step)
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> impl Future<Output = Applied> + Send {
+        (**self).apply(key, ops, retention, tats)
     }
 
-    fn load(&self, key: &Key<'_>) -> impl Future<Output = Result<Nanos, StoreError>> + Send {
-        (**self).load(key)
+    fn refund(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).refund(key, ops)
     }
 
-    fn remove(&self, key: &Key<'_>) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).remove(key)
+    fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).load(key, slots, tats)
+    }
+
+    fn remove(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).remove(key, slots)
+    }
+
+    fn prepare(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> Option<Outcome> {
+        (**self).prepare(key, ops, tats)
     }
 }

@@ -1,11 +1,12 @@
 //! What the service reports through the [`metrics`] facade.
 //!
 //! Every decision counts once in [`ALLOWED`] or [`DENIED`], labelled with its
-//! operation ([`OPERATION_LABEL`]), and records its latency in
+//! policy's name ([`OPERATION_LABEL`]), and records its latency in
 //! [`DECISION_LATENCY`]. A shadow-mode denial that let the request through
 //! also counts in [`WOULD_DENY`]; a decision the failure mode made because
-//! the store could not be used also counts in [`DEGRADED`]. Stores add their
-//! own metrics with the same label (the DynamoDB store counts its calls).
+//! the store could not be used also counts in [`DEGRADED`]. A store with a
+//! backing service names a counter of its calls ([`crate::Store::CALLS_METRIC`],
+//! `DynamoDbCalls`), which the service keeps per policy too.
 //!
 //! A service registers its metrics with the recorder in force when it is
 //! built: install the recorder first (the Lambda functions install a
@@ -28,10 +29,12 @@
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Unit};
 
 use crate::gcra::Nanos;
-use crate::key::Operation;
+use crate::policy::{Policies, PolicyId};
 use crate::service::Verdict;
 
-/// The label carrying the operation's name (`heartbeat`, …) on every metric.
+/// The label carrying the policy's name (`heartbeat`, …) on every metric.
+/// It keeps the name `Operation` that the seed's four policies had, so that
+/// dashboards and alarms built on it keep working.
 pub const OPERATION_LABEL: &str = "Operation";
 /// Requests let through, shadow-mode would-be denials included (count).
 pub const ALLOWED: &str = "Allowed";
@@ -46,40 +49,22 @@ pub const DEGRADED: &str = "Degraded";
 /// (milliseconds).
 pub const DECISION_LATENCY: &str = "DecisionLatency";
 
-/// The operation label of each operation, in [`Operation::ALL`] order, so
-/// that recording builds no label at run time.
-static LABELS: [[Label; 1]; 4] = {
-    const fn label(operation: Operation) -> [Label; 1] {
-        [Label::from_static_parts(
-            OPERATION_LABEL,
-            operation.as_str(),
-        )]
-    }
-    [
-        label(Operation::ALL[0]),
-        label(Operation::ALL[1]),
-        label(Operation::ALL[2]),
-        label(Operation::ALL[3]),
-    ]
-};
-
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-/// The labels that identify `operation` in every metric.
-pub fn operation_labels(operation: Operation) -> &'static [Label] {
-    &LABELS[operation as usize]
+/// The labels that identify a policy called `name` in every metric.
+pub fn policy_labels(name: &str) -> Vec<Label> {
+    vec![Label::new(OPERATION_LABEL, name.to_owned())]
 }
 
-/// The counter `name` of `operation` in the recorder in force (for stores
-/// adding their own metrics).
-pub fn counter(name: &'static str, operation: Operation) -> Counter {
-    let key = Key::from_static_parts(name, operation_labels(operation));
+/// The counter `name` of the policy called `policy` in the recorder in force.
+pub fn counter(name: &'static str, policy: &str) -> Counter {
+    let key = Key::from_parts(name, policy_labels(policy));
     metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA))
 }
 
-fn histogram(name: &'static str, operation: Operation) -> Histogram {
-    let key = Key::from_static_parts(name, operation_labels(operation));
+fn histogram(name: &'static str, policy: &str) -> Histogram {
+    let key = Key::from_parts(name, policy_labels(policy));
     metrics::with_recorder(|recorder| recorder.register_histogram(&key, &METADATA))
 }
 
@@ -104,36 +89,50 @@ pub fn describe() {
     );
 }
 
-/// One operation's metric handles.
+/// One policy's metric handles.
 #[derive(Clone, Debug)]
-struct OperationMetrics {
+struct PolicyMetrics {
     allowed: Counter,
     denied: Counter,
     would_deny: Counter,
     degraded: Counter,
     latency: Histogram,
+    /// The store's calls to its backing service, for stores that have one.
+    calls: Option<Counter>,
 }
 
-/// The service's metric handles, registered once with the recorder in force
-/// when the service is built, so that recording a decision looks nothing up.
+/// The service's metric handles, one set per policy, registered once with
+/// the recorder in force when the service is built, so that recording a
+/// decision looks nothing up.
 #[derive(Clone, Debug)]
-pub(crate) struct DecisionMetrics([OperationMetrics; 4]);
+pub(crate) struct DecisionMetrics(Box<[PolicyMetrics]>);
 
 impl DecisionMetrics {
-    pub(crate) fn register() -> Self {
-        Self(Operation::ALL.map(|operation| OperationMetrics {
-            allowed: counter(ALLOWED, operation),
-            denied: counter(DENIED, operation),
-            would_deny: counter(WOULD_DENY, operation),
-            degraded: counter(DEGRADED, operation),
-            latency: histogram(DECISION_LATENCY, operation),
-        }))
+    /// Handles for every policy; a call counter named `calls` when the
+    /// store has one.
+    pub(crate) fn register(policies: &Policies, calls: Option<&'static str>) -> Self {
+        Self(
+            policies
+                .iter()
+                .map(|(_, policy)| {
+                    let name = policy.name();
+                    PolicyMetrics {
+                        allowed: counter(ALLOWED, name),
+                        denied: counter(DENIED, name),
+                        would_deny: counter(WOULD_DENY, name),
+                        degraded: counter(DEGRADED, name),
+                        latency: histogram(DECISION_LATENCY, name),
+                        calls: calls.map(|metric| counter(metric, name)),
+                    }
+                })
+                .collect(),
+        )
     }
 
-    /// Counts `verdict`.
+    /// Counts `verdict`, and the store calls it made.
     #[inline]
     pub(crate) fn count(&self, verdict: &Verdict) {
-        let metrics = &self.0[verdict.operation as usize];
+        let metrics = &self.0[verdict.policy.index()];
         if verdict.allowed() {
             metrics.allowed.increment(1);
         } else {
@@ -142,17 +141,20 @@ impl DecisionMetrics {
         if verdict.would_deny() {
             metrics.would_deny.increment(1);
         }
-        if verdict.degraded {
+        if verdict.degraded.is_some() {
             metrics.degraded.increment(1);
+        }
+        if let Some(calls) = &metrics.calls
+            && verdict.calls > 0
+        {
+            calls.increment(u64::from(verdict.calls));
         }
     }
 
-    /// Records that a decision on `operation` took `elapsed` nanoseconds.
+    /// Records that a decision on `policy` took `elapsed` nanoseconds.
     #[inline]
-    pub(crate) fn latency(&self, operation: Operation, elapsed: Nanos) {
-        self.0[operation as usize]
-            .latency
-            .record(elapsed as f64 / 1e6);
+    pub(crate) fn latency(&self, policy: PolicyId, elapsed: Nanos) {
+        self.0[policy.index()].latency.record(elapsed as f64 / 1e6);
     }
 }
 
@@ -161,12 +163,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_operation_has_its_own_label_in_all_order() {
-        for operation in Operation::ALL {
-            let labels = operation_labels(operation);
-            assert_eq!(labels.len(), 1);
-            assert_eq!(labels[0].key(), OPERATION_LABEL);
-            assert_eq!(labels[0].value(), operation.as_str());
-        }
+    fn each_policy_is_labelled_with_its_name() {
+        let labels = policy_labels("send_message");
+        assert_eq!(labels.len(), 1);
+        assert_eq!(labels[0].key(), OPERATION_LABEL);
+        assert_eq!(labels[0].value(), "send_message");
     }
 }

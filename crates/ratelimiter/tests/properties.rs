@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ratelimiter::gcra::{Nanos, Outcome, Quota};
-use ratelimiter::key::{Identifier, Key, Operation};
+use ratelimiter::key::{Key, Kind, Slot};
 use ratelimiter::memory::MemoryStore;
+use ratelimiter::policy::{LimitSpec, Policy};
+use ratelimiter::store::{self, Op};
 
 const START: Nanos = 1_700_000_000_000_000_000;
 
@@ -134,13 +136,122 @@ proptest! {
     #[test]
     fn memory_store_agrees_with_the_core((quota, requests) in traffic()) {
         let store = MemoryStore::new();
-        let key = Key::new(Operation::ListenerJoin, Identifier::ip("198.51.100.1"));
+        let key = Key::new(&Kind::IP, "198.51.100.1");
+        let slot = Slot::new("listener_join@60");
         let expected = simulate(&quota, &requests);
         let mut now = START;
         for ((gap, cost), (_, _, allowed)) in requests.iter().zip(expected) {
             now += gap;
-            let outcome = store.apply_now(&key, &quota.step(now, *cost).unwrap());
+            let outcome = store.apply_step(&key, &slot, &quota.step(now, *cost).unwrap());
             prop_assert_eq!(matches!(outcome, Outcome::Allowed { .. }), allowed);
+        }
+    }
+}
+
+/// A policy of one to four limits with distinct periods (1 s to 1 h), and
+/// requests against it: (gap, cost), with costs within every limit.
+fn multi_limit_traffic() -> impl Strategy<Value = (Policy, Vec<(Nanos, u32)>)> {
+    prop::collection::btree_map(1u64..=3600, 1u32..=20, 1..=4).prop_flat_map(|limits| {
+        let specs: Vec<LimitSpec> = limits
+            .iter()
+            .map(|(&secs, &count)| LimitSpec {
+                count,
+                period: Duration::from_secs(secs),
+            })
+            .collect();
+        let policy = Policy::new("p", Kind::CONNECTION, &specs).unwrap();
+        let shortest = specs
+            .iter()
+            .map(|s| s.period.as_nanos() as u64)
+            .min()
+            .unwrap();
+        let longest = specs
+            .iter()
+            .map(|s| s.period.as_nanos() as u64)
+            .max()
+            .unwrap();
+        let max_cost = specs.iter().map(|s| s.count).min().unwrap();
+        let gap = prop_oneof![
+            4 => 0..=shortest / 8,
+            2 => 0..=shortest,
+            1 => 0..=longest,
+        ];
+        (
+            Just(policy),
+            prop::collection::vec((gap, 1..=max_cost), 1..150),
+        )
+    })
+}
+
+/// Whether every limit allows `cost` at `now` on `tats`, by the pure rule.
+fn all_allow(policy: &Policy, tats: &[Nanos], now: Nanos, cost: u32) -> bool {
+    policy.limits().iter().zip(tats).all(|(limit, &tat)| {
+        matches!(
+            limit.quota().step(now, cost).unwrap().outcome(tat),
+            Outcome::Allowed { .. }
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Through the store, a policy's limits are checked and consumed
+    /// together: no limit over-admits in any window, a denial changes no
+    /// TAT, and the verdict's `retry_after` (the longest of the limits') is
+    /// exactly when every limit allows the request again.
+    #[test]
+    fn several_limits_are_exact_together((policy, requests) in multi_limit_traffic()) {
+        let store = MemoryStore::new();
+        let key = Key::new(&Kind::CONNECTION, "c");
+        let n = policy.limits().len();
+        let mut tats = vec![0; n];
+        let mut granted: Vec<(Nanos, u32)> = Vec::new();
+        let mut now = START;
+        for (gap, cost) in requests {
+            now += gap;
+            let ops: Vec<Op<'_>> = policy
+                .limits()
+                .iter()
+                .map(|l| Op::new(l.slot(), l.quota().step(now, cost).unwrap()))
+                .collect();
+            let before = tats.clone();
+            let expect = all_allow(&policy, &before, now, cost);
+            let mut reported = vec![0; n];
+            let outcome = store.apply_now(&key, &ops, &mut reported);
+            prop_assert_eq!(outcome == store::Outcome::Allowed, expect);
+            if expect {
+                tats = reported;
+                granted.push((now, cost));
+            } else {
+                // Nothing consumed in any limit.
+                prop_assert_eq!(&reported, &before);
+                let wait = policy
+                    .limits()
+                    .iter()
+                    .zip(&ops)
+                    .zip(&before)
+                    .map(|((limit, op), &tat)| {
+                        let outcome = Outcome::Denied { tat };
+                        limit.quota().decision(&op.step, outcome).retry_after.as_nanos() as u64
+                    })
+                    .max()
+                    .unwrap();
+                prop_assert!(wait > 0);
+                prop_assert!(all_allow(&policy, &before, now + wait, cost));
+                prop_assert!(!all_allow(&policy, &before, now + wait - 1, cost));
+            }
+        }
+        // Each limit on its own: never more than its burst plus its refill.
+        for limit in policy.limits() {
+            let period = limit.quota().period().as_nanos() as u64;
+            let emission = limit.quota().emission_interval().as_nanos() as u64;
+            for (i, &(start, _)) in granted.iter().enumerate() {
+                let window: Vec<_> = granted[i..].iter().take_while(|r| r.0 < start + period).collect();
+                let tokens: u64 = window.iter().map(|r| u64::from(r.1)).sum();
+                let refill = (window.last().unwrap().0 - start) / emission;
+                prop_assert!(tokens <= u64::from(limit.quota().limit()) + refill);
+            }
         }
     }
 }

@@ -4,19 +4,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ratelimiter::gcra::{Nanos, Outcome, Status, Step};
+use ratelimiter::gcra::{Nanos, Status};
+use ratelimiter::store::{Applied, Op};
 use ratelimiter::{
-    CircuitBreaker, FailureMode, FailurePolicy, FakeClock, Identifier, IdentifierKind, Key, Limits,
-    MemoryStore, Operation, RateLimitError, RateLimitService, ShadowMode, Store, StoreError,
-    StoreErrorKind,
+    Builder, CircuitBreaker, Config, Degradation, FailureMode, FakeClock, Key, Kind, MemoryStore,
+    PolicyId, RateLimitError, RateLimitService, Request, Slot, Store, StoreError, StoreErrorKind,
 };
 
 fn service() -> (RateLimitService<MemoryStore, FakeClock>, FakeClock) {
     let clock = FakeClock::at_secs(1_700_000_000);
-    (
-        RateLimitService::with_clock(MemoryStore::new(), Limits::default(), clock.clone()),
-        clock,
-    )
+    (Builder::new().clock(clock.clone()).in_memory(), clock)
 }
 
 fn retry_after(result: Result<ratelimiter::Verdict, RateLimitError>) -> u64 {
@@ -30,7 +27,7 @@ fn retry_after(result: Result<ratelimiter::Verdict, RateLimitError>) -> u64 {
 async fn third_heartbeat_in_a_minute_is_denied_for_thirty_seconds() {
     let (service, clock) = service();
     let first = service.check_heartbeat_limit("conn-1").await.unwrap();
-    assert_eq!((first.decision.remaining, first.degraded), (1, false));
+    assert_eq!((first.decision.remaining, first.degraded), (1, None));
     service.check_heartbeat_limit("conn-1").await.unwrap();
     assert_eq!(
         retry_after(service.check_heartbeat_limit("conn-1").await),
@@ -102,10 +99,10 @@ async fn denials_carry_the_operation_and_limit() {
     assert!(matches!(
         err,
         RateLimitError::Exceeded {
-            operation: Operation::Heartbeat,
+            ref policy,
             limit: 2,
             retry_after: 30
-        }
+        } if &**policy == "heartbeat"
     ));
     assert_eq!(err.retry_after(), Some(30));
     assert_eq!(
@@ -120,10 +117,7 @@ async fn retry_after_is_rounded_up_and_never_zero() {
     service.check_heartbeat_limit("c").await.unwrap();
     service.check_heartbeat_limit("c").await.unwrap();
     clock.advance(Duration::from_millis(29_999));
-    let verdict = service
-        .decide(Operation::Heartbeat, Identifier::connection("c"), 1)
-        .await
-        .unwrap();
+    let verdict = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
     assert!(!verdict.allowed());
     assert_eq!(verdict.decision.retry_after, Duration::from_millis(1));
     assert_eq!(verdict.retry_after_secs(), 1);
@@ -133,7 +127,7 @@ async fn retry_after_is_rounded_up_and_never_zero() {
 async fn status_reports_the_seeds_fields_without_consuming() {
     let (service, clock) = service();
     let status = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
         .await
         .unwrap();
     assert_eq!(
@@ -152,7 +146,7 @@ async fn status_reports_the_seeds_fields_without_consuming() {
             .unwrap();
     }
     let status = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
         .await
         .unwrap();
     assert_eq!(
@@ -166,19 +160,19 @@ async fn status_reports_the_seeds_fields_without_consuming() {
     );
     // Asking again consumed nothing.
     let again = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
         .await
         .unwrap();
     assert_eq!(again, status);
     clock.advance(Duration::from_secs(3600));
     let status = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::User, "user-123")
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
         .await
         .unwrap();
     assert_eq!((status.count, status.reset_in_seconds), (0, 0));
     // The status of the same value under another kind is a different key.
     let other = service
-        .get_rate_limit_status(Operation::SessionCreate, IdentifierKind::Ip, "user-123")
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::IP, "user-123")
         .await
         .unwrap();
     assert_eq!(other.count, 0);
@@ -187,15 +181,15 @@ async fn status_reports_the_seeds_fields_without_consuming() {
 #[tokio::test]
 async fn cost_and_reset() {
     let (service, _) = service();
-    let id = Identifier::ip("192.0.2.1");
-    let verdict = service.check(Operation::ListenerJoin, id, 7).await.unwrap();
+    let id = "192.0.2.1";
+    let verdict = service.check(PolicyId::LISTENER_JOIN, id, 7).await.unwrap();
     assert_eq!(verdict.decision.remaining, 3);
     assert_eq!(
-        retry_after(service.check(Operation::ListenerJoin, id, 4).await),
+        retry_after(service.check(PolicyId::LISTENER_JOIN, id, 4).await),
         6
     );
     let err = service
-        .check(Operation::ListenerJoin, id, 11)
+        .check(PolicyId::LISTENER_JOIN, id, 11)
         .await
         .unwrap_err();
     assert!(matches!(err, RateLimitError::InvalidCost { .. }), "{err:?}");
@@ -204,9 +198,12 @@ async fn cost_and_reset() {
             .contains("cost of 11 exceeds the capacity of 10"),
         "{err}"
     );
-    service.reset(Operation::ListenerJoin, id).await.unwrap();
+    service
+        .reset(PolicyId::LISTENER_JOIN, id, None)
+        .await
+        .unwrap();
     let verdict = service
-        .check(Operation::ListenerJoin, id, 10)
+        .check(PolicyId::LISTENER_JOIN, id, 10)
         .await
         .unwrap();
     assert_eq!(verdict.decision.remaining, 0);
@@ -214,10 +211,10 @@ async fn cost_and_reset() {
 
 #[tokio::test]
 async fn configured_limits_apply() {
-    let limits =
-        Limits::from_lookup(|var| (var == "RATE_LIMIT_HEARTBEATS_PER_MIN").then(|| "4".into()))
+    let config =
+        Config::from_lookup(|var| (var == "RATE_LIMIT_HEARTBEATS_PER_MIN").then(|| "4".into()))
             .unwrap();
-    let service = RateLimitService::with_clock(MemoryStore::new(), limits, FakeClock::at_secs(10));
+    let service = RateLimitService::with_clock(MemoryStore::new(), config, FakeClock::at_secs(10));
     for _ in 0..4 {
         service.check_heartbeat_limit("c").await.unwrap();
     }
@@ -253,17 +250,23 @@ struct BrokenStore {
 }
 
 impl Store for BrokenStore {
-    async fn apply(&self, _: &Key<'_>, _: &Step) -> Result<Outcome, StoreError> {
+    async fn apply(&self, _: &Key<'_>, _: &[Op<'_>], _: Nanos, _: &mut [Nanos]) -> Applied {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Err(StoreError::new(
-            StoreErrorKind::Unavailable,
-            "table RateLimits not found",
-        ))
+        Applied {
+            outcome: Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "table RateLimits not found",
+            )),
+            calls: 1,
+        }
     }
-    async fn load(&self, _: &Key<'_>) -> Result<Nanos, StoreError> {
+    async fn refund(&self, _: &Key<'_>, _: &[Op<'_>]) -> Result<(), StoreError> {
         Err(StoreError::new(StoreErrorKind::Timeout, "no answer"))
     }
-    async fn remove(&self, _: &Key<'_>) -> Result<(), StoreError> {
+    async fn load(&self, _: &Key<'_>, _: &[&Slot], _: &mut [Nanos]) -> Result<(), StoreError> {
+        Err(StoreError::new(StoreErrorKind::Timeout, "no answer"))
+    }
+    async fn remove(&self, _: &Key<'_>, _: &[&Slot]) -> Result<(), StoreError> {
         Err(StoreError::new(StoreErrorKind::Timeout, "no answer"))
     }
 }
@@ -298,9 +301,11 @@ fn with_logs(body: impl Future<Output = ()>) -> String {
 }
 
 fn broken(mode: FailureMode, clock: &FakeClock) -> RateLimitService<BrokenStore, FakeClock> {
-    RateLimitService::with_clock(BrokenStore::default(), Limits::default(), clock.clone())
-        .with_policy(FailurePolicy::all(mode))
-        .with_breaker(CircuitBreaker::new(3, Duration::from_secs(5)))
+    Builder::new()
+        .clock(clock.clone())
+        .failure_mode(mode)
+        .breaker(CircuitBreaker::new(3, Duration::from_secs(5)))
+        .build_uncached(BrokenStore::default())
 }
 
 #[test]
@@ -310,10 +315,10 @@ fn an_unavailable_store_fails_open_with_a_warning_then_the_breaker_skips_it() {
     let logs = with_logs(async {
         for _ in 0..10 {
             let verdict = service.check_heartbeat_limit("conn-1").await.unwrap();
-            assert!(verdict.allowed() && verdict.degraded);
+            assert!(verdict.allowed() && verdict.is_degraded());
         }
         let err = service
-            .get_rate_limit_status(Operation::Heartbeat, IdentifierKind::Connection, "conn-1")
+            .get_rate_limit_status(PolicyId::HEARTBEAT, &Kind::CONNECTION, "conn-1")
             .await
             .unwrap_err();
         assert!(matches!(err, RateLimitError::Store(ref e) if e.kind() == StoreErrorKind::Timeout));
@@ -327,7 +332,7 @@ fn an_unavailable_store_fails_open_with_a_warning_then_the_breaker_skips_it() {
     );
     assert_eq!(logs.matches("fail open: allowed").count(), 3, "{logs}");
     assert_eq!(logs.matches("circuit breaker opened").count(), 1, "{logs}");
-    assert!(logs.contains("operation=\"heartbeat\""), "{logs}");
+    assert!(logs.contains("policy=\"heartbeat\""), "{logs}");
     assert!(
         !logs.contains("conn-1"),
         "identifiers must not be logged: {logs}"
@@ -348,18 +353,26 @@ fn closed_mode_denies_until_the_breaker_may_close() {
     let service = broken(FailureMode::Closed, &clock);
     with_logs(async {
         let verdict = service
-            .decide(Operation::ListenerJoin, Identifier::ip("a"), 1)
+            .decide(PolicyId::LISTENER_JOIN, "a", 1)
             .await
             .unwrap();
-        assert!(!verdict.allowed() && verdict.degraded);
+        assert!(!verdict.allowed() && verdict.is_degraded());
+        assert_eq!(verdict.degraded, Some(Degradation::Unavailable));
         assert_eq!(verdict.retry_after_secs(), 1);
         for _ in 0..2 {
-            service
-                .decide(Operation::ListenerJoin, Identifier::ip("a"), 1)
+            let verdict = service
+                .decide(PolicyId::LISTENER_JOIN, "a", 1)
                 .await
                 .unwrap();
+            assert_eq!(verdict.calls, 1);
         }
         // The breaker is open for 5 s: that is how long to wait.
+        let verdict = service
+            .decide(PolicyId::LISTENER_JOIN, "a", 1)
+            .await
+            .unwrap();
+        assert_eq!(verdict.degraded, Some(Degradation::BreakerOpen));
+        assert_eq!(verdict.calls, 0);
         let err = service.check_listener_join_limit("a").await.unwrap_err();
         assert_eq!(err.retry_after(), Some(5));
     });
@@ -372,7 +385,7 @@ fn local_mode_still_stops_one_abusive_client() {
     with_logs(async {
         for _ in 0..2 {
             let verdict = service.check_heartbeat_limit("flood").await.unwrap();
-            assert!(verdict.degraded);
+            assert!(verdict.is_degraded());
         }
         let err = service.check_heartbeat_limit("flood").await.unwrap_err();
         assert_eq!(err.retry_after(), Some(30));
@@ -384,11 +397,11 @@ fn local_mode_still_stops_one_abusive_client() {
 #[test]
 fn modes_apply_per_operation() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = RateLimitService::with_clock(BrokenStore::default(), Limits::default(), clock)
-        .with_policy(
-            FailurePolicy::all(FailureMode::Open)
-                .with(Operation::SessionCreate, FailureMode::Closed),
-        );
+    let config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_FAILURE_MODE_SESSION_CREATE").then(|| "closed".into())
+    })
+    .unwrap();
+    let service = RateLimitService::with_clock(BrokenStore::default(), config, clock);
     with_logs(async {
         assert!(service.check_heartbeat_limit("c").await.is_ok());
         assert!(service.check_session_creation_limit("u").await.is_err());
@@ -398,8 +411,11 @@ fn modes_apply_per_operation() {
 #[tokio::test]
 async fn shadow_mode_decides_and_counts_but_never_denies() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = RateLimitService::with_clock(MemoryStore::new(), Limits::default(), clock)
-        .with_shadow(ShadowMode::all(false).with(Operation::Heartbeat, true));
+    let config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_SHADOW_MODE_HEARTBEAT").then(|| "true".into())
+    })
+    .unwrap();
+    let service = RateLimitService::with_clock(MemoryStore::new(), config, clock);
     let mut would_deny = 0;
     for _ in 0..5 {
         let verdict = service.check_heartbeat_limit("c").await.unwrap();
@@ -414,7 +430,7 @@ async fn shadow_mode_decides_and_counts_but_never_denies() {
     assert_eq!(would_deny, 3);
     // Would-be denials consume nothing, as real ones.
     let status = service
-        .get_rate_limit_status(Operation::Heartbeat, IdentifierKind::Connection, "c")
+        .get_rate_limit_status(PolicyId::HEARTBEAT, &Kind::CONNECTION, "c")
         .await
         .unwrap();
     assert_eq!(status.count, 2);
@@ -429,4 +445,329 @@ async fn shadow_mode_decides_and_counts_but_never_denies() {
         retry_after(service.check_listener_join_limit("192.0.2.1").await),
         6
     );
+}
+
+/// A custom policy of two limits and a tier, from a configuration file.
+fn custom() -> (
+    RateLimitService<MemoryStore, FakeClock>,
+    FakeClock,
+    PolicyId,
+    PolicyId,
+) {
+    let file = r#"
+[policy.send_message]
+key = "connection"
+limits = ["3/10s", "100/min"]
+
+[policy.api_calls]
+key = "tenant"
+limits = ["2/min"]
+
+[policy.api_calls.tier.pro]
+limits = ["5/min", "1000/h"]
+"#;
+    let config = Config::from_file_text("limits.toml", file, |_| None).unwrap();
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = Builder::from_config(config)
+        .clock(clock.clone())
+        .in_memory();
+    let send = service.policy_id("send_message").unwrap();
+    let api = service.policy_id("api_calls").unwrap();
+    (service, clock, send, api)
+}
+
+#[tokio::test]
+async fn a_two_window_policy_denies_on_the_tightest_and_reports_every_limit() {
+    let (service, clock, send, _) = custom();
+    for expect in [2, 1, 0] {
+        let verdict = service.check(send, "conn-1", 1).await.unwrap();
+        assert_eq!(verdict.decision.remaining, expect);
+        assert_eq!(verdict.limits().len(), 2);
+        assert_eq!(verdict.limits()[1].remaining, 97 + expect);
+    }
+    // The fourth message within ten seconds waits for the short window.
+    let verdict = service.decide(send, "conn-1", 1).await.unwrap();
+    assert!(!verdict.allowed());
+    assert_eq!(verdict.decision.limit, 3);
+    assert_eq!(verdict.retry_after_secs(), 4);
+    // The long window would allow; it is reported, and nothing was taken.
+    assert_eq!(verdict.limits()[1].retry_after, Duration::ZERO);
+    assert_eq!(verdict.limits()[1].remaining, 97);
+    let statuses = service
+        .statuses(&Request::new(send, "conn-1"))
+        .await
+        .unwrap();
+    assert_eq!(statuses.iter().map(|s| s.count).collect::<Vec<_>>(), [3, 3]);
+    assert_eq!(
+        statuses
+            .iter()
+            .map(|s| s.window_duration)
+            .collect::<Vec<_>>(),
+        [10, 60]
+    );
+    // The seed's status reports the fullest bucket.
+    let status = service
+        .get_rate_limit_status(send, &Kind::CONNECTION, "conn-1")
+        .await
+        .unwrap();
+    assert_eq!((status.count, status.limit), (3, 3));
+    clock.advance(Duration::from_millis(3334));
+    service.check(send, "conn-1", 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_long_window_of_a_policy_holds_when_the_short_one_refills() {
+    let (service, clock, send, _) = custom();
+    let mut allowed = 0;
+    // Three messages every ten seconds for ten minutes: the minute caps it.
+    for _ in 0..60 {
+        for _ in 0..3 {
+            allowed += u32::from(service.check(send, "c", 1).await.is_ok());
+        }
+        clock.advance(Duration::from_secs(10));
+    }
+    // 100 in the first minute's burst, then 100 a minute: at most 100 + 9 * 100.
+    assert!(allowed <= 1000, "{allowed}");
+    let denied_at_the_minute = service.decide(send, "c", 3).await.unwrap();
+    assert!(denied_at_the_minute.limits().len() == 2);
+}
+
+#[test]
+fn tiers_get_their_limits_and_unknown_tiers_the_default_with_one_warning() {
+    let (service, _, _, api) = custom();
+    let logs = with_logs(async {
+        let pro = Request::new(api, "acme").tier(Some("pro"));
+        for _ in 0..5 {
+            service.check_request(&pro).await.unwrap();
+        }
+        let verdict = service.decide_request(&pro).await.unwrap();
+        assert!(!verdict.allowed());
+        assert_eq!(verdict.decision.limit, 5);
+        // Another tenant in a tier the policy does not know: the default 2/min.
+        let odd = Request::new(api, "globex").tier(Some("platinum"));
+        for _ in 0..2 {
+            service.check_request(&odd).await.unwrap();
+        }
+        assert!(service.check_request(&odd).await.is_err());
+        // Each tier has its own buckets: acme on the default tier starts full.
+        service.check(api, "acme", 1).await.unwrap();
+    });
+    assert_eq!(logs.matches("unknown tier").count(), 1, "{logs}");
+    assert!(logs.contains("platinum"), "{logs}");
+}
+
+#[tokio::test]
+async fn a_key_secret_changes_keys_not_decisions() {
+    let config =
+        Config::from_lookup(|var| (var == "RATE_LIMIT_KEY_SECRET").then(|| "k".repeat(32)))
+            .unwrap();
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let service = RateLimitService::new(store.clone(), config);
+    for _ in 0..2 {
+        service.check_heartbeat_limit("conn-1").await.unwrap();
+    }
+    assert!(service.check_heartbeat_limit("conn-1").await.is_err());
+    // Nothing under the raw identifier; status and reset take it all the same.
+    let slot = service.policies()[PolicyId::HEARTBEAT].limits()[0]
+        .slot()
+        .clone();
+    assert_eq!(
+        store.get_now(&Key::new(&Kind::CONNECTION, "conn-1"), &slot),
+        None
+    );
+    let status = service
+        .get_rate_limit_status(PolicyId::HEARTBEAT, &Kind::CONNECTION, "conn-1")
+        .await
+        .unwrap();
+    assert_eq!(status.count, 2);
+    service
+        .reset(PolicyId::HEARTBEAT, "conn-1", None)
+        .await
+        .unwrap();
+    service.check_heartbeat_limit("conn-1").await.unwrap();
+}
+
+#[tokio::test]
+async fn verdicts_say_how_they_were_decided() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = Builder::new()
+        .clock(clock.clone())
+        .build(MemoryStore::new());
+    let first = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+    assert_eq!(
+        (first.calls, first.cached, first.degraded),
+        (1, false, None)
+    );
+    service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+    let denied = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+    // The second allowed call told the TAT: the denial needs no call.
+    assert!(!denied.allowed());
+    assert_eq!((denied.calls, denied.cached), (0, true));
+    assert_eq!(denied.retry_after_secs(), 30);
+}
+
+/// A memory store that can be made to fail, as a table that goes away.
+#[derive(Default)]
+struct Flaky {
+    memory: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+    calls: AtomicU32,
+}
+
+impl Store for Flaky {
+    async fn apply(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> Applied {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Applied {
+                outcome: Err(StoreError::new(StoreErrorKind::Timeout, "no answer")),
+                calls: 1,
+            };
+        }
+        self.memory.apply(key, ops, retention, tats).await
+    }
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        self.memory.refund(key, ops).await
+    }
+    async fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> Result<(), StoreError> {
+        self.memory.load(key, slots, tats).await
+    }
+    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
+        self.memory.remove(key, slots).await
+    }
+}
+
+#[test]
+fn a_known_exhausted_key_stays_denied_and_cached_denials_leave_the_breaker_alone() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = Builder::new()
+        .clock(clock.clone())
+        .breaker(CircuitBreaker::new(2, Duration::from_secs(5)))
+        .build(Flaky::default());
+    let flaky = service.store().inner();
+    with_logs(async {
+        service.check_heartbeat_limit("flood").await.unwrap();
+        service.check_heartbeat_limit("flood").await.unwrap();
+        flaky.down.store(true, Ordering::SeqCst);
+        // The table is away; the flood is denied from what this process knows.
+        for _ in 0..10 {
+            let verdict = service
+                .decide(PolicyId::HEARTBEAT, "flood", 1)
+                .await
+                .unwrap();
+            assert!(!verdict.allowed());
+            assert_eq!(
+                (verdict.cached, verdict.calls, verdict.degraded),
+                (true, 0, None)
+            );
+        }
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+        // One failure is not enough to open this breaker: cached denials did
+        // not count as successes in between.
+        assert!(
+            service
+                .decide(PolicyId::HEARTBEAT, "a", 1)
+                .await
+                .unwrap()
+                .is_degraded()
+        );
+        service
+            .decide(PolicyId::HEARTBEAT, "flood", 1)
+            .await
+            .unwrap();
+        let verdict = service.decide(PolicyId::HEARTBEAT, "b", 1).await.unwrap();
+        assert_eq!(verdict.degraded, Some(Degradation::Timeout));
+        assert_eq!(
+            service.breaker().state(ratelimiter::Clock::now(&clock)),
+            ratelimiter::failure::BreakerState::Open
+        );
+        // While the breaker is open, the exhausted key is still denied.
+        let verdict = service
+            .decide(PolicyId::HEARTBEAT, "flood", 1)
+            .await
+            .unwrap();
+        assert!(!verdict.allowed() && verdict.cached);
+        let other = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+        assert_eq!(other.degraded, Some(Degradation::BreakerOpen));
+    });
+}
+
+/// A listener's `$connect`: attempts and joins count the same address.
+fn listener(ip: &str) -> (Request<'_>, Request<'_>) {
+    (
+        Request::new(PolicyId::CONNECTION_ATTEMPT, ip),
+        Request::new(PolicyId::LISTENER_JOIN, ip),
+    )
+}
+
+#[tokio::test]
+async fn a_listeners_two_checks_take_one_call_and_keep_the_seeds_order() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let config =
+        Config::from_lookup(|var| (var == "RATE_LIMIT_LISTENER_JOINS_PER_MIN").then(|| "2".into()))
+            .unwrap();
+    let service = Builder::from_config(config)
+        .clock(clock)
+        .build(Flaky::default());
+    let calls = || service.store().inner().calls.load(Ordering::SeqCst);
+    let (attempt, join) = listener("198.51.100.1");
+    for n in 1..=2 {
+        let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+        assert!(v1.allowed() && v2.unwrap().allowed());
+        assert_eq!((v1.calls, calls()), (1, n), "one call for both");
+    }
+    // The join is refused; the attempt still counts (a second call).
+    let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+    assert!(v1.allowed());
+    assert!(!v2.as_ref().unwrap().allowed());
+    assert_eq!(v2.unwrap().retry_after_secs(), 30);
+    let status = |policy| service.get_rate_limit_status(policy, &Kind::IP, "198.51.100.1");
+    assert_eq!(status(PolicyId::CONNECTION_ATTEMPT).await.unwrap().count, 3);
+    assert_eq!(status(PolicyId::LISTENER_JOIN).await.unwrap().count, 2);
+    // Attempts run out: refused, and the join is not even asked.
+    for _ in 0..17 {
+        service.decide_both(&attempt, &join).await.unwrap();
+    }
+    let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+    assert!(!v1.allowed() && v2.is_none());
+    assert_eq!(
+        status(PolicyId::CONNECTION_ATTEMPT).await.unwrap().count,
+        20
+    );
+    assert_eq!(status(PolicyId::LISTENER_JOIN).await.unwrap().count, 2);
+}
+
+#[tokio::test]
+async fn a_refused_attempt_gives_back_the_session_it_raced() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN").then(|| "1".into())
+    })
+    .unwrap();
+    // Without the deny cache, so that both calls really race.
+    let service = Builder::from_config(config)
+        .clock(clock)
+        .build_uncached(MemoryStore::new());
+    let attempt = Request::new(PolicyId::CONNECTION_ATTEMPT, "203.0.113.5");
+    let session = Request::new(PolicyId::SESSION_CREATE, "alice");
+    let (v1, v2) = service.decide_both(&attempt, &session).await.unwrap();
+    assert!(v1.allowed() && v2.unwrap().allowed());
+    let (v1, v2) = service.decide_both(&attempt, &session).await.unwrap();
+    assert!(!v1.allowed() && v2.is_none());
+    // The refused attempt took nothing from alice's sessions.
+    let sessions = service
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "alice")
+        .await
+        .unwrap();
+    assert_eq!(sessions.count, 1);
 }

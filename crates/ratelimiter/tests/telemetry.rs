@@ -11,10 +11,11 @@ use metrics::{
     Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use ratelimiter::gcra::{Nanos, Outcome, Step};
+use ratelimiter::gcra::Nanos;
+use ratelimiter::store::{Applied, Op};
 use ratelimiter::telemetry::{self, DECISION_LATENCY, OPERATION_LABEL};
 use ratelimiter::{
-    FakeClock, Identifier, Limits, MemoryStore, Operation, RateLimitService, Store, StoreError,
+    Config, FakeClock, MemoryStore, PolicyId, RateLimitService, Slot, Store, StoreError,
 };
 
 /// Every counter and histogram sample, by `name{Operation}`, and the units described.
@@ -121,15 +122,31 @@ struct SlowStore {
 }
 
 impl Store for SlowStore {
-    async fn apply(&self, key: &ratelimiter::Key<'_>, step: &Step) -> Result<Outcome, StoreError> {
+    const CALLS_METRIC: Option<&'static str> = Some("SlowCalls");
+
+    async fn apply(
+        &self,
+        key: &ratelimiter::Key<'_>,
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> Applied {
         self.clock.advance(self.delay);
-        self.inner.apply(key, step).await
+        self.inner.apply(key, ops, retention, tats).await
     }
-    async fn load(&self, key: &ratelimiter::Key<'_>) -> Result<Nanos, StoreError> {
-        self.inner.load(key).await
+    async fn refund(&self, key: &ratelimiter::Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        self.inner.refund(key, ops).await
     }
-    async fn remove(&self, key: &ratelimiter::Key<'_>) -> Result<(), StoreError> {
-        self.inner.remove(key).await
+    async fn load(
+        &self,
+        key: &ratelimiter::Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> Result<(), StoreError> {
+        self.inner.load(key, slots, tats).await
+    }
+    async fn remove(&self, key: &ratelimiter::Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
+        self.inner.remove(key, slots).await
     }
 }
 
@@ -142,7 +159,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 }
 
 #[test]
-fn each_decision_is_counted_and_timed_by_operation() {
+fn each_decision_is_counted_and_timed_by_policy() {
     let capture = Capture::default();
     let _local = metrics::set_default_local_recorder(&capture);
     telemetry::describe();
@@ -152,7 +169,7 @@ fn each_decision_is_counted_and_timed_by_operation() {
         clock: clock.clone(),
         delay: Duration::from_micros(2_500),
     };
-    let service = RateLimitService::with_clock(store, Limits::default(), clock);
+    let service = RateLimitService::with_clock(store, Config::default(), clock);
 
     block_on(async {
         for _ in 0..3 {
@@ -170,6 +187,9 @@ fn each_decision_is_counted_and_timed_by_operation() {
             ("Allowed{Operation=heartbeat}", 2),
             ("Allowed{Operation=listener_join}", 1),
             ("Denied{Operation=heartbeat}", 1),
+            // The store's calls, per policy, under the name the store gives.
+            ("SlowCalls{Operation=heartbeat}", 3),
+            ("SlowCalls{Operation=listener_join}", 1),
         ])
     );
     // The store's 2.5 ms are in every latency, and nothing else is.
@@ -190,18 +210,14 @@ fn each_decision_is_counted_and_timed_by_operation() {
 
 #[test]
 fn a_service_built_before_the_recorder_records_nowhere() {
-    let service = RateLimitService::in_memory(Limits::default());
+    let service = RateLimitService::in_memory(Config::default());
     let capture = Capture::default();
     let _local = metrics::set_default_local_recorder(&capture);
-    service
-        .check_now(Operation::Heartbeat, Identifier::connection("c"), 1)
-        .unwrap();
+    service.check_now(PolicyId::HEARTBEAT, "c", 1).unwrap();
     assert_eq!(capture.counts(), counts(&[]));
     // A service built now records.
-    let service = RateLimitService::in_memory(Limits::default());
-    service
-        .check_now(Operation::Heartbeat, Identifier::connection("c"), 1)
-        .unwrap();
+    let service = RateLimitService::in_memory(Config::default());
+    service.check_now(PolicyId::HEARTBEAT, "c", 1).unwrap();
     assert_eq!(
         capture.counts(),
         counts(&[("Allowed{Operation=heartbeat}", 1)])

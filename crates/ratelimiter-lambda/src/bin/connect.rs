@@ -1,5 +1,8 @@
 //! The `$connect` Lambda function.
 
+// The SDK's nested futures are deeper than the default limit allows.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{Error, service_fn};
 use ratelimiter_lambda::connect::ConnectHandler;
 use ratelimiter_lambda::emf::flush_after_each;

@@ -1,0 +1,65 @@
+//! The store conformance suite on the embedded store (dynoxide serving a
+//! SQLite file in this process), as `ratelimit` opens it.
+
+use ratelimiter_cli::args::{GlobalOptions, StoreKind};
+use ratelimiter_cli::stores::{AnyStore, open_store};
+use ratelimiter_testing::conformance;
+
+/// An embedded store on a new data dir (kept for the test's life).
+async fn embedded(dir: &tempfile::TempDir) -> AnyStore {
+    let options = GlobalOptions {
+        config: None,
+        store: StoreKind::Embedded,
+        data_dir: dir.path().join("state"),
+        table: None,
+        endpoint_url: None,
+        region: None,
+    };
+    match open_store(&options).await {
+        Ok(store) => store,
+        Err(error) => panic!("the embedded store opens: {error:?}"),
+    }
+}
+
+#[tokio::test]
+async fn seed_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::seed_scenarios(embedded(&dir).await).await;
+}
+
+#[tokio::test]
+async fn status_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::status_and_reset(embedded(&dir).await).await;
+}
+
+#[tokio::test]
+async fn several_limits_and_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::several_limits_and_tiers(embedded(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_on_one_data_dir_never_over_admit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (embedded(&dir).await, embedded(&dir).await);
+    conformance::concurrent_decisions_never_over_admit(vec![a, b], 64).await;
+}
+
+#[tokio::test]
+async fn keyed_digests_leave_no_raw_identifier_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let identifiers = conformance::keyed_digests(embedded(&dir).await).await;
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("state")).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("connection~"),
+        "the keyed keys are in the file"
+    );
+    for id in identifiers {
+        assert!(!text.contains(id), "{id} is in the embedded store's files");
+    }
+}

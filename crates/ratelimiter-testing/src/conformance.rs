@@ -1,0 +1,339 @@
+//! The store conformance suite: what every [`Store`] must do, as seen
+//! through the service. Each crate with a store runs every function here on
+//! it (the memory store, DynamoDB on dynoxide, the embedded store), so the
+//! seed's scenarios are written once.
+//!
+//! Each function takes a fresh, empty store (with its table, if it has one)
+//! and panics with a message on the first thing that is wrong.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratelimiter::clock::wall_clock;
+use ratelimiter::{
+    Builder, Config, FakeClock, Kind, PolicyId, RateLimitError, RateLimitService, Request, Status,
+    Store,
+};
+
+/// A fake clock at the current wall time, whole seconds, so that TTLs a
+/// store writes are in the future for its server too.
+pub fn clock_now() -> FakeClock {
+    FakeClock::new(wall_clock() / 1_000_000_000 * 1_000_000_000)
+}
+
+/// A service with the seed's policies on `store`, without a deny cache, so
+/// that every decision reaches the store.
+pub fn service<S: Store>(store: S, clock: &FakeClock) -> RateLimitService<S, FakeClock> {
+    Builder::new().clock(clock.clone()).build_uncached(store)
+}
+
+/// A service configured by `file` (TOML) on `store`, without a deny cache.
+pub fn service_with<S: Store>(
+    store: S,
+    clock: &FakeClock,
+    file: &str,
+) -> RateLimitService<S, FakeClock> {
+    let config = Config::from_file_text("conformance.toml", file, |_| None)
+        .expect("the suite's configuration is valid");
+    Builder::from_config(config)
+        .clock(clock.clone())
+        .build_uncached(store)
+}
+
+/// The `retry_after` of a denial; panics on anything else.
+pub fn retry_after(result: Result<ratelimiter::Verdict, RateLimitError>) -> u64 {
+    match result {
+        Err(RateLimitError::Exceeded { retry_after, .. }) => retry_after,
+        other => panic!("expected a rate-limit denial, got {other:?}"),
+    }
+}
+
+/// The seed's four limits with their defaults, and time healing them.
+pub async fn seed_scenarios<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service(store, &clock);
+
+    service.check_heartbeat_limit("conn-1").await.unwrap();
+    service.check_heartbeat_limit("conn-1").await.unwrap();
+    assert_eq!(
+        retry_after(service.check_heartbeat_limit("conn-1").await),
+        30
+    );
+    // Another connection is not affected.
+    service.check_heartbeat_limit("conn-2").await.unwrap();
+
+    for _ in 0..10 {
+        service
+            .check_listener_join_limit("198.51.100.4")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        retry_after(service.check_listener_join_limit("198.51.100.4").await),
+        6
+    );
+    // Connection attempts from the same address are a policy of their own.
+    for _ in 0..20 {
+        service
+            .check_connection_attempt_limit("198.51.100.4")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        retry_after(service.check_connection_attempt_limit("198.51.100.4").await),
+        3
+    );
+
+    for i in 0..50 {
+        service
+            .check_session_creation_limit("user-123")
+            .await
+            .unwrap_or_else(|e| panic!("session {} refused: {e}", i + 1));
+    }
+    assert_eq!(
+        retry_after(service.check_session_creation_limit("user-123").await),
+        72
+    );
+    service
+        .check_session_creation_limit("user-456")
+        .await
+        .unwrap();
+
+    // Time heals: half a minute later the connection may heartbeat again.
+    clock.advance(Duration::from_secs(30));
+    service.check_heartbeat_limit("conn-1").await.unwrap();
+}
+
+/// The seed's status reads without consuming; reset empties one policy's
+/// buckets and no other's.
+pub async fn status_and_reset<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service(store, &clock);
+    async fn status<S: Store>(
+        service: &RateLimitService<S, FakeClock>,
+    ) -> Result<Status, RateLimitError> {
+        service
+            .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
+            .await
+    }
+    assert_eq!(
+        status(&service).await.unwrap(),
+        Status {
+            count: 0,
+            limit: 50,
+            reset_in_seconds: 0,
+            window_duration: 3600
+        }
+    );
+    for _ in 0..15 {
+        service
+            .check_session_creation_limit("user-123")
+            .await
+            .unwrap();
+    }
+    let fifteen = Status {
+        count: 15,
+        limit: 50,
+        reset_in_seconds: 1080,
+        window_duration: 3600,
+    };
+    assert_eq!(status(&service).await.unwrap(), fifteen);
+    assert_eq!(status(&service).await.unwrap(), fifteen, "asking consumed");
+    // The same value as another kind is another item.
+    let other = service
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::IP, "user-123")
+        .await
+        .unwrap();
+    assert_eq!(other.count, 0);
+
+    // Two policies on one address share an item; resetting one keeps the other.
+    service
+        .check_connection_attempt_limit("192.0.2.9")
+        .await
+        .unwrap();
+    service
+        .check_listener_join_limit("192.0.2.9")
+        .await
+        .unwrap();
+    service
+        .reset(PolicyId::LISTENER_JOIN, "192.0.2.9", None)
+        .await
+        .unwrap();
+    let attempts = service
+        .get_rate_limit_status(PolicyId::CONNECTION_ATTEMPT, &Kind::IP, "192.0.2.9")
+        .await
+        .unwrap();
+    let joins = service
+        .get_rate_limit_status(PolicyId::LISTENER_JOIN, &Kind::IP, "192.0.2.9")
+        .await
+        .unwrap();
+    assert_eq!((attempts.count, joins.count), (1, 0));
+
+    service
+        .reset(PolicyId::SESSION_CREATE, "user-123", None)
+        .await
+        .unwrap();
+    assert_eq!(status(&service).await.unwrap().count, 0);
+    // Resetting a key that never was is not an error.
+    service
+        .reset(PolicyId::HEARTBEAT, "never-seen", None)
+        .await
+        .unwrap();
+    // A full hour later everything is full again whatever happened.
+    for _ in 0..15 {
+        service
+            .check_session_creation_limit("user-123")
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(status(&service).await.unwrap().count, 0);
+}
+
+/// A policy of two limits, in one item: both are checked and taken
+/// together, a denial by one takes nothing from the other, and a tier has
+/// limits and buckets of its own.
+pub async fn several_limits_and_tiers<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service_with(
+        store,
+        &clock,
+        r#"
+[policy.send_message]
+key = "connection"
+limits = ["4/10s", "6/min"]
+
+[policy.send_message.tier.pro]
+limits = ["8/10s", "60/min"]
+"#,
+    );
+    let id = service.policy_id("send_message").unwrap();
+    for _ in 0..4 {
+        service.check(id, "c", 1).await.unwrap();
+    }
+    let verdict = service.decide(id, "c", 1).await.unwrap();
+    assert!(!verdict.allowed());
+    assert_eq!((verdict.decision.limit, verdict.retry_after_secs()), (4, 3));
+    // The minute's bucket gave nothing to the refused request.
+    assert_eq!(verdict.limits()[1].remaining, 2);
+    clock.advance(Duration::from_secs(10));
+    // The ten seconds have refilled; the minute has given one token back.
+    for _ in 0..3 {
+        service.check(id, "c", 1).await.unwrap();
+    }
+    let verdict = service.decide(id, "c", 1).await.unwrap();
+    assert!(!verdict.allowed());
+    assert_eq!(verdict.decision.limit, 6);
+    assert_eq!(verdict.retry_after_secs(), 10);
+    assert_eq!(verdict.limits().len(), 2);
+    let statuses = service.statuses(&Request::new(id, "c")).await.unwrap();
+    assert_eq!(statuses.iter().map(|s| s.count).collect::<Vec<_>>(), [3, 6]);
+    // The pro tier's limits, in its own buckets.
+    let pro = Request::new(id, "c").tier(Some("pro"));
+    for _ in 0..8 {
+        let verdict = service.check_request(&pro).await.unwrap();
+        assert_eq!(
+            verdict.limits().iter().map(|d| d.limit).collect::<Vec<_>>(),
+            [8, 60]
+        );
+    }
+    assert!(service.check_request(&pro).await.is_err());
+    let statuses = service.statuses(&pro).await.unwrap();
+    assert_eq!(
+        statuses
+            .iter()
+            .map(|s| (s.count, s.limit))
+            .collect::<Vec<_>>(),
+        [(8, 8), (8, 60)]
+    );
+    // Resetting the policy empties the tier's buckets too.
+    service.reset(id, "c", None).await.unwrap();
+    service.check_request(&pro).await.unwrap();
+    service.check(id, "c", 1).await.unwrap();
+    // A cost beyond a limit's capacity is an error, not a denial.
+    assert!(matches!(
+        service.decide(id, "d", 5).await,
+        Err(RateLimitError::InvalidCost { .. })
+    ));
+}
+
+/// `tasks` decisions at once on one key of a 20-per-minute policy, spread
+/// over `stores` (processes): exactly 20 are allowed, and a minute later
+/// 20 again.
+pub async fn concurrent_decisions_never_over_admit<S: Store + 'static>(
+    stores: Vec<S>,
+    tasks: usize,
+) {
+    let clock = clock_now();
+    let services: Vec<_> = stores
+        .into_iter()
+        .map(|store| Arc::new(service(store, &clock)))
+        .collect();
+    for round in 0..2 {
+        let handles: Vec<_> = (0..tasks)
+            .map(|i| {
+                let service = services[i % services.len()].clone();
+                tokio::spawn(async move {
+                    service
+                        .check_connection_attempt_limit("203.0.113.50")
+                        .await
+                        .is_ok()
+                })
+            })
+            .collect();
+        let mut allowed = 0;
+        for handle in handles {
+            allowed += usize::from(handle.await.expect("the task ran"));
+        }
+        assert_eq!(allowed, 20, "round {round}");
+        clock.advance(Duration::from_secs(60));
+    }
+}
+
+/// With a key secret, decisions, status and reset work on the raw
+/// identifier as before. Returns the identifiers the suite used, for the
+/// caller to check they never reached the store's own data.
+pub async fn keyed_digests<S: Store>(store: S) -> Vec<&'static str> {
+    let clock = clock_now();
+    let config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_KEY_SECRET").then(|| "conformance-secret-of-32-bytes!!".to_owned())
+    })
+    .expect("a 32-byte secret is valid");
+    let service = Builder::from_config(config)
+        .clock(clock)
+        .build_uncached(store);
+    service
+        .check_heartbeat_limit("conn-secret-1")
+        .await
+        .unwrap();
+    service
+        .check_heartbeat_limit("conn-secret-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        retry_after(service.check_heartbeat_limit("conn-secret-1").await),
+        30
+    );
+    service
+        .check_listener_join_limit("198.51.100.77")
+        .await
+        .unwrap();
+    service
+        .check_session_creation_limit("user-secret-1")
+        .await
+        .unwrap();
+    let status = service
+        .get_rate_limit_status(PolicyId::HEARTBEAT, &Kind::CONNECTION, "conn-secret-1")
+        .await
+        .unwrap();
+    assert_eq!(status.count, 2);
+    service
+        .reset(PolicyId::HEARTBEAT, "conn-secret-1", None)
+        .await
+        .unwrap();
+    service
+        .check_heartbeat_limit("conn-secret-1")
+        .await
+        .unwrap();
+    vec!["conn-secret-1", "198.51.100.77", "user-secret-1"]
+}
