@@ -23,3 +23,9 @@ pub mod response;
 pub mod runtime;
 
 pub use response::ok_response;
+
+/// The README's Rust examples, compiled (and run, but for `no_run` ones) as
+/// doctests, so that what a newcomer pastes builds.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

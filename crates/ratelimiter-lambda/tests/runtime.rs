@@ -317,7 +317,33 @@ async fn the_heartbeat_binary_acks_then_limits() {
 
 #[test]
 fn a_bad_configuration_stops_the_container_at_start_up() {
+    let dir = std::env::temp_dir().join(format!("ratelimiter-runtime-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_file = dir.join("limits.toml");
+    std::fs::write(
+        &bad_file,
+        "[policy.chat]\nkey = \"connection\"\nlimits = [\"0/min\"]\n",
+    )
+    .unwrap();
+    let bad_file = bad_file.to_str().unwrap().to_owned();
+    let missing = dir.join("missing.toml").to_str().unwrap().to_owned();
     for (var, value, expected) in [
+        (
+            "RATE_LIMIT_CONFIG",
+            bad_file.as_str(),
+            // Printed as JSON, so the quotes around the value are escaped.
+            "limits.toml:3: \\\"0/min\\\": the count must be",
+        ),
+        (
+            "RATE_LIMIT_CONFIG",
+            missing.as_str(),
+            "cannot read the configuration file",
+        ),
+        (
+            "RATE_LIMIT_KEY_SECRET",
+            "short",
+            "RATE_LIMIT_KEY_SECRET must be at least 32 bytes, got 5 bytes",
+        ),
         (
             "RATE_LIMIT_HEARTBEATS_PER_MIN",
             "lots",
@@ -349,6 +375,12 @@ fn a_bad_configuration_stops_the_container_at_start_up() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(printed.contains(expected), "{printed}");
-        assert!(printed.contains(&format!("{value:?}")), "{printed}");
+        match var {
+            // Files are named, not quoted; secrets are never printed.
+            "RATE_LIMIT_CONFIG" => assert!(printed.contains(value), "{printed}"),
+            "RATE_LIMIT_KEY_SECRET" => assert!(!printed.contains("\"short\""), "{printed}"),
+            _ => assert!(printed.contains(&format!("{value:?}")), "{printed}"),
+        }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

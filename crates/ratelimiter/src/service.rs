@@ -476,24 +476,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         second: &Request<'_>,
     ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
         let now = self.clock.now();
-        let (policy1, limits1) = self.resolve(first)?;
-        let (policy2, limits2) = self.resolve(second)?;
-        let kind1 = first.kind.unwrap_or(policy1.kind());
-        let kind2 = second.kind.unwrap_or(policy2.kind());
-        if kind1 != kind2 || first.identifier != second.identifier {
+        let (policy1, limits1, key, mut ops) = self.planned(first, now)?;
+        let (policy2, limits2, key2, ops2) = self.planned(second, now)?;
+        if key != key2 {
             return self.decide_both_apart(first, second, now).await;
         }
-        let key = Key::with_secret(kind1, first.identifier, self.secret.as_ref());
-        let n1 = limits1.len();
-        let mut ops = Vec::with_capacity(n1 + limits2.len());
-        for (policy, limits, cost) in [
-            (policy1, limits1, first.cost),
-            (policy2, limits2, second.cost),
-        ] {
-            for limit in limits {
-                ops.push(Op::new(limit.slot(), self.step(policy, limit, now, cost)?));
-            }
-        }
+        let n1 = ops.len();
+        ops.extend(ops2);
         let mut tats = vec![0; ops.len()];
         let breaker_open = self.breaker.permit(now) == Permit::Skip;
         let answer = self.store.prepare(&key, &mut ops, &mut tats);
@@ -535,9 +524,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                     return Ok((v1, None));
                 }
                 let v2 = self.degraded(second.policy, policy2, limits2, &key, ops2, tats2, why);
-                let mut v2 = self.finish(v2, policy2);
-                v2.calls = 0;
-                return Ok((v1, Some(v2)));
+                return Ok((v1, Some(self.finish(v2, policy2))));
             }
         };
         let elapsed = self.clock.now().saturating_sub(now);
@@ -545,10 +532,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         self.metrics.latency(second.policy, elapsed);
         let (ops1, ops2) = ops.split_at(n1);
         if outcome == Outcome::Allowed {
+            // One call decided both; it is counted under the first.
             let mut v1 = verdict(first.policy, limits1, ops1, &tats[..n1], Outcome::Allowed);
             v1.calls = applied.calls;
-            let mut v2 = verdict(second.policy, limits2, ops2, &tats[n1..], Outcome::Allowed);
-            v2.calls = 0;
+            let v2 = verdict(second.policy, limits2, ops2, &tats[n1..], Outcome::Allowed);
             return Ok((self.finish(v1, policy1), Some(self.finish(v2, policy2))));
         }
         let first_alone = ops1
@@ -567,9 +554,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if !v1.allowed() {
             return Ok((v1, None));
         }
-        let mut v2 = self.finish(v2, policy2);
-        v2.calls = 0;
-        Ok((v1, Some(v2)))
+        Ok((v1, Some(self.finish(v2, policy2))))
     }
 
     /// [`RateLimitService::decide_both`] as two checks in a row.
@@ -608,14 +593,18 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         Ok((v1, None))
     }
 
-    /// Whether this process already knows `request` would be denied.
-    fn known_denied(&self, request: &Request<'_>, now: Nanos) -> bool {
-        let Ok((policy, limits)) = self.resolve(request) else {
-            return false;
-        };
+    /// The policy, limits, key and ops of `request` at `now`, the ops in a
+    /// vector: for the paths other than the single decision.
+    #[allow(clippy::type_complexity)]
+    fn planned<'s>(
+        &'s self,
+        request: &Request<'s>,
+        now: Nanos,
+    ) -> Result<(&'s Policy, &'s [Limit], Key<'s>, Vec<Op<'s>>), RateLimitError> {
+        let (policy, limits) = self.resolve(request)?;
         let kind = request.kind.unwrap_or(policy.kind());
         let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
-        let Ok(mut ops) = limits
+        let ops = limits
             .iter()
             .map(|limit| {
                 Ok(Op::new(
@@ -623,8 +612,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                     self.step(policy, limit, now, request.cost)?,
                 ))
             })
-            .collect::<Result<Vec<_>, RateLimitError>>()
-        else {
+            .collect::<Result<_, RateLimitError>>()?;
+        Ok((policy, limits, key, ops))
+    }
+
+    /// Whether this process already knows `request` would be denied.
+    fn known_denied(&self, request: &Request<'_>, now: Nanos) -> bool {
+        let Ok((_, _, key, mut ops)) = self.planned(request, now) else {
             return false;
         };
         let mut tats = vec![0; ops.len()];
@@ -633,23 +627,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
 
     /// Gives back what `request`, allowed at `now`, took.
     async fn refund(&self, request: &Request<'_>, now: Nanos) {
-        let Ok((policy, limits)) = self.resolve(request) else {
+        let Ok((policy, _, key, ops)) = self.planned(request, now) else {
             return;
         };
-        let kind = request.kind.unwrap_or(policy.kind());
-        let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
-        let ops: Result<Vec<_>, _> = limits
-            .iter()
-            .map(|limit| {
-                Ok::<_, RateLimitError>(Op::new(
-                    limit.slot(),
-                    self.step(policy, limit, now, request.cost)?,
-                ))
-            })
-            .collect();
-        if let Ok(ops) = ops
-            && let Err(error) = self.store.refund(&key, &ops).await
-        {
+        if let Err(error) = self.store.refund(&key, &ops).await {
             // The tokens stay taken: stricter, never looser.
             tracing::warn!(policy = policy.name(), %error, "could not give back a refused request's tokens");
         }
@@ -728,7 +709,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if let Some(outcome) = self.store.prepare(key, ops, tats) {
             let mut verdict = verdict(id, limits, ops, tats, outcome);
             verdict.cached = true;
-            verdict.calls = 0;
             return self.finish(verdict, policy);
         }
         let now = ops[0].step.now();
@@ -737,9 +717,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 policy = policy.name(),
                 "circuit breaker open; not calling the rate-limit store"
             );
-            let mut verdict =
+            let verdict =
                 self.degraded(id, policy, limits, key, ops, tats, Degradation::BreakerOpen);
-            verdict.calls = 0;
             return self.finish(verdict, policy);
         }
         let applied = self.store.apply(key, ops, retention, tats).await;
@@ -931,7 +910,7 @@ impl<C: Clock> RateLimitService<MemoryStore, C> {
         let (found, limits) = self.resolve(&request)?;
         let now = self.clock.now();
         let key = Key::with_secret(found.kind(), identifier, self.secret.as_ref());
-        let verdict = if let [limit] = limits {
+        let mut verdict = if let [limit] = limits {
             let step = self.step(found, limit, now, cost)?;
             let outcome = self.store.apply_step(&key, limit.slot(), &step);
             single(policy, limit.quota().decision(&step, outcome))
@@ -940,10 +919,10 @@ impl<C: Clock> RateLimitService<MemoryStore, C> {
             let mut tats = [0; MAX_LIMITS];
             let n = limits.len();
             let outcome = self.store.apply_now(&key, &ops[..n], &mut tats[..n]);
-            let mut verdict = verdict(policy, limits, &ops[..n], &tats[..n], outcome);
-            verdict.calls = 1;
-            verdict
+            verdict(policy, limits, &ops[..n], &tats[..n], outcome)
         };
+        // One atomic section of the memory store.
+        verdict.calls = 1;
         Ok(self.finish(verdict, found))
     }
 
@@ -994,7 +973,7 @@ fn single(policy: PolicyId, decision: Decision) -> Verdict {
         limits: None,
         shadow: false,
         degraded: None,
-        calls: 1,
+        calls: 0,
         cached: false,
     }
 }
@@ -1053,7 +1032,7 @@ fn from_decisions(policy: PolicyId, decisions: Vec<Decision>) -> Verdict {
         }),
         shadow: false,
         degraded: None,
-        calls: 1,
+        calls: 0,
         cached: false,
     }
 }
