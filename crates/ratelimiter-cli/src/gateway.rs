@@ -3,9 +3,10 @@
 //!
 //! - A WebSocket upgrade on `/{stage}` (or `/`, stage `local`) becomes a
 //!   `$connect` event, as API Gateway would send it: the source IP is the TCP
-//!   peer's address, and, standing in for an authorizer, a `userId` query
-//!   parameter goes into the authorizer context. **Development only**: any
-//!   client can claim any user id here.
+//!   peer's address, and, standing in for an authorizer, the `userId` and
+//!   `tier` query parameters go into the authorizer context, which every
+//!   later event of the connection carries, as API Gateway's does.
+//!   **Development only**: any client can claim any user id or tier here.
 //! - A refused `$connect` is answered with the handler's status, headers and
 //!   body instead of the upgrade.
 //! - Text messages are routed on `$request.body.action`; `heartbeat` goes to
@@ -54,11 +55,9 @@ enum Outgoing {
 /// The kinds of event the gateway sends to handlers.
 #[derive(Clone, Copy)]
 enum EventKind<'a> {
-    /// `$connect`, with the upgrade request's headers and query, and the
-    /// user id standing in for an authorizer's.
+    /// `$connect`, with the upgrade request's headers and query.
     Connect {
         headers: &'a HeaderMap,
-        user: Option<&'a str>,
         query: &'a HashMap<String, String>,
     },
     /// A message routed to `route`.
@@ -72,6 +71,9 @@ struct Connection {
     stage: String,
     source_ip: String,
     connected_at: u64,
+    /// The authorizer's context, which API Gateway passes with every event
+    /// of the connection: here from `?userId=` and `?tier=`.
+    authorizer: Value,
 }
 
 struct Gateway {
@@ -157,18 +159,27 @@ async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    let user = query.get("userId").filter(|u| !u.is_empty()).cloned();
+    let mut authorizer = serde_json::Map::new();
+    if let Some(user) = &user {
+        authorizer.insert("principalId".into(), json!(user));
+        authorizer.insert("userId".into(), json!(user));
+    }
+    if let Some(tier) = query.get("tier").filter(|t| !t.is_empty()) {
+        let field = gateway.connect.limiter().tier_field().to_owned();
+        authorizer.insert(field, json!(tier));
+    }
     let connection = Connection {
         id: gateway.new_connection_id(),
         stage,
         source_ip: peer.ip().to_string(),
         connected_at: gateway.now_ms(),
+        authorizer: Value::Object(authorizer),
     };
-    let user = query.get("userId").filter(|u| !u.is_empty()).cloned();
     let payload = gateway.event(
         &connection,
         EventKind::Connect {
             headers: &headers,
-            user: user.as_deref(),
             query: &query,
         },
     );
@@ -224,12 +235,6 @@ impl Gateway {
             EventKind::Connect { .. } => ("$connect", "CONNECT"),
             EventKind::Message { route, .. } => (route, "MESSAGE"),
         };
-        let authorizer = match kind {
-            EventKind::Connect {
-                user: Some(user), ..
-            } => json!({"principalId": user, "userId": user}),
-            _ => json!({}),
-        };
         let now = self.now_ms();
         let mut event = json!({
             "requestContext": {
@@ -244,7 +249,7 @@ impl Gateway {
                 "domainName": self.domain,
                 "connectionId": connection.id,
                 "apiId": "local",
-                "authorizer": authorizer,
+                "authorizer": connection.authorizer,
                 "messageId": if route.starts_with('$') { Value::Null } else { json!(format!("{now:x}")) },
             },
             "isBase64Encoded": false,

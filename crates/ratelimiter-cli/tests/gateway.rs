@@ -22,7 +22,15 @@ struct Server {
 
 impl Server {
     fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, &[])
+    }
+
+    /// A server with `files` (name, text) in its working folder.
+    fn start_with(env: &[(&str, &str)], files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_ratelimit"));
         for (name, _) in std::env::vars() {
             if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {
@@ -68,13 +76,23 @@ impl Server {
         source_ip: &str,
         user: Option<&str>,
     ) -> Result<Socket, (u16, Option<String>, Value)> {
+        let query = user.map(|user| format!("userId={user}"));
+        self.connect_with(source_ip, query.as_deref()).await
+    }
+
+    /// Connects from `source_ip` with `query` on the URL.
+    async fn connect_with(
+        &self,
+        source_ip: &str,
+        query: Option<&str>,
+    ) -> Result<Socket, (u16, Option<String>, Value)> {
         let socket = TcpSocket::new_v4().unwrap();
         socket
             .bind(format!("{source_ip}:0").parse().unwrap())
             .unwrap();
         let stream = socket.connect(self.address).await.unwrap();
-        let url = match user {
-            Some(user) => format!("ws://{}/local?userId={user}", self.address),
+        let url = match query {
+            Some(query) => format!("ws://{}/local?{query}", self.address),
             None => format!("ws://{}/local", self.address),
         };
         match tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await {
@@ -207,4 +225,34 @@ fn posting_to_an_unknown_connection_is_gone() {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 410"), "{response}");
+}
+
+#[tokio::test]
+async fn policies_from_a_file_and_a_tier_from_the_stand_in_authorizer() {
+    let file = "[policy.heartbeat.tier.pro]\nlimits = [\"4/min\"]\n";
+    let server = Server::start_with(
+        &[("RATE_LIMIT_CONFIG", "limits.toml")],
+        &[("limits.toml", file)],
+    );
+    // The tier given at connect time travels with every message, as an
+    // authorizer's context does.
+    let mut pro = server
+        .connect_with("127.0.0.21", Some("userId=alice&tier=pro"))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        send(&mut pro, r#"{"action":"heartbeat"}"#).await;
+        assert_eq!(next_json(&mut pro).await["type"], "heartbeat_ack");
+    }
+    send(&mut pro, r#"{"action":"heartbeat"}"#).await;
+    let error = next_json(&mut pro).await;
+    assert_eq!(error["details"]["retryAfter"], 15, "{error}");
+    // Without the tier: the default two a minute.
+    let mut free = server.connect("127.0.0.22", None).await.unwrap();
+    for _ in 0..2 {
+        send(&mut free, r#"{"action":"heartbeat"}"#).await;
+        assert_eq!(next_json(&mut free).await["type"], "heartbeat_ack");
+    }
+    send(&mut free, r#"{"action":"heartbeat"}"#).await;
+    assert_eq!(next_json(&mut free).await["details"]["retryAfter"], 30);
 }
