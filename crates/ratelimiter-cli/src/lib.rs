@@ -122,7 +122,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .statuses(&request)
                 .await
                 .map_err(|e| CliError::Store(e.to_string()))?;
-            let mut value = json!(fullest(&statuses));
+            let mut value = json!(Status::fullest(&statuses).expect("a policy has limits"));
             value["limits"] = statuses.iter().map(|s| json!(s)).collect();
             print(&value);
             Ok(ExitCode::SUCCESS)
@@ -198,18 +198,6 @@ fn request<'a>(
     Ok(Request::new(policy, &target.identifier)
         .tier(target.tier.as_deref())
         .kind(target.kind.as_ref()))
-}
-
-/// The status whose bucket is fullest, as the seed's status query reports it.
-fn fullest(statuses: &[Status]) -> Status {
-    *statuses
-        .iter()
-        .rev()
-        .max_by(|a, b| {
-            (u64::from(a.count) * u64::from(b.limit))
-                .cmp(&(u64::from(b.count) * u64::from(a.limit)))
-        })
-        .expect("a policy has at least one limit")
 }
 
 /// The name a policy goes by on the command line (`session-create`).

@@ -368,6 +368,18 @@ pub struct Status {
     pub window_duration: u64,
 }
 
+impl Status {
+    /// Of several limits' statuses, the one whose bucket is fullest (the
+    /// highest share of its limit in use; the first of equals): what the
+    /// seed's single status reports for a policy of several limits.
+    pub fn fullest(statuses: &[Status]) -> Option<Status> {
+        statuses.iter().rev().copied().max_by(|a, b| {
+            (u64::from(a.count) * u64::from(b.limit))
+                .cmp(&(u64::from(b.count) * u64::from(a.limit)))
+        })
+    }
+}
+
 /// Whole seconds in `duration`, rounded up.
 pub fn ceil_secs(duration: Duration) -> u64 {
     (duration.as_nanos() as u64).div_ceil(NANOS_PER_SEC)

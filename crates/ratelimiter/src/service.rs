@@ -424,7 +424,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let (policy, limits) = self.resolve(request)?;
         let kind = request.kind.unwrap_or(policy.kind());
         let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
-        let retention = self.retention[request.policy.index()];
+        let retention = self.retention(request);
         let verdict = if let [limit] = limits {
             let mut ops = [Op::new(
                 limit.slot(),
@@ -491,8 +491,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             // with the cache, the breaker and the failure modes.
             return self.decide_both_in_turn(first, second, now).await;
         }
-        let retention =
-            self.retention[first.policy.index()].max(self.retention[second.policy.index()]);
+        let retention = self.retention(first).max(self.retention(second));
         let applied = self.store.apply(&key, &ops, retention, &mut tats).await;
         let outcome = match applied.outcome {
             Ok(outcome) => {
@@ -614,6 +613,17 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             })
             .collect::<Result<_, RateLimitError>>()?;
         Ok((policy, limits, key, ops))
+    }
+
+    /// How long the item `request` writes must be kept: until every bucket
+    /// of any policy on its kind is full again.
+    #[inline]
+    fn retention(&self, request: &Request<'_>) -> Nanos {
+        match request.kind {
+            // Counted as another kind: that kind's policies decide.
+            Some(kind) => self.policies.retention(kind).as_nanos() as Nanos,
+            None => self.retention[request.policy.index()],
+        }
     }
 
     /// Whether this process already knows `request` would be denied.
@@ -863,7 +873,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Result<Status, RateLimitError> {
         let request = Request::new(policy, identifier_value).kind(Some(identifier_type));
         let statuses = self.statuses(&request).await?;
-        Ok(tightest_status(&statuses))
+        Ok(Status::fullest(&statuses).expect("a policy has at least one limit"))
     }
 
     /// Forgets `identifier`'s usage of `policy` (every limit and tier), so
@@ -1035,16 +1045,4 @@ fn from_decisions(policy: PolicyId, decisions: Vec<Decision>) -> Verdict {
         calls: 0,
         cached: false,
     }
-}
-
-/// The status whose bucket is fullest (the highest share of its limit in use).
-fn tightest_status(statuses: &[Status]) -> Status {
-    *statuses
-        .iter()
-        .rev()
-        .max_by(|a, b| {
-            (u64::from(a.count) * u64::from(b.limit))
-                .cmp(&(u64::from(b.count) * u64::from(a.limit)))
-        })
-        .expect("a policy has at least one limit")
 }

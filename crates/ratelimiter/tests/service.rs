@@ -1,10 +1,13 @@
-//! The seed's behaviours through the service API, with a fake clock.
+//! The service API with a fake clock: errors, costs, failure modes, shadow
+//! mode, policies of several limits, tiers, secrets, `decide_both` and
+//! verdicts. The seed's scenarios on every store are in the conformance
+//! suite (`conformance.rs`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ratelimiter::gcra::{Nanos, Status};
+use ratelimiter::gcra::Nanos;
 use ratelimiter::store::{Applied, Op};
 use ratelimiter::{
     Builder, CircuitBreaker, Config, Degradation, FailureMode, FakeClock, Key, Kind, MemoryStore,
@@ -45,52 +48,6 @@ async fn third_heartbeat_in_a_minute_is_denied_for_thirty_seconds() {
 }
 
 #[tokio::test]
-async fn fifty_first_session_in_an_hour_is_denied() {
-    let (service, clock) = service();
-    for i in 0..50 {
-        service
-            .check_session_creation_limit("user-123")
-            .await
-            .unwrap_or_else(|e| panic!("session {} refused: {e}", i + 1));
-        clock.advance(Duration::from_secs(1));
-    }
-    // 50 s in; the first token returns 72 s after the first session.
-    assert_eq!(
-        retry_after(service.check_session_creation_limit("user-123").await),
-        22
-    );
-    service
-        .check_session_creation_limit("user-456")
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn eleventh_listener_join_and_twenty_first_connection_attempt_are_denied() {
-    let (service, _) = service();
-    for _ in 0..10 {
-        service
-            .check_listener_join_limit("203.0.113.9")
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        retry_after(service.check_listener_join_limit("203.0.113.9").await),
-        6
-    );
-    for _ in 0..20 {
-        service
-            .check_connection_attempt_limit("203.0.113.9")
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        retry_after(service.check_connection_attempt_limit("203.0.113.9").await),
-        3
-    );
-}
-
-#[tokio::test]
 async fn denials_carry_the_operation_and_limit() {
     let (service, _) = service();
     service.check_heartbeat_limit("c").await.unwrap();
@@ -121,61 +78,6 @@ async fn retry_after_is_rounded_up_and_never_zero() {
     assert!(!verdict.allowed());
     assert_eq!(verdict.decision.retry_after, Duration::from_millis(1));
     assert_eq!(verdict.retry_after_secs(), 1);
-}
-
-#[tokio::test]
-async fn status_reports_the_seeds_fields_without_consuming() {
-    let (service, clock) = service();
-    let status = service
-        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
-        .await
-        .unwrap();
-    assert_eq!(
-        status,
-        Status {
-            count: 0,
-            limit: 50,
-            reset_in_seconds: 0,
-            window_duration: 3600
-        }
-    );
-    for _ in 0..15 {
-        service
-            .check_session_creation_limit("user-123")
-            .await
-            .unwrap();
-    }
-    let status = service
-        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
-        .await
-        .unwrap();
-    assert_eq!(
-        status,
-        Status {
-            count: 15,
-            limit: 50,
-            reset_in_seconds: 1080,
-            window_duration: 3600
-        }
-    );
-    // Asking again consumed nothing.
-    let again = service
-        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
-        .await
-        .unwrap();
-    assert_eq!(again, status);
-    clock.advance(Duration::from_secs(3600));
-    let status = service
-        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "user-123")
-        .await
-        .unwrap();
-    assert_eq!((status.count, status.reset_in_seconds), (0, 0));
-    // The status of the same value under another kind is a different key.
-    let other = service
-        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::IP, "user-123")
-        .await
-        .unwrap();
-    assert_eq!(other.count, 0);
 }
 
 #[tokio::test]
@@ -221,29 +123,6 @@ async fn configured_limits_apply() {
     assert_eq!(retry_after(service.check_heartbeat_limit("c").await), 15);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_tasks_on_one_key_never_over_admit() {
-    let (service, _) = service();
-    let service = Arc::new(service);
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move {
-                service
-                    .check_connection_attempt_limit("198.51.100.7")
-                    .await
-                    .is_ok()
-            })
-        })
-        .collect();
-    let mut allowed = 0;
-    for task in tasks {
-        allowed += usize::from(task.await.unwrap());
-    }
-    assert_eq!(allowed, 20);
-}
-
-/// A store that always fails, as an unreachable table does, counting calls.
 #[derive(Default)]
 struct BrokenStore {
     calls: AtomicU32,
@@ -517,19 +396,36 @@ async fn a_two_window_policy_denies_on_the_tightest_and_reports_every_limit() {
 
 #[tokio::test]
 async fn the_long_window_of_a_policy_holds_when_the_short_one_refills() {
-    let (service, clock, send, _) = custom();
-    let mut allowed = 0;
-    // Three messages every ten seconds for ten minutes: the minute caps it.
-    for _ in 0..60 {
-        for _ in 0..3 {
-            allowed += u32::from(service.check(send, "c", 1).await.is_ok());
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.burst]\nkey = \"user\"\nlimits = [\"10/s\", \"30/min\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = Builder::from_config(config)
+        .clock(clock.clone())
+        .in_memory();
+    let id = service.policy_id("burst").unwrap();
+    // Ten a second for ten seconds: the second's bucket always refills,
+    // the minute's (30, one back every 2 s) runs dry in the third second.
+    let mut allowed = Vec::new();
+    let mut last = None;
+    for _ in 0..10 {
+        let mut this_second = 0;
+        for _ in 0..10 {
+            let verdict = service.decide(id, "u", 1).await.unwrap();
+            this_second += u32::from(verdict.allowed());
+            last = Some(verdict);
         }
-        clock.advance(Duration::from_secs(10));
+        allowed.push(this_second);
+        clock.advance(Duration::from_secs(1));
     }
-    // 100 in the first minute's burst, then 100 a minute: at most 100 + 9 * 100.
-    assert!(allowed <= 1000, "{allowed}");
-    let denied_at_the_minute = service.decide(send, "c", 3).await.unwrap();
-    assert!(denied_at_the_minute.limits().len() == 2);
+    assert_eq!(allowed, [10, 10, 10, 1, 1, 0, 1, 0, 1, 0]);
+    let last = last.unwrap();
+    assert!(!last.allowed());
+    assert_eq!(last.decision.limit, 30, "the minute decides");
+    assert_eq!(last.limits()[0].retry_after, Duration::ZERO);
 }
 
 #[test]
