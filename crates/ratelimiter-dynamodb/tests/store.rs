@@ -109,6 +109,14 @@ async fn one_item_per_identifier_with_a_bucket_per_limit_and_a_safe_ttl() {
         ttl <= now_secs + 3600,
         "ttl {ttl} beyond the longest period"
     );
+    // A one-minute policy counted against the same user (another kind than
+    // its own) keeps the item as long as the user's hourly bucket needs.
+    let user = ratelimiter::Kind::USER;
+    let as_user = Request::new(PolicyId::LISTENER_JOIN, "user-123").kind(Some(&user));
+    service.check_request(&as_user).await.unwrap();
+    let item = raw_item(service.store().inner(), "user#user-123").await;
+    assert_eq!(number(&item, "ttl"), now_secs + 3600, "{item:?}");
+    assert!(item.contains_key("listener_join@60"), "{item:?}");
 
     // A listener's two policies share the item of its address.
     service
