@@ -14,6 +14,8 @@
 //! - `POST /{stage}/@connections/{connectionId}` is the Management API: the
 //!   handlers' unchanged `PostToConnection` calls reach the client; an
 //!   unknown connection gets 410. `DELETE` closes the connection.
+//! - Frames over 32 KB and messages over 128 KB close the connection with
+//!   code 1009, as API Gateway does.
 //! - A closed socket is a `$disconnect`, logged.
 
 use std::collections::HashMap;
@@ -45,6 +47,12 @@ use crate::stores::AnyStore;
 
 /// The stage of a connection made on `/`.
 pub const DEFAULT_STAGE: &str = "local";
+
+/// API Gateway's limit on one WebSocket frame: 32 KB.
+pub const MAX_FRAME_BYTES: usize = 32 * 1024;
+
+/// API Gateway's limit on one WebSocket message: 128 KB.
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
 /// What a connection's socket is told to do.
 enum Outgoing {
@@ -214,7 +222,9 @@ async fn upgrade(
         connection.id,
         connection.source_ip
     );
-    ws.on_upgrade(move |socket| gateway.run(socket, connection))
+    ws.max_frame_size(MAX_FRAME_BYTES)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| gateway.run(socket, connection))
 }
 
 impl Gateway {
@@ -281,6 +291,17 @@ impl Gateway {
                 incoming = socket.recv() => match incoming {
                     Some(Ok(Message::Text(text))) => self.route(&connection, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => self.route(&connection, "").await,
+                    Some(Err(error)) if error.to_string().contains("Space limit exceeded") => {
+                        // What API Gateway does with a frame over 32 KB or a
+                        // message over 128 KB: close with 1009.
+                        tracing::info!("closing {}: {error} (1009)", connection.id);
+                        let close = axum::extract::ws::CloseFrame {
+                            code: axum::extract::ws::close_code::SIZE,
+                            reason: "Message too big".into(),
+                        };
+                        let _ = socket.send(Message::Close(Some(close))).await;
+                        break;
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 },

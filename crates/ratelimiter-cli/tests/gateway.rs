@@ -256,3 +256,54 @@ async fn policies_from_a_file_and_a_tier_from_the_stand_in_authorizer() {
     send(&mut free, r#"{"action":"heartbeat"}"#).await;
     assert_eq!(next_json(&mut free).await["details"]["retryAfter"], 30);
 }
+
+/// The close frame the server ends `socket` with.
+async fn close_code(socket: &mut Socket) -> Option<u16> {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an answer within 10 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn frames_and_messages_over_api_gateways_limits_close_with_1009() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let server = Server::start(&[]);
+    // A message of 129 KB in frames of 16 KB: every frame fits, the message does not.
+    let mut socket = server.connect("127.0.0.31", None).await.unwrap();
+    let big = "x".repeat(129 * 1024);
+    let chunks: Vec<&[u8]> = big.as_bytes().chunks(16 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(chunk.to_vec(), opcode, i + 1 == chunks.len());
+        socket.send(Message::Frame(frame)).await.unwrap();
+    }
+    assert_eq!(close_code(&mut socket).await, Some(1009));
+    // One frame of 33 KB.
+    let mut socket = server.connect("127.0.0.32", None).await.unwrap();
+    socket
+        .send(Message::text("y".repeat(33 * 1024)))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut socket).await, Some(1009));
+    // Just under both limits: answered as usual (no route for it).
+    let mut socket = server.connect("127.0.0.33", None).await.unwrap();
+    let fits = format!(r#"{{"action":"dance","pad":"{}"}}"#, "z".repeat(31 * 1024));
+    socket.send(Message::text(fits)).await.unwrap();
+    assert_eq!(next_json(&mut socket).await["message"], "Forbidden");
+}

@@ -12,11 +12,32 @@ pub const UNKNOWN_IP: &str = "unknown";
 pub const BAD_REQUEST: &str = "BAD_REQUEST";
 
 /// An event the handlers cannot use, and why.
+///
+/// The reason may quote what the event held (a deserializer names the value
+/// it could not use), so it is cut to [`MAX_REASON_CHARS`]: a hostile field
+/// of 100 KB is never echoed whole, in the response or in the log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed WebSocket event: {0}")]
-pub struct BadEvent(pub String);
+pub struct BadEvent(String);
+
+/// The most characters of a [`BadEvent`]'s reason kept.
+pub const MAX_REASON_CHARS: usize = 240;
 
 impl BadEvent {
+    /// An event rejected for `reason`, cut to [`MAX_REASON_CHARS`].
+    pub fn new(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        match reason.char_indices().nth(MAX_REASON_CHARS) {
+            None => Self(reason),
+            Some((cut, _)) => Self(format!("{}... (cut)", &reason[..cut])),
+        }
+    }
+
+    /// Why the event was rejected.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
+
     /// The 400 response in the seed's error format, at `timestamp_ms`.
     pub fn response(&self, timestamp_ms: u64) -> ApiGatewayProxyResponse {
         error_response(400, BAD_REQUEST, &self.0, timestamp_ms)
@@ -32,13 +53,13 @@ impl BadEvent {
 /// Deserializes a raw Lambda payload as a WebSocket event, or says what is wrong.
 pub fn parse(payload: Value) -> Result<ApiGatewayWebsocketProxyRequest, BadEvent> {
     if !payload.is_object() {
-        return Err(BadEvent("the event is not a JSON object".to_owned()));
+        return Err(BadEvent::new("the event is not a JSON object".to_owned()));
     }
     if payload.get("requestContext").is_none_or(Value::is_null) {
-        return Err(BadEvent("the event has no requestContext".to_owned()));
+        return Err(BadEvent::new("the event has no requestContext".to_owned()));
     }
     serde_json::from_value(payload).map_err(|e| {
-        BadEvent(format!(
+        BadEvent::new(format!(
             "the event does not fit an API Gateway WebSocket event: {e}"
         ))
     })
@@ -80,7 +101,7 @@ pub fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<&str, Ba
         .connection_id
         .as_deref()
         .filter(|id| !id.is_empty())
-        .ok_or_else(|| BadEvent("the event has no requestContext.connectionId".to_owned()))
+        .ok_or_else(|| BadEvent::new("the event has no requestContext.connectionId".to_owned()))
 }
 
 /// The message body as JSON (`{"action": "heartbeat"}` and whatever else it holds).
@@ -88,8 +109,9 @@ pub fn body_json(event: &ApiGatewayWebsocketProxyRequest) -> Result<Value, BadEv
     let body = event
         .body
         .as_deref()
-        .ok_or_else(|| BadEvent("the message has no body".to_owned()))?;
-    serde_json::from_str(body).map_err(|e| BadEvent(format!("the message body is not JSON: {e}")))
+        .ok_or_else(|| BadEvent::new("the message has no body".to_owned()))?;
+    serde_json::from_str(body)
+        .map_err(|e| BadEvent::new(format!("the message body is not JSON: {e}")))
 }
 
 /// The Management API endpoint of the event's API: `https://{domainName}/{stage}`.
@@ -99,7 +121,7 @@ pub fn management_endpoint(event: &ApiGatewayWebsocketProxyRequest) -> Result<St
         (Some(domain), Some(stage)) if !domain.is_empty() && !stage.is_empty() => {
             Ok(format!("https://{domain}/{stage}"))
         }
-        _ => Err(BadEvent(
+        _ => Err(BadEvent::new(
             "the event has no requestContext.domainName and stage to answer through".to_owned(),
         )),
     }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_sdk_apigatewaymanagement::Client;
@@ -67,6 +68,10 @@ impl ManagementApi {
                     .operation_timeout(POST_TIMEOUT)
                     .build(),
             )
+            // A post that failed with a 5xx may have been delivered: sending
+            // it again can show the client a message twice, and each retry
+            // holds the invocation longer. One attempt, like the store's.
+            .retry_config(RetryConfig::disabled())
             .load()
             .await;
         let endpoint_override = std::env::var(MANAGEMENT_ENDPOINT_VAR)
@@ -84,6 +89,7 @@ impl ManagementApi {
             .http_client(ratelimiter_dynamodb::https_client())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("local", "local", None, None, "local"))
+            .retry_config(aws_sdk_apigatewaymanagement::config::retry::RetryConfig::disabled())
             .build();
         Self::new(config, Some(endpoint.into()))
     }

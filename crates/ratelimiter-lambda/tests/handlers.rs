@@ -631,3 +631,103 @@ async fn a_refused_attempt_takes_nothing_from_the_speakers_sessions() {
         .unwrap();
     assert_eq!(sessions.count, 1);
 }
+
+#[tokio::test]
+async fn a_hostile_field_is_never_echoed_whole() {
+    let handler = ConnectHandler::new(limiter(&[]));
+    let (logs, _guard) = capture_logs();
+    let hostile = "A".repeat(100_000);
+    let mut event = connect_event(Some("192.0.2.70"), None);
+    // A string where API Gateway sends a number: the deserializer quotes it.
+    event["requestContext"]["connectedAt"] = json!(hostile);
+    let response = handler.handle(invoke(event)).await.unwrap();
+    assert_eq!(response.status_code, 400);
+    let message = body(&response)["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("does not fit"), "{message}");
+    assert!(message.contains("(cut)"), "{message}");
+    assert!(message.len() < 400, "{} bytes", message.len());
+    let text = logs.text();
+    assert!(
+        text.contains("rejected a malformed $connect event"),
+        "{text}"
+    );
+    assert!(text.len() < 1000, "the log line is {} bytes", text.len());
+    // Heartbeats too: a body that is not JSON, 100 KB of it.
+    let sender = Arc::new(Recorder::default());
+    let heartbeat = HeartbeatHandler::new(limiter(&[]), sender);
+    let response = heartbeat
+        .handle(invoke(heartbeat_event(
+            "c",
+            &format!("{{\"action\": {hostile}"),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(response.status_code, 400);
+    assert!(body(&response)["message"].as_str().unwrap().len() < 400);
+}
+
+/// A Management API stand-in that answers every post with `status`, and
+/// counts the posts.
+async fn management_answering(status: u16) -> (String, Arc<AtomicU32>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let posts = Arc::new(AtomicU32::new(0));
+    let counted = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut socket = BufReader::new(socket);
+                loop {
+                    let (mut line, mut length) = (String::new(), 0);
+                    loop {
+                        line.clear();
+                        if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    socket.read_exact(&mut body).await.unwrap();
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let response = format!(
+                        "HTTP/1.1 {status} Oops\r\ncontent-type: application/json\r\nx-amzn-errortype: InternalServerError\r\ncontent-length: 2\r\n\r\n{{}}"
+                    );
+                    socket
+                        .get_mut()
+                        .write_all(response.as_bytes())
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (format!("http://{address}/prod"), posts)
+}
+
+#[tokio::test]
+async fn a_post_that_fails_with_a_5xx_is_never_sent_again() {
+    let (endpoint, posts) = management_answering(500).await;
+    let sender = Arc::new(ratelimiter_lambda::management::ManagementApi::local(
+        endpoint,
+    ));
+    let handler = HeartbeatHandler::new(limiter(&[]), sender);
+    let beat = || invoke(heartbeat_event("conn-5xx", r#"{"action":"heartbeat"}"#));
+    for (expected, posted) in [(500, 1), (500, 2), (429, 3)] {
+        let response = handler.handle(beat()).await.unwrap();
+        assert_eq!(response.status_code, expected);
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            posted,
+            "one post per heartbeat"
+        );
+    }
+}
