@@ -271,7 +271,7 @@ impl DynamoDbStore {
             }
             if *calls >= MAX_CALLS_PER_DECISION - 1 {
                 return Err(StoreError::new(
-                    StoreErrorKind::Protocol,
+                    StoreErrorKind::Contended,
                     format!(
                         "gave up after {calls} calls: the item kept changing between reads and writes"
                     ),

@@ -311,7 +311,7 @@ async fn shape_flipping_endpoint(now: u64) -> String {
 }
 
 #[tokio::test]
-async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls() {
+async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls_and_decided_here() {
     let (logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let now = ratelimiter::Clock::now(&clock);
@@ -322,9 +322,26 @@ async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls() {
         .check_connection_attempt_limit("192.0.2.80")
         .await
         .unwrap();
-    assert!(verdict.allowed() && verdict.is_degraded(), "{verdict:?}");
-    assert_eq!(verdict.degraded, Some(Degradation::Protocol));
+    // A contended key is decided in this process at its own limits, not
+    // failed open, and the breaker does not count it.
+    assert!(verdict.allowed(), "{verdict:?}");
+    assert_eq!(verdict.degraded, Some(Degradation::Contended));
     assert_eq!((verdict.calls, service.store().inner().calls()), (3, 3));
+    for _ in 0..25 {
+        service
+            .check_connection_attempt_limit("192.0.2.80")
+            .await
+            .ok();
+    }
+    let verdict = service
+        .decide(ratelimiter::PolicyId::CONNECTION_ATTEMPT, "192.0.2.80", 1)
+        .await
+        .unwrap();
+    assert!(!verdict.allowed(), "20 a minute, decided here: {verdict:?}");
+    assert_eq!(
+        service.breaker().state(ratelimiter::Clock::now(&clock)),
+        BreakerState::Closed
+    );
     assert!(
         logs.text().contains("gave up after 3 calls"),
         "{}",

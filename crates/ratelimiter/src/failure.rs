@@ -98,22 +98,35 @@ pub enum BreakerState {
 
 /// Stops calling a failing store for a cool-down, then lets one probe through.
 ///
-/// After `threshold` consecutive failures the breaker opens: decisions skip
-/// the store (and take microseconds instead of a timeout) until `cool_down`
-/// has passed. Then one decision probes the store; success closes the
-/// breaker, failure opens it for another cool-down.
+/// It opens on sustained failure, not on one stall: a failure counts only
+/// if its call started after the last counted failure was seen. The calls
+/// that one stall catches in flight (16 at once, say) all fail together, but
+/// count once; a store that keeps failing fails calls made after each
+/// failure, and each of those counts. After `threshold` counted failures in
+/// a row (no success in between) the breaker opens: decisions skip the store
+/// (and take microseconds instead of a timeout) until `cool_down` has
+/// passed. Then one decision probes the store; success closes the breaker,
+/// failure opens it for another cool-down.
+///
+/// With the defaults (3 counted failures) and a 100 ms timeout, an outage
+/// under steady traffic opens the breaker after about 300 ms; a single
+/// stall of any length below that, whatever the number of calls in flight,
+/// does not.
 #[derive(Debug)]
 pub struct CircuitBreaker {
     threshold: u32,
     cool_down: Nanos,
     failures: AtomicU32,
+    /// When the last counted failure was seen: calls started before it
+    /// were in flight during it, and their failures are the same event.
+    last_failure: AtomicU64,
     /// When the current cool-down ends; 0 while closed.
     open_until: AtomicU64,
     probing: AtomicBool,
 }
 
-/// Consecutive failures that open the breaker by default.
-pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// Counted failures in a row that open the breaker by default.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
 
 /// How long the breaker stays open by default.
 pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
@@ -125,13 +138,14 @@ impl Default for CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// A breaker that opens after `threshold` consecutive failures (at least
-    /// one) and stays open for `cool_down`.
+    /// A breaker that opens after `threshold` counted failures in a row (at
+    /// least one) and stays open for `cool_down`.
     pub fn new(threshold: u32, cool_down: Duration) -> Self {
         Self {
             threshold: threshold.max(1),
             cool_down: cool_down.as_nanos() as u64,
             failures: AtomicU32::new(0),
+            last_failure: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
         }
@@ -190,23 +204,24 @@ impl CircuitBreaker {
         true
     }
 
-    /// A call failed at `now`. Returns true if this opened the breaker.
-    pub fn record_failure(&self, now: Nanos) -> bool {
+    /// A call that started at `started` failed at `now`. Returns true if
+    /// this opened the breaker.
+    pub fn record_failure(&self, started: Nanos, now: Nanos) -> bool {
         let reopen = now.saturating_add(self.cool_down);
         if self.probing.swap(false, Ordering::AcqRel) {
             self.open_until.store(reopen, Ordering::Release);
             return true;
         }
+        if started < self.last_failure.fetch_max(now, Ordering::AcqRel) {
+            // In flight when a failure was already counted: the same stall.
+            return false;
+        }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= self.threshold
+        failures >= self.threshold
             && self
                 .open_until
                 .compare_exchange(0, reopen, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-        {
-            return true;
-        }
-        false
     }
 }
 
@@ -236,16 +251,16 @@ mod tests {
         let breaker = CircuitBreaker::new(3, Duration::from_secs(5));
         let t = 100 * SEC;
         assert_eq!(breaker.permit(t), Permit::Call);
-        assert!(!breaker.record_failure(t));
-        assert!(!breaker.record_failure(t));
-        assert!(breaker.record_failure(t));
+        assert!(!breaker.record_failure(t, t));
+        assert!(!breaker.record_failure(t, t));
+        assert!(breaker.record_failure(t, t));
         assert_eq!(breaker.state(t), BreakerState::Open);
         assert_eq!(breaker.permit(t + 4 * SEC), Permit::Skip);
         // After the cool-down exactly one decision probes.
         assert_eq!(breaker.permit(t + 5 * SEC), Permit::Probe);
         assert_eq!(breaker.permit(t + 5 * SEC), Permit::Skip);
         // The probe fails: open for another cool-down.
-        assert!(breaker.record_failure(t + 5 * SEC));
+        assert!(breaker.record_failure(t + 5 * SEC, t + 5 * SEC));
         assert_eq!(breaker.permit(t + 9 * SEC), Permit::Skip);
         assert_eq!(breaker.permit(t + 10 * SEC), Permit::Probe);
         // The probe succeeds: closed.
@@ -257,9 +272,25 @@ mod tests {
     #[test]
     fn a_success_resets_the_count_of_failures() {
         let breaker = CircuitBreaker::new(2, Duration::from_secs(1));
-        breaker.record_failure(0);
+        breaker.record_failure(0, 0);
         assert!(!breaker.record_success());
-        assert!(!breaker.record_failure(0));
+        assert!(!breaker.record_failure(0, 0));
         assert_eq!(breaker.permit(0), Permit::Call);
+    }
+
+    #[test]
+    fn one_stall_counts_once_however_many_calls_it_catches() {
+        let breaker = CircuitBreaker::default();
+        let (t, timeout) = (100 * SEC, SEC / 10);
+        // 16 calls in flight at t all time out together.
+        let opened: Vec<bool> = (0..16)
+            .map(|i| breaker.record_failure(t + i, t + timeout))
+            .collect();
+        assert!(opened.iter().all(|o| !o));
+        assert_eq!(breaker.state(t + timeout), BreakerState::Closed);
+        // The store keeps failing: calls made after each failure count.
+        assert!(!breaker.record_failure(t + timeout, t + 2 * timeout));
+        assert!(breaker.record_failure(t + 2 * timeout, t + 3 * timeout));
+        assert_eq!(breaker.state(t + 3 * timeout), BreakerState::Open);
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::failure::{CircuitBreaker, FailureMode, Permit};
-use crate::gcra::{self, CostExceedsCapacity, Decision, Nanos, Status, ceil_secs};
-use crate::key::{Key, KeySecret, Kind, shorten};
+use crate::gcra::{self, CostExceedsCapacity, Decision, Nanos, Quota, Status, ceil_secs};
+use crate::key::{Key, KeySecret, Kind, Slot, shorten};
 use crate::memory::MemoryStore;
 use crate::policy::{Limit, MAX_LIMITS, Policies, Policy, PolicyId, PolicyName};
 use crate::store::{Op, Outcome, Store, StoreError, StoreErrorKind};
@@ -58,6 +58,14 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     retention: Box<[Nanos]>,
     /// Per policy: whether an unknown tier was already reported.
     warned_tier: Box<[AtomicBool]>,
+    /// When each hot key was last reported, as a bucket of one per minute.
+    hot_keys_reported: MemoryStore,
+}
+
+/// The bucket that lets a hot key be reported once a minute.
+fn hot_key_report() -> (Slot, Quota) {
+    let quota = Quota::per_minute(std::num::NonZeroU32::MIN);
+    (Slot::new("hot-key-report@60"), quota)
 }
 
 /// Buckets the local fallback limiter keeps at most.
@@ -124,8 +132,11 @@ pub enum Degradation {
     Unavailable,
     /// The store refused the credentials.
     Unauthorized,
-    /// The store answered something unexpected (or kept changing the item).
+    /// The store answered something unexpected.
     Protocol,
+    /// Other writers kept changing the key until the store gave up: a hot
+    /// key, decided in this process at its own limits.
+    Contended,
     /// The circuit breaker kept the store out after recent failures.
     BreakerOpen,
 }
@@ -139,8 +150,16 @@ impl Degradation {
             Degradation::Unavailable => "unavailable",
             Degradation::Unauthorized => "unauthorized",
             Degradation::Protocol => "protocol",
+            Degradation::Contended => "contended",
             Degradation::BreakerOpen => "breaker_open",
         }
+    }
+
+    /// Whether the store is fine and only this key is hot (throttled or
+    /// contended): such a key is decided in this process at its own limits,
+    /// whatever the failure mode, and the breaker does not count it.
+    pub fn is_hot_key(self) -> bool {
+        matches!(self, Degradation::Throttled | Degradation::Contended)
     }
 }
 
@@ -151,6 +170,7 @@ impl From<StoreErrorKind> for Degradation {
             StoreErrorKind::Throttled => Degradation::Throttled,
             StoreErrorKind::Unauthorized => Degradation::Unauthorized,
             StoreErrorKind::Protocol => Degradation::Protocol,
+            StoreErrorKind::Contended => Degradation::Contended,
             _ => Degradation::Unavailable,
         }
     }
@@ -297,6 +317,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
             retention,
             warned_tier,
+            hot_keys_reported: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
         }
     }
 
@@ -502,18 +523,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             }
             Err(error) => {
                 // Perhaps written, perhaps not: never call again for it.
-                tracing::warn!(
-                    policy = policy1.name(),
-                    key_type = key.kind().as_str(),
-                    %error,
-                    "rate-limit store unavailable; deciding by the failure mode"
-                );
-                if self.breaker.record_failure(self.clock.now()) {
-                    tracing::warn!(
-                        "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
-                    );
-                }
-                let why = error.kind().into();
+                let why = self.store_failed(policy1, &key, &error, now);
                 let (ops1, ops2) = ops.split_at(n1);
                 let (tats1, tats2) = tats.split_at_mut(n1);
                 let mut v1 = self.degraded(first.policy, policy1, limits1, &key, ops1, tats1, why);
@@ -740,26 +750,57 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 verdict(id, limits, ops, tats, outcome)
             }
             Err(error) => {
-                let mode = policy.failure_mode();
-                tracing::warn!(
-                    policy = policy.name(),
-                    key_type = key.kind().as_str(),
-                    failure_mode = mode.as_str(),
-                    %error,
-                    "rate-limit store unavailable; deciding by the failure mode{}",
-                    if mode == FailureMode::Open { " (fail open: allowed)" } else { "" }
-                );
-                if self.breaker.record_failure(self.clock.now()) {
-                    tracing::warn!(
-                        cool_down_ms = self.breaker.cool_down().as_millis() as u64,
-                        "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
-                    );
-                }
-                self.degraded(id, policy, limits, key, ops, tats, error.kind().into())
+                let why = self.store_failed(policy, key, &error, now);
+                self.degraded(id, policy, limits, key, ops, tats, why)
             }
         };
         verdict.calls = applied.calls;
         self.finish(verdict, policy)
+    }
+
+    /// Logs a store's failure on a call that started at `started`, counts
+    /// it for the breaker unless it only says the key is hot, and says why
+    /// the decision is degraded.
+    fn store_failed(
+        &self,
+        policy: &Policy,
+        key: &Key<'_>,
+        error: &StoreError,
+        started: Nanos,
+    ) -> Degradation {
+        let why = Degradation::from(error.kind());
+        let now = self.clock.now();
+        if why.is_hot_key() {
+            let (slot, quota) = hot_key_report();
+            let step = quota.step(now, 1).expect("one token fits");
+            let report = self.hot_keys_reported.apply_step(key, &slot, &step);
+            if matches!(report, gcra::Outcome::Allowed { .. }) {
+                tracing::warn!(
+                    policy = policy.name(),
+                    key_type = key.kind().as_str(),
+                    %error,
+                    "hot key: the rate-limit store refused it ({}); deciding it in this process at its own limits (reported once a minute per key)",
+                    why.as_str()
+                );
+            }
+            return why;
+        }
+        let mode = policy.failure_mode();
+        tracing::warn!(
+            policy = policy.name(),
+            key_type = key.kind().as_str(),
+            failure_mode = mode.as_str(),
+            %error,
+            "rate-limit store unavailable; deciding by the failure mode{}",
+            if mode == FailureMode::Open { " (fail open: allowed)" } else { "" }
+        );
+        if self.breaker.record_failure(started, now) {
+            tracing::warn!(
+                cool_down_ms = self.breaker.cool_down().as_millis() as u64,
+                "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
+            );
+        }
+        why
     }
 
     /// Marks `verdict` as shadowed when its policy is in shadow mode, logs
@@ -808,7 +849,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 })
                 .collect::<Vec<_>>()
         };
-        let mut verdict = match policy.failure_mode() {
+        // A hot key is decided here at its own limits, whatever the mode:
+        // failing open on it would hand an attacker who makes a key hot
+        // the admissions the limit exists to refuse.
+        let mode = if why.is_hot_key() {
+            FailureMode::Local
+        } else {
+            policy.failure_mode()
+        };
+        let mut verdict = match mode {
             FailureMode::Open => from_decisions(id, fixed(true, Duration::ZERO)),
             FailureMode::Closed => {
                 // Ask the client to come back once the store may be back.

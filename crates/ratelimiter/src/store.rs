@@ -163,6 +163,9 @@ pub enum StoreErrorKind {
     Unauthorized,
     /// The backing service answered with something the store does not understand.
     Protocol,
+    /// Other writers kept changing the key between the store's reads and
+    /// writes, until it gave up: the key is hot, the store is fine.
+    Contended,
 }
 
 impl StoreErrorKind {
@@ -174,6 +177,7 @@ impl StoreErrorKind {
             StoreErrorKind::Throttled => "throttled",
             StoreErrorKind::Unauthorized => "unauthorized",
             StoreErrorKind::Protocol => "protocol",
+            StoreErrorKind::Contended => "contended",
         }
     }
 }

@@ -45,6 +45,9 @@ pub const WOULD_DENY: &str = "WouldDeny";
 /// Decisions the failure mode made because the store failed or the circuit
 /// breaker was open (count).
 pub const DEGRADED: &str = "Degraded";
+/// Decisions made in this process because the store throttled the key or
+/// gave up on it (a hot key), whatever the failure mode (count).
+pub const HOT_KEY: &str = "HotKey";
 /// Time from the start of a decision to its verdict, store call included
 /// (milliseconds).
 pub const DECISION_LATENCY: &str = "DecisionLatency";
@@ -79,6 +82,7 @@ pub fn describe() {
             "Requests shadow mode let through over the limit",
         ),
         (DEGRADED, "Decisions made by the failure mode"),
+        (HOT_KEY, "Decisions made in process on a hot key"),
     ] {
         metrics::describe_counter!(name, Unit::Count, text);
     }
@@ -96,6 +100,7 @@ struct PolicyMetrics {
     denied: Counter,
     would_deny: Counter,
     degraded: Counter,
+    hot_key: Counter,
     latency: Histogram,
     /// The store's calls to its backing service, for stores that have one.
     calls: Option<Counter>,
@@ -121,6 +126,7 @@ impl DecisionMetrics {
                         denied: counter(DENIED, name),
                         would_deny: counter(WOULD_DENY, name),
                         degraded: counter(DEGRADED, name),
+                        hot_key: counter(HOT_KEY, name),
                         latency: histogram(DECISION_LATENCY, name),
                         calls: calls.map(|metric| counter(metric, name)),
                     }
@@ -141,8 +147,11 @@ impl DecisionMetrics {
         if verdict.would_deny() {
             metrics.would_deny.increment(1);
         }
-        if verdict.degraded.is_some() {
+        if let Some(why) = verdict.degraded {
             metrics.degraded.increment(1);
+            if why.is_hot_key() {
+                metrics.hot_key.increment(1);
+            }
         }
         if let Some(calls) = &metrics.calls
             && verdict.calls > 0

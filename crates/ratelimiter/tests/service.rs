@@ -667,3 +667,80 @@ async fn a_refused_attempt_gives_back_the_session_it_raced() {
         .unwrap();
     assert_eq!(sessions.count, 1);
 }
+
+/// A memory store that throttles one key, as DynamoDB throttles a hot
+/// partition, and serves the others.
+#[derive(Default)]
+struct Throttling {
+    memory: MemoryStore,
+    hot: Mutex<Option<String>>,
+}
+
+impl Store for Throttling {
+    async fn apply(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> Applied {
+        if self.hot.lock().unwrap().as_deref() == Some(&*key.to_string()) {
+            return Applied {
+                outcome: Err(StoreError::new(
+                    StoreErrorKind::Throttled,
+                    "ThrottlingException",
+                )),
+                calls: 1,
+            };
+        }
+        self.memory.apply(key, ops, retention, tats).await
+    }
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        self.memory.refund(key, ops).await
+    }
+    async fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> Result<(), StoreError> {
+        self.memory.load(key, slots, tats).await
+    }
+    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
+        self.memory.remove(key, slots).await
+    }
+}
+
+#[test]
+fn a_throttled_hot_key_is_decided_here_at_its_limits_and_the_breaker_stays_closed() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    // Open on failure, and a breaker that a single failure would open.
+    let service = Builder::new()
+        .clock(clock.clone())
+        .breaker(CircuitBreaker::new(1, Duration::from_secs(5)))
+        .build_uncached(Throttling::default());
+    *service.store().hot.lock().unwrap() = Some("connection#hot".to_owned());
+    let logs = with_logs(async {
+        let mut admitted = 0;
+        for _ in 0..20 {
+            let verdict = service.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
+            assert_eq!(verdict.degraded, Some(Degradation::Throttled));
+            admitted += u32::from(verdict.allowed());
+        }
+        // At most its limit, not fail-open's twenty.
+        assert_eq!(admitted, 2);
+        // Other keys are exact and not degraded; the breaker never opened.
+        let cold = service
+            .decide(PolicyId::HEARTBEAT, "cold", 1)
+            .await
+            .unwrap();
+        assert_eq!((cold.degraded, cold.calls), (None, 1));
+    });
+    assert_eq!(
+        service.breaker().state(ratelimiter::Clock::now(&clock)),
+        ratelimiter::failure::BreakerState::Closed
+    );
+    // Reported once, not twenty times.
+    assert_eq!(logs.matches("hot key").count(), 1, "{logs}");
+    assert!(!logs.contains("circuit breaker opened"), "{logs}");
+}

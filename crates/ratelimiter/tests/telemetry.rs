@@ -204,7 +204,8 @@ fn each_decision_is_counted_and_timed_by_policy() {
     let units = capture.units.lock().unwrap().clone();
     assert_eq!(units[DECISION_LATENCY], Unit::Milliseconds);
     assert_eq!(units["Allowed"], Unit::Count);
-    assert_eq!(units.len(), 5, "{units:?}");
+    assert_eq!(units.len(), 6, "{units:?}");
+    assert_eq!(units["HotKey"], Unit::Count);
     assert_eq!(OPERATION_LABEL, "Operation");
 }
 
