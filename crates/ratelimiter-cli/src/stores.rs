@@ -132,26 +132,53 @@ async fn open_embedded(data_dir: &Path, table: &str) -> Result<DynamoDbStore, Cl
     })?;
     let database = dynoxide::Database::new(path)
         .map_err(|e| CliError::Store(format!("cannot open the embedded store {path}: {e}")))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| {
-            CliError::Store(format!(
-                "cannot listen on loopback for the embedded store: {e}"
-            ))
-        })?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| {
+        CliError::Store(format!(
+            "cannot listen on loopback for the embedded store: {e}"
+        ))
+    })?;
     let endpoint = format!(
         "http://{}",
         listener
             .local_addr()
             .map_err(|e| CliError::Store(e.to_string()))?
     );
-    tokio::spawn(dynoxide::server::serve_on(listener, database));
+    serve_embedded(listener, database)?;
     let store = DynamoDbStore::new(
         client(&ClientOptions::local(endpoint, EMBEDDED_TIMEOUT)).await,
         table,
     );
     ensure_table(&store).await?;
     Ok(store)
+}
+
+/// Serves `database` on `listener` from a thread of its own: its SQLite
+/// calls block the thread that makes them (up to its lock timeout when
+/// another process holds the file), and must not block the connections and
+/// decisions of the caller's runtime, which only await the answers.
+fn serve_embedded(
+    listener: std::net::TcpListener,
+    database: dynoxide::Database,
+) -> Result<(), CliError> {
+    let store_error =
+        |e: std::io::Error| CliError::Store(format!("cannot start the embedded store: {e}"));
+    listener.set_nonblocking(true).map_err(store_error)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(store_error)?;
+    std::thread::Builder::new()
+        .name("embedded-store".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => dynoxide::server::serve_on(listener, database).await,
+                    Err(error) => tracing::error!(%error, "the embedded store cannot listen"),
+                }
+            })
+        })
+        .map_err(store_error)?;
+    Ok(())
 }
 
 /// Creates the table unless it exists. Several processes may race to create

@@ -17,7 +17,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Server {
     child: Child,
     address: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -66,7 +66,7 @@ impl Server {
         Self {
             child,
             address,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -306,4 +306,41 @@ async fn frames_and_messages_over_api_gateways_limits_close_with_1009() {
     let fits = format!(r#"{{"action":"dance","pad":"{}"}}"#, "z".repeat(31 * 1024));
     socket.send(Message::text(fits)).await.unwrap();
     assert_eq!(next_json(&mut socket).await["message"], "Forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_waiting_for_the_stores_lock_does_not_stop_other_connections() {
+    let server = Server::start(&[]);
+    let mut early = server.connect("127.0.0.41", None).await.unwrap();
+    // Another process takes the embedded store's write lock and holds it.
+    let file = server.dir.path().join(".ratelimit/ratelimit.db");
+    let holder = rusqlite::Connection::open(&file).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // A new connection's $connect waits for that lock...
+    let address = server.address;
+    let waiting = tokio::spawn(async move {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.42:0".parse().unwrap()).unwrap();
+        let stream = socket.connect(address).await.unwrap();
+        let url = format!("ws://{address}/local");
+        tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .is_ok()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...while a message that needs no store is answered at once.
+    let started = std::time::Instant::now();
+    send(&mut early, r#"{"action":"dance"}"#).await;
+    assert_eq!(next_json(&mut early).await["message"], "Forbidden");
+    let elapsed = started.elapsed();
+    assert!(
+        !waiting.is_finished(),
+        "the waiting connect was not held up"
+    );
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "answered after {elapsed:?}"
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert!(waiting.await.unwrap(), "the waiting connect went through");
 }
