@@ -196,3 +196,21 @@ fn every_stage_profile_sets_only_template_parameters_and_its_own_stage() {
         BTreeSet::from(["dev", "prod", "staging"].map(str::to_owned))
     );
 }
+
+#[test]
+fn a_flood_is_bounded_before_the_functions_run() {
+    let template = template();
+    let parameters = template_parameters(&template);
+    for name in [
+        "StageRateLimit",
+        "StageBurstLimit",
+        "ConnectConcurrency",
+        "HeartbeatConcurrency",
+    ] {
+        assert!(parameters.contains(name), "{name} is not a parameter");
+    }
+    assert!(template.contains("ThrottlingRateLimit: !Ref StageRateLimit"));
+    assert!(template.contains("ThrottlingBurstLimit: !Ref StageBurstLimit"));
+    assert!(template.contains("ReservedConcurrentExecutions: !Ref ConnectConcurrency"));
+    assert!(template.contains("ReservedConcurrentExecutions: !Ref HeartbeatConcurrency"));
+}
