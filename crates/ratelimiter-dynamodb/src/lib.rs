@@ -68,6 +68,11 @@ pub const TABLE_VAR: &str = "RATE_LIMIT_TABLE_NAME";
 pub const TIMEOUT_VAR: &str = "RATE_LIMIT_TIMEOUT_MS";
 /// The default bound on each DynamoDB call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+/// The variable that bounds the first call of a container, which sets up
+/// its connection (TCP and TLS), in milliseconds.
+pub const CONNECT_TIMEOUT_VAR: &str = "RATE_LIMIT_CONNECT_TIMEOUT_MS";
+/// The default bound on that first call.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The partition key attribute (a string: the key's [`Key`] form).
 pub const PARTITION_KEY: &str = "pk";
@@ -102,6 +107,9 @@ pub struct DynamoDbConfig {
     pub table: String,
     /// The bound on each call (connect, attempt and whole operation).
     pub timeout: Duration,
+    /// What a new container's first call may add to set up its connection
+    /// (see [`DynamoDbStore::with_connect_timeout`]).
+    pub connect_timeout: Duration,
 }
 
 impl Default for DynamoDbConfig {
@@ -109,6 +117,7 @@ impl Default for DynamoDbConfig {
         Self {
             table: DEFAULT_TABLE.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -127,6 +136,10 @@ impl DynamoDbConfig {
         }
         if let Some(ms) = lookup(TIMEOUT_VAR) {
             config.timeout = Duration::from_millis(parse_positive(TIMEOUT_VAR, &ms, 60_000)?);
+        }
+        if let Some(ms) = lookup(CONNECT_TIMEOUT_VAR) {
+            config.connect_timeout =
+                Duration::from_millis(parse_positive(CONNECT_TIMEOUT_VAR, &ms, 60_000)?);
         }
         Ok(config)
     }
@@ -171,6 +184,10 @@ pub struct DynamoDbStore {
     client: Client,
     table: String,
     calls: AtomicU64,
+    /// What a call may add to set up a connection, until one has answered.
+    connect_timeout: Duration,
+    /// Whether a call has answered (so a connection is in the pool).
+    connected: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of one `UpdateItem`.
@@ -191,6 +208,8 @@ impl DynamoDbStore {
             client,
             table: table.into(),
             calls: AtomicU64::new(0),
+            connect_timeout: Duration::ZERO,
+            connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -209,11 +228,44 @@ impl DynamoDbStore {
             ..ClientOptions::default()
         };
         Self::new(client(&options).await, config.table.clone())
+            .with_connect_timeout(config.connect_timeout)
     }
 
     /// The table's name.
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The same store, giving the first call that has to set up a
+    /// connection (TCP and TLS) `connect_timeout` more: a new container's
+    /// first decision then does not fail open on a healthy table because of
+    /// its handshake. Once a call has answered, every call has the client's
+    /// own timeout.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// For a call while no call has answered yet: the client's timeouts
+    /// stretched by the connect timeout.
+    fn first_call_override(&self) -> Option<aws_sdk_dynamodb::config::Builder> {
+        if self.connected.load(Ordering::Relaxed) || self.connect_timeout.is_zero() {
+            return None;
+        }
+        let client_timeout = self
+            .client
+            .config()
+            .timeout_config()
+            .and_then(|t| t.operation_attempt_timeout())
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = client_timeout + self.connect_timeout;
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout)
+            .operation_attempt_timeout(timeout)
+            .operation_timeout(timeout)
+            .build();
+        Some(aws_sdk_dynamodb::config::Builder::default().timeout_config(timeouts))
     }
 
     /// The client the store calls DynamoDB with.
@@ -340,7 +392,18 @@ impl DynamoDbStore {
             .update_expression(set)
             .condition_expression(condition);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        match request.send().await {
+        let sent = match self.first_call_override() {
+            Some(config) => request.customize().config_override(config).send().await,
+            None => request.send().await,
+        };
+        if !matches!(
+            &sent,
+            Err(SdkError::TimeoutError(_) | SdkError::DispatchFailure(_))
+        ) {
+            // It answered: a connection is set up.
+            self.connected.store(true, Ordering::Relaxed);
+        }
+        match sent {
             Ok(output) => {
                 let item = output.attributes().ok_or_else(|| {
                     StoreError::new(
@@ -595,7 +658,8 @@ mod tests {
             DynamoDbConfig::from_lookup(|_| None).unwrap(),
             DynamoDbConfig {
                 table: "RateLimits".into(),
-                timeout: Duration::from_millis(100)
+                timeout: Duration::from_millis(100),
+                connect_timeout: Duration::from_secs(1),
             }
         );
         let config = DynamoDbConfig::from_lookup(|var| match var {
@@ -617,6 +681,7 @@ mod tests {
             ("RATE_LIMIT_TIMEOUT_MS", "0"),
             ("RATE_LIMIT_TIMEOUT_MS", "fast"),
             ("RATE_LIMIT_TIMEOUT_MS", "600000"),
+            ("RATE_LIMIT_CONNECT_TIMEOUT_MS", "0"),
         ] {
             let err = DynamoDbConfig::from_lookup(|v| (v == var).then(|| value.to_owned()))
                 .unwrap_err()

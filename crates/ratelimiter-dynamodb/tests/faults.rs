@@ -348,3 +348,37 @@ async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls_and_deci
         logs.text()
     );
 }
+
+#[tokio::test]
+async fn a_new_containers_first_call_may_take_the_connect_timeout_more() {
+    let (_logs, _guard) = Logs::capture(Format::Text);
+    let clock = clock_now();
+    let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT)
+        .await
+        .with_connect_timeout(Duration::from_millis(400));
+    let service = service(store, &clock);
+    // Until a call has answered, a call has 100 + 400 ms.
+    for _ in 0..2 {
+        let started = Instant::now();
+        let verdict = service.check_heartbeat_limit("c").await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(verdict.degraded, Some(Degradation::Timeout));
+        assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    }
+    // Once a call has answered (here, on a healthy table), 100 ms again.
+    let endpoint = dynoxide().await;
+    let store = store_at(&endpoint, "RateLimits", TIMEOUT)
+        .await
+        .with_connect_timeout(Duration::from_secs(5));
+    store.create_table().await.unwrap();
+    let service = common::service(store, &clock);
+    service.check_heartbeat_limit("c").await.unwrap();
+    assert!(
+        !service
+            .check_heartbeat_limit("c")
+            .await
+            .unwrap()
+            .is_degraded()
+    );
+}

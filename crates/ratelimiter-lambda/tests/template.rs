@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use ratelimiter::config::{CONFIG_VAR, KEY_SECRET_VAR, TIER_FIELD_VAR};
 use ratelimiter::failure::{FAILURE_MODE_VAR, SHADOW_MODE_VAR, per_policy_var};
 use ratelimiter::policy::BUILTINS;
-use ratelimiter_dynamodb::{PARTITION_KEY, TABLE_VAR, TIMEOUT_VAR, TTL_ATTRIBUTE};
+use ratelimiter_dynamodb::{
+    CONNECT_TIMEOUT_VAR, PARTITION_KEY, TABLE_VAR, TIMEOUT_VAR, TTL_ATTRIBUTE,
+};
 use ratelimiter_lambda::emf::{METRICS_VAR, NAMESPACE_VAR};
 
 fn template() -> String {
@@ -22,6 +24,7 @@ fn variables_read_by_the_code() -> BTreeSet<String> {
         [
             TABLE_VAR,
             TIMEOUT_VAR,
+            CONNECT_TIMEOUT_VAR,
             FAILURE_MODE_VAR,
             SHADOW_MODE_VAR,
             CONFIG_VAR,
@@ -73,6 +76,7 @@ fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
     for var in [
         TABLE_VAR,
         TIMEOUT_VAR,
+        CONNECT_TIMEOUT_VAR,
         FAILURE_MODE_VAR,
         SHADOW_MODE_VAR,
         METRICS_VAR,
