@@ -99,10 +99,11 @@ pub enum BreakerState {
 /// Stops calling a failing store for a cool-down, then lets one probe through.
 ///
 /// It opens on sustained failure, not on one stall: a failure counts only
-/// if its call started after the last counted failure was seen. The calls
-/// that one stall catches in flight (16 at once, say) all fail together, but
-/// count once; a store that keeps failing fails calls made after each
-/// failure, and each of those counts. After `threshold` counted failures in
+/// if no other failure was counted while its call was in flight (each call
+/// takes the breaker's [`CircuitBreaker::generation`] when it starts). The
+/// calls that one stall catches in flight (16 at once, say) all fail
+/// together, but count once; a store that keeps failing fails calls made
+/// after each failure, and each of those counts. After `threshold` counted failures in
 /// a row (no success in between) the breaker opens: decisions skip the store
 /// (and take microseconds instead of a timeout) until `cool_down` has
 /// passed. Then one decision probes the store; success closes the breaker,
@@ -117,9 +118,10 @@ pub struct CircuitBreaker {
     threshold: u32,
     cool_down: Nanos,
     failures: AtomicU32,
-    /// When the last counted failure was seen: calls started before it
-    /// were in flight during it, and their failures are the same event.
-    last_failure: AtomicU64,
+    /// Counted failures ever: a call that fails after the generation it
+    /// started in has passed was in flight during a counted failure, and
+    /// its failure is the same event.
+    generation: AtomicU64,
     /// When the current cool-down ends; 0 while closed.
     open_until: AtomicU64,
     probing: AtomicBool,
@@ -145,7 +147,7 @@ impl CircuitBreaker {
             threshold: threshold.max(1),
             cool_down: cool_down.as_nanos() as u64,
             failures: AtomicU32::new(0),
-            last_failure: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
         }
@@ -204,16 +206,32 @@ impl CircuitBreaker {
         true
     }
 
-    /// A call that started at `started` failed at `now`. Returns true if
+    /// The generation a call starts in: take it before calling the store,
+    /// and give it to [`CircuitBreaker::record_failure`].
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A call that started in `generation` failed at `now`. Returns true if
     /// this opened the breaker.
-    pub fn record_failure(&self, started: Nanos, now: Nanos) -> bool {
+    pub fn record_failure(&self, generation: u64, now: Nanos) -> bool {
         let reopen = now.saturating_add(self.cool_down);
         if self.probing.swap(false, Ordering::AcqRel) {
             self.open_until.store(reopen, Ordering::Release);
             return true;
         }
-        if started < self.last_failure.fetch_max(now, Ordering::AcqRel) {
-            // In flight when a failure was already counted: the same stall.
+        if self
+            .generation
+            .compare_exchange(
+                generation,
+                generation + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            // In flight when another failure was counted: the same stall.
             return false;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -251,16 +269,16 @@ mod tests {
         let breaker = CircuitBreaker::new(3, Duration::from_secs(5));
         let t = 100 * SEC;
         assert_eq!(breaker.permit(t), Permit::Call);
-        assert!(!breaker.record_failure(t, t));
-        assert!(!breaker.record_failure(t, t));
-        assert!(breaker.record_failure(t, t));
+        assert!(!breaker.record_failure(breaker.generation(), t));
+        assert!(!breaker.record_failure(breaker.generation(), t));
+        assert!(breaker.record_failure(breaker.generation(), t));
         assert_eq!(breaker.state(t), BreakerState::Open);
         assert_eq!(breaker.permit(t + 4 * SEC), Permit::Skip);
         // After the cool-down exactly one decision probes.
         assert_eq!(breaker.permit(t + 5 * SEC), Permit::Probe);
         assert_eq!(breaker.permit(t + 5 * SEC), Permit::Skip);
         // The probe fails: open for another cool-down.
-        assert!(breaker.record_failure(t + 5 * SEC, t + 5 * SEC));
+        assert!(breaker.record_failure(breaker.generation(), t + 5 * SEC));
         assert_eq!(breaker.permit(t + 9 * SEC), Permit::Skip);
         assert_eq!(breaker.permit(t + 10 * SEC), Permit::Probe);
         // The probe succeeds: closed.
@@ -272,9 +290,9 @@ mod tests {
     #[test]
     fn a_success_resets_the_count_of_failures() {
         let breaker = CircuitBreaker::new(2, Duration::from_secs(1));
-        breaker.record_failure(0, 0);
+        breaker.record_failure(breaker.generation(), 0);
         assert!(!breaker.record_success());
-        assert!(!breaker.record_failure(0, 0));
+        assert!(!breaker.record_failure(breaker.generation(), 0));
         assert_eq!(breaker.permit(0), Permit::Call);
     }
 
@@ -283,14 +301,15 @@ mod tests {
         let breaker = CircuitBreaker::default();
         let (t, timeout) = (100 * SEC, SEC / 10);
         // 16 calls in flight at t all time out together.
+        let started = breaker.generation();
         let opened: Vec<bool> = (0..16)
-            .map(|i| breaker.record_failure(t + i, t + timeout))
+            .map(|_| breaker.record_failure(started, t + timeout))
             .collect();
         assert!(opened.iter().all(|o| !o));
         assert_eq!(breaker.state(t + timeout), BreakerState::Closed);
         // The store keeps failing: calls made after each failure count.
-        assert!(!breaker.record_failure(t + timeout, t + 2 * timeout));
-        assert!(breaker.record_failure(t + 2 * timeout, t + 3 * timeout));
+        assert!(!breaker.record_failure(breaker.generation(), t + 2 * timeout));
+        assert!(breaker.record_failure(breaker.generation(), t + 3 * timeout));
         assert_eq!(breaker.state(t + 3 * timeout), BreakerState::Open);
     }
 }

@@ -513,6 +513,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return self.decide_both_in_turn(first, second, now).await;
         }
         let retention = self.retention(first).max(self.retention(second));
+        let generation = self.breaker.generation();
         let applied = self.store.apply(&key, &ops, retention, &mut tats).await;
         let outcome = match applied.outcome {
             Ok(outcome) => {
@@ -523,7 +524,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             }
             Err(error) => {
                 // Perhaps written, perhaps not: never call again for it.
-                let why = self.store_failed(policy1, &key, &error, now);
+                let why = self.store_failed(policy1, &key, &error, generation);
                 let (ops1, ops2) = ops.split_at(n1);
                 let (tats1, tats2) = tats.split_at_mut(n1);
                 let mut v1 = self.degraded(first.policy, policy1, limits1, &key, ops1, tats1, why);
@@ -741,6 +742,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 self.degraded(id, policy, limits, key, ops, tats, Degradation::BreakerOpen);
             return self.finish(verdict, policy);
         }
+        let generation = self.breaker.generation();
         let applied = self.store.apply(key, ops, retention, tats).await;
         let mut verdict = match applied.outcome {
             Ok(outcome) => {
@@ -750,7 +752,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 verdict(id, limits, ops, tats, outcome)
             }
             Err(error) => {
-                let why = self.store_failed(policy, key, &error, now);
+                let why = self.store_failed(policy, key, &error, generation);
                 self.degraded(id, policy, limits, key, ops, tats, why)
             }
         };
@@ -758,15 +760,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         self.finish(verdict, policy)
     }
 
-    /// Logs a store's failure on a call that started at `started`, counts
-    /// it for the breaker unless it only says the key is hot, and says why
-    /// the decision is degraded.
+    /// Logs a store's failure on a call that started in the breaker's
+    /// `generation`, counts it for the breaker unless it only says the key
+    /// is hot, and says why the decision is degraded.
     fn store_failed(
         &self,
         policy: &Policy,
         key: &Key<'_>,
         error: &StoreError,
-        started: Nanos,
+        generation: u64,
     ) -> Degradation {
         let why = Degradation::from(error.kind());
         let now = self.clock.now();
@@ -794,7 +796,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             "rate-limit store unavailable; deciding by the failure mode{}",
             if mode == FailureMode::Open { " (fail open: allowed)" } else { "" }
         );
-        if self.breaker.record_failure(started, now) {
+        if self.breaker.record_failure(generation, now) {
             tracing::warn!(
                 cool_down_ms = self.breaker.cool_down().as_millis() as u64,
                 "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
