@@ -77,6 +77,7 @@ async fn a_throttled_hot_key_admits_at_most_its_limit_and_leaves_the_rest_alone(
     let (logs, _guard) = Logs::capture(Format::Text);
     let (limiter, proxy, clock) = limiter(FailureMode::Open).await;
     proxy.set(Fault::ThrottleKey("connection#hot".to_owned()));
+    let before = proxy.requests();
     let mut admitted = 0;
     for _ in 0..20 {
         let verdict = limiter.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
@@ -84,6 +85,11 @@ async fn a_throttled_hot_key_admits_at_most_its_limit_and_leaves_the_rest_alone(
         admitted += u32::from(verdict.allowed());
     }
     assert_eq!(admitted, 2, "its limit, not fail-open's 20");
+    // One call learnt the key is hot; the hold spared the table the rest.
+    assert_eq!(proxy.requests() - before, 1);
+    clock.advance(ratelimiter::service::HOT_KEY_HOLD);
+    limiter.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
+    assert_eq!(proxy.requests() - before, 2, "asked again after the hold");
     let cold = limiter
         .decide(PolicyId::HEARTBEAT, "cold", 1)
         .await

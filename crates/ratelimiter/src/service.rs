@@ -58,8 +58,9 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     retention: Box<[Nanos]>,
     /// Per policy: whether an unknown tier was already reported.
     warned_tier: Box<[AtomicBool]>,
-    /// When each hot key was last reported, as a bucket of one per minute.
-    hot_keys_reported: MemoryStore,
+    /// Hot keys: when each was last reported (a bucket of one a minute),
+    /// and until when it is decided here without asking the store.
+    hot_keys: MemoryStore,
 }
 
 /// The bucket that lets a hot key be reported once a minute.
@@ -67,6 +68,16 @@ fn hot_key_report() -> (Slot, Quota) {
     let quota = Quota::per_minute(std::num::NonZeroU32::MIN);
     (Slot::new("hot-key-report@60"), quota)
 }
+
+/// Where a hot key's hold (until when it is decided here) is kept.
+fn hot_key_hold() -> Slot {
+    Slot::new("hot-key-hold")
+}
+
+/// How long a throttled or contended key is decided in this process without
+/// asking the store again: calling a throttled partition only adds to its
+/// throttling.
+pub const HOT_KEY_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Buckets the local fallback limiter keeps at most.
 const LOCAL_FALLBACK_KEYS: usize = 10_000;
@@ -317,7 +328,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
             retention,
             warned_tier,
-            hot_keys_reported: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
+            hot_keys: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
         }
     }
 
@@ -742,6 +753,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 self.degraded(id, policy, limits, key, ops, tats, Degradation::BreakerOpen);
             return self.finish(verdict, policy);
         }
+        if let Some(until) = self.hot_keys.get_now(key, &hot_key_hold())
+            && until > now
+        {
+            // Held as hot: decided here, as the store's last answer asked.
+            let verdict = self.degraded(id, policy, limits, key, ops, tats, Degradation::Throttled);
+            return self.finish(verdict, policy);
+        }
         let generation = self.breaker.generation();
         let applied = self.store.apply(key, ops, retention, tats).await;
         let mut verdict = match applied.outcome {
@@ -775,7 +793,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if why.is_hot_key() {
             let (slot, quota) = hot_key_report();
             let step = quota.step(now, 1).expect("one token fits");
-            let report = self.hot_keys_reported.apply_step(key, &slot, &step);
+            self.hot_keys.record_now(
+                key,
+                &hot_key_hold(),
+                now.saturating_add(HOT_KEY_HOLD.as_nanos() as Nanos),
+                now,
+            );
+            let report = self.hot_keys.apply_step(key, &slot, &step);
             if matches!(report, gcra::Outcome::Allowed { .. }) {
                 tracing::warn!(
                     policy = policy.name(),
@@ -874,6 +898,14 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 )
             }
             FailureMode::Local => {
+                // The local limiter starts from what this process knows of
+                // the buckets (the TATs the store last reported, in `tats`),
+                // never from less: knowledge is never thrown away.
+                for (op, &tat) in ops.iter().zip(tats.iter()) {
+                    if tat > op.step.now() {
+                        self.local.record_now(key, op.slot, tat, op.step.now());
+                    }
+                }
                 let outcome = self.local.apply_now(key, ops, tats);
                 verdict(id, limits, ops, tats, outcome)
             }

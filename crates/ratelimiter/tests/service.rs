@@ -744,3 +744,39 @@ fn a_throttled_hot_key_is_decided_here_at_its_limits_and_the_breaker_stays_close
     assert_eq!(logs.matches("hot key").count(), 1, "{logs}");
     assert!(!logs.contains("circuit breaker opened"), "{logs}");
 }
+
+#[test]
+fn the_local_fallback_starts_from_what_the_store_last_said() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = Builder::new()
+        .clock(clock)
+        .failure_mode(FailureMode::Local)
+        .build(Flaky::default());
+    with_logs(async {
+        // One of the connection's two heartbeats is used while the store is up.
+        assert!(
+            service
+                .decide(PolicyId::HEARTBEAT, "c", 1)
+                .await
+                .unwrap()
+                .allowed()
+        );
+        service.store().inner().down.store(true, Ordering::SeqCst);
+        // The store is down: one more, not two.
+        let allowed: Vec<bool> = futures_in_turn(&service, 3).await;
+        assert_eq!(allowed, [true, false, false]);
+    });
+}
+
+async fn futures_in_turn(
+    service: &RateLimitService<ratelimiter::Cached<Flaky>, FakeClock>,
+    n: usize,
+) -> Vec<bool> {
+    let mut allowed = Vec::new();
+    for _ in 0..n {
+        let verdict = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+        assert!(verdict.is_degraded() || !verdict.allowed());
+        allowed.push(verdict.allowed());
+    }
+    allowed
+}
