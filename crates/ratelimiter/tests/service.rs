@@ -502,11 +502,13 @@ async fn verdicts_say_how_they_were_decided() {
     assert_eq!(denied.retry_after_secs(), 30);
 }
 
-/// A memory store that can be made to fail, as a table that goes away.
+/// A memory store that can be made to fail, as a table that goes away, or
+/// to throttle one key, as DynamoDB throttles a hot partition.
 #[derive(Default)]
 struct Flaky {
     memory: MemoryStore,
     down: std::sync::atomic::AtomicBool,
+    hot: Mutex<Option<String>>,
     calls: AtomicU32,
 }
 
@@ -522,6 +524,15 @@ impl Store for Flaky {
         if self.down.load(Ordering::SeqCst) {
             return Applied {
                 outcome: Err(StoreError::new(StoreErrorKind::Timeout, "no answer")),
+                calls: 1,
+            };
+        }
+        if self.hot.lock().unwrap().as_deref() == Some(&*key.to_string()) {
+            return Applied {
+                outcome: Err(StoreError::new(
+                    StoreErrorKind::Throttled,
+                    "ThrottlingException",
+                )),
                 calls: 1,
             };
         }
@@ -668,49 +679,6 @@ async fn a_refused_attempt_gives_back_the_session_it_raced() {
     assert_eq!(sessions.count, 1);
 }
 
-/// A memory store that throttles one key, as DynamoDB throttles a hot
-/// partition, and serves the others.
-#[derive(Default)]
-struct Throttling {
-    memory: MemoryStore,
-    hot: Mutex<Option<String>>,
-}
-
-impl Store for Throttling {
-    async fn apply(
-        &self,
-        key: &Key<'_>,
-        ops: &[Op<'_>],
-        retention: Nanos,
-        tats: &mut [Nanos],
-    ) -> Applied {
-        if self.hot.lock().unwrap().as_deref() == Some(&*key.to_string()) {
-            return Applied {
-                outcome: Err(StoreError::new(
-                    StoreErrorKind::Throttled,
-                    "ThrottlingException",
-                )),
-                calls: 1,
-            };
-        }
-        self.memory.apply(key, ops, retention, tats).await
-    }
-    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
-        self.memory.refund(key, ops).await
-    }
-    async fn load(
-        &self,
-        key: &Key<'_>,
-        slots: &[&Slot],
-        tats: &mut [Nanos],
-    ) -> Result<(), StoreError> {
-        self.memory.load(key, slots, tats).await
-    }
-    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
-        self.memory.remove(key, slots).await
-    }
-}
-
 #[test]
 fn a_throttled_hot_key_is_decided_here_at_its_limits_and_the_breaker_stays_closed() {
     let clock = FakeClock::at_secs(1_700_000_000);
@@ -718,7 +686,7 @@ fn a_throttled_hot_key_is_decided_here_at_its_limits_and_the_breaker_stays_close
     let service = Builder::new()
         .clock(clock.clone())
         .breaker(CircuitBreaker::new(1, Duration::from_secs(5)))
-        .build_uncached(Throttling::default());
+        .build_uncached(Flaky::default());
     *service.store().hot.lock().unwrap() = Some("connection#hot".to_owned());
     let logs = with_logs(async {
         let mut admitted = 0;
@@ -763,12 +731,12 @@ fn the_local_fallback_starts_from_what_the_store_last_said() {
         );
         service.store().inner().down.store(true, Ordering::SeqCst);
         // The store is down: one more, not two.
-        let allowed: Vec<bool> = futures_in_turn(&service, 3).await;
+        let allowed: Vec<bool> = decide_in_turn(&service, 3).await;
         assert_eq!(allowed, [true, false, false]);
     });
 }
 
-async fn futures_in_turn(
+async fn decide_in_turn(
     service: &RateLimitService<ratelimiter::Cached<Flaky>, FakeClock>,
     n: usize,
 ) -> Vec<bool> {
