@@ -2,6 +2,8 @@
 //! limits, and a tower layer that adds rate limiting to any `lambda_runtime`
 //! service.
 //!
+//! - [`authorizer::Authorizer`]: a default `$connect` authorizer (anonymous
+//!   listeners, JWT-verified speakers);
 //! - [`connect::ConnectHandler`]: `$connect`, with a pluggable [`connect::ConnectHook`];
 //! - [`heartbeat::HeartbeatHandler`]: the `heartbeat` route;
 //! - [`layer::RateLimitLayer`]: any policy around any handler;
@@ -13,6 +15,7 @@
 //! Handlers are plain async functions of a `LambdaEvent`, so they are tested
 //! by calling them; the `connect` and `heartbeat` binaries are thin mains.
 
+pub mod authorizer;
 pub mod connect;
 pub mod emf;
 pub mod event;

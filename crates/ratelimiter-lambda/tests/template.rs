@@ -38,6 +38,13 @@ fn variables_read_by_the_code() -> BTreeSet<String> {
         vars.insert(per_policy_var(SHADOW_MODE_VAR, builtin.name));
     }
     vars.insert(ratelimiter_lambda::management::MANAGEMENT_ENDPOINT_VAR.to_owned());
+    for var in [
+        ratelimiter_lambda::authorizer::JWKS_URL_VAR,
+        ratelimiter_lambda::authorizer::ISSUER_VAR,
+        ratelimiter_lambda::authorizer::AUDIENCE_VAR,
+    ] {
+        vars.insert(var.to_owned());
+    }
     vars.insert(METRICS_VAR.to_owned());
     vars.insert(NAMESPACE_VAR.to_owned());
     vars.insert("RATE_LIMIT_LOG_LEVEL".to_owned());
@@ -120,6 +127,7 @@ fn the_functions_are_the_binaries_this_crate_builds() {
     for (name, path) in [
         ("connect", env!("CARGO_BIN_EXE_connect")),
         ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
+        ("authorizer", env!("CARGO_BIN_EXE_authorizer")),
     ] {
         assert!(path.ends_with(name), "{path}");
         assert!(
@@ -127,7 +135,7 @@ fn the_functions_are_the_binaries_this_crate_builds() {
             "no function builds {name}"
         );
     }
-    assert_eq!(template.matches("BuildMethod: rust-cargolambda").count(), 2);
+    assert_eq!(template.matches("BuildMethod: rust-cargolambda").count(), 3);
 }
 
 #[test]
@@ -217,4 +225,30 @@ fn a_flood_is_bounded_before_the_functions_run() {
     assert!(template.contains("ThrottlingBurstLimit: !Ref StageBurstLimit"));
     assert!(template.contains("ReservedConcurrentExecutions: !Ref ConnectConcurrency"));
     assert!(template.contains("ReservedConcurrentExecutions: !Ref HeartbeatConcurrency"));
+}
+
+#[test]
+fn connect_has_an_authorizer_of_yours_or_the_default_one() {
+    let template = template();
+    let parameters = template_parameters(&template);
+    for name in ["AuthorizerArn", "JwksUrl", "JwtIssuer", "JwtAudience"] {
+        assert!(parameters.contains(name), "{name} is not a parameter");
+    }
+    // Yours when its ARN is given; else the default when a JWKS URL is.
+    assert!(template.contains("HasOwnAuthorizer: !Not [!Equals [!Ref AuthorizerArn, \"\"]]"));
+    assert!(template.contains("Condition: UseDefaultAuthorizer"));
+    assert!(template.contains("Binary: authorizer"));
+    assert!(template.contains("AuthorizerType: REQUEST"));
+    assert!(template.contains("AuthorizationType: !If [HasAuthorizer, CUSTOM, NONE]"));
+    // No identity source: clients with no token reach the authorizer.
+    assert!(!template.contains("IdentitySource"));
+    // The default authorizer touches no table.
+    let authorizer = template
+        .split("  AuthorizerFunction:\n")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .next()
+        .unwrap();
+    assert!(!authorizer.contains("dynamodb:"), "{authorizer}");
 }
