@@ -179,7 +179,7 @@ fn dynamodb<'a>(
     command: &str,
 ) -> Result<&'a ratelimiter_dynamodb::DynamoDbStore, CliError> {
     match service.store() {
-        AnyStore::DynamoDb(store) => Ok(store.inner()),
+        AnyStore::DynamoDb(store) => Ok(store.inner().inner()),
         AnyStore::Memory(_) => Err(CliError::Usage(format!(
             "{command} needs --store dynamodb or --store embedded; the memory store has no table"
         ))),

@@ -27,7 +27,91 @@ pub enum AnyStore {
     /// This process's memory.
     Memory(MemoryStore),
     /// A DynamoDB table, real or embedded, behind this process's deny cache.
-    DynamoDb(Cached<DynamoDbStore>),
+    DynamoDb(Cached<Patient<DynamoDbStore>>),
+}
+
+/// A store whose calls may find the embedded store's SQLite file locked by
+/// another process: such a call wrote nothing, and is made again until
+/// `patience` has passed (the embedded store's own lock wait is shorter).
+#[derive(Debug)]
+pub struct Patient<S> {
+    inner: S,
+    patience: Duration,
+}
+
+impl<S> Patient<S> {
+    /// `inner`, retrying calls that found the file locked for `patience`
+    /// (zero: never).
+    pub fn new(inner: S, patience: Duration) -> Self {
+        Self { inner, patience }
+    }
+
+    /// The store behind.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// Whether `error` says the embedded store's file was locked: the request
+/// was not carried out, so making it again counts nothing twice.
+fn locked(error: &StoreError) -> bool {
+    error.to_string().contains("database is locked")
+}
+
+impl<S: Store> Store for Patient<S> {
+    async fn apply(
+        &self,
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+        retention: Nanos,
+        tats: &mut [Nanos],
+    ) -> Applied {
+        if self.patience.is_zero() {
+            return self.inner.apply(key, ops, retention, tats).await;
+        }
+        let mut calls = 0;
+        let mut last = None;
+        let attempts = async {
+            loop {
+                let applied = self.inner.apply(key, ops, retention, tats).await;
+                calls += applied.calls;
+                match applied.outcome {
+                    Err(error) if locked(&error) => {
+                        last = Some(error);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    outcome => return outcome,
+                }
+            }
+        };
+        let outcome = match tokio::time::timeout(self.patience, attempts).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(last.unwrap_or_else(|| {
+                StoreError::new(
+                    ratelimiter::StoreErrorKind::Timeout,
+                    "the embedded store's file stayed locked",
+                )
+            })),
+        };
+        Applied { outcome, calls }
+    }
+
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        self.inner.refund(key, ops).await
+    }
+
+    async fn load(
+        &self,
+        key: &Key<'_>,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+    ) -> Result<(), StoreError> {
+        self.inner.load(key, slots, tats).await
+    }
+
+    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
+        self.inner.remove(key, slots).await
+    }
 }
 
 impl Store for AnyStore {
@@ -95,9 +179,10 @@ pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
                 region: options.region.clone(),
                 static_credentials: false,
             };
-            Ok(AnyStore::DynamoDb(Cached::new(DynamoDbStore::new(
-                client(&options).await,
-                table,
+            // A real table is never locked: no patience.
+            Ok(AnyStore::DynamoDb(Cached::new(Patient::new(
+                DynamoDbStore::new(client(&options).await, table),
+                Duration::ZERO,
             ))))
         }
         StoreKind::Embedded => {
@@ -109,7 +194,7 @@ pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
             }
             open_embedded(&options.data_dir, &table)
                 .await
-                .map(|store| AnyStore::DynamoDb(Cached::new(store)))
+                .map(|store| AnyStore::DynamoDb(Cached::new(Patient::new(store, EMBEDDED_TIMEOUT))))
         }
     }
 }

@@ -63,3 +63,32 @@ async fn keyed_digests_leave_no_raw_identifier_in_the_file() {
         assert!(!text.contains(id), "{id} is in the embedded store's files");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_waits_for_another_processs_lock_past_the_stores_own_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = embedded(&dir).await;
+    let clock = conformance::clock_now();
+    let service = conformance::service(store, &clock);
+    service.check_heartbeat_limit("warm").await.unwrap();
+    // Another process takes the file's write lock for 6 s.
+    let file = dir.path().join("state/ratelimit.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let connection = rusqlite::Connection::open(file).unwrap();
+        connection.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(6));
+        connection.execute_batch("ROLLBACK").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let verdict = service
+        .decide(ratelimiter::PolicyId::HEARTBEAT, "waiting", 1)
+        .await
+        .unwrap();
+    // Decided by the table once the lock was released, not failed open.
+    assert_eq!(verdict.degraded, None, "{verdict:?}");
+    assert!(verdict.allowed());
+    assert!(verdict.calls >= 2, "it was made again: {verdict:?}");
+    holder.join().unwrap();
+}
