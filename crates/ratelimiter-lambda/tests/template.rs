@@ -105,6 +105,20 @@ fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
         "{KEY_SECRET_VAR} is not set from the generated secret"
     );
     assert!(template.contains("Type: AWS::SecretsManager::Secret"));
+    // Given to the two functions that build keys, and to no other.
+    let secret_line = format!("{KEY_SECRET_VAR}: !Sub");
+    assert_eq!(template.matches(&secret_line).count(), 2);
+    let globals = template
+        .split("\nGlobals:\n")
+        .nth(1)
+        .unwrap()
+        .split("\nResources:\n")
+        .next()
+        .unwrap();
+    assert!(
+        !globals.contains(KEY_SECRET_VAR),
+        "the secret is in Globals: every function gets it"
+    );
     assert!(template.contains("PasswordLength: 64"));
     let known = variables_read_by_the_code();
     let set_in_template: Vec<&str> = template

@@ -518,7 +518,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let mut tats = vec![0; ops.len()];
         let breaker_open = self.breaker.permit(now) == Permit::Skip;
         let answer = self.store.prepare(&key, &mut ops, &mut tats);
-        if breaker_open || answer == Some(Outcome::Denied) {
+        if breaker_open || answer == Some(Outcome::Denied) || self.held_hot(&key, now) {
             // Not the common case: decide them one after the other, each
             // with the cache, the breaker and the failure modes.
             return self.decide_both_in_turn(first, second, now).await;
@@ -753,9 +753,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 self.degraded(id, policy, limits, key, ops, tats, Degradation::BreakerOpen);
             return self.finish(verdict, policy);
         }
-        if let Some(until) = self.hot_keys.get_now(key, &hot_key_hold())
-            && until > now
-        {
+        if self.held_hot(key, now) {
             // Held as hot: decided here, as the store's last answer asked.
             let verdict = self.degraded(id, policy, limits, key, ops, tats, Degradation::Throttled);
             return self.finish(verdict, policy);
@@ -776,6 +774,14 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         };
         verdict.calls = applied.calls;
         self.finish(verdict, policy)
+    }
+
+    /// Whether `key` is hot and held: decided here without asking the store.
+    #[inline]
+    fn held_hot(&self, key: &Key<'_>, now: Nanos) -> bool {
+        self.hot_keys
+            .get_now(key, &hot_key_hold())
+            .is_some_and(|until| until > now)
     }
 
     /// Logs a store's failure on a call that started in the breaker's

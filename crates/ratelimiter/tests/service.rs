@@ -748,3 +748,25 @@ async fn decide_in_turn(
     }
     allowed
 }
+
+#[tokio::test]
+async fn a_hot_listener_address_is_held_for_both_of_its_checks() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = Builder::new().clock(clock).build_uncached(Flaky::default());
+    *service.store().hot.lock().unwrap() = Some("ip#198.51.100.99".to_owned());
+    let (attempt, join) = listener("198.51.100.99");
+    let calls = || service.store().calls.load(Ordering::SeqCst);
+    let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+    assert_eq!(v1.degraded, Some(Degradation::Throttled));
+    assert!(v1.allowed() && v2.unwrap().allowed());
+    let after_first = calls();
+    // Held: the next connects from that address ask the store nothing, and
+    // are decided here at the address's own limits.
+    let mut admitted = 1;
+    for _ in 0..12 {
+        let (_, join) = service.decide_both(&attempt, &join).await.unwrap();
+        admitted += u32::from(join.is_some_and(|v| v.allowed()));
+    }
+    assert_eq!(calls(), after_first, "no call while held");
+    assert_eq!(admitted, 10, "the listener limit, decided here");
+}
