@@ -248,14 +248,16 @@ pub(crate) fn denial<S: Store, C: Clock>(
     limiter: &RateLimitService<S, C>,
     result: Result<Verdict, RateLimitError>,
 ) -> Option<Denial> {
-    let timestamp_ms = limiter.now_ms();
+    // The clock is read only for a response that carries a timestamp.
     match result {
         Ok(_) => None,
         Err(RateLimitError::Exceeded { retry_after, .. }) => Some(Denial::Limited {
             retry_after,
-            timestamp_ms,
+            timestamp_ms: limiter.now_ms(),
         }),
-        Err(_) => Some(Denial::Failed { timestamp_ms }),
+        Err(_) => Some(Denial::Failed {
+            timestamp_ms: limiter.now_ms(),
+        }),
     }
 }
 

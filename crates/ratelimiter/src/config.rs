@@ -322,19 +322,16 @@ fn apply_seed_variables(
         let updated = policy
             .clone()
             .with_limits(&specs)
-            .map_err(|e| ConfigError::Invalid {
+            // The only way: a new period for a policy that has the most
+            // limits already.
+            .map_err(|_| ConfigError::Invalid {
                 var: builtin.env_var.to_owned(),
                 value: shorten(&value),
-                expected: leak_reason(&e),
+                expected: "a count for a policy that already has the most limits allowed",
             })?;
         policies.insert(updated);
     }
     Ok(())
-}
-
-/// The only way a seed variable can make a policy invalid: one limit too many.
-fn leak_reason(_: &crate::policy::PolicyError) -> &'static str {
-    "a count for a policy that already has the most limits allowed"
 }
 
 fn read_mode(

@@ -58,20 +58,58 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     retention: Box<[Nanos]>,
     /// Per policy: whether an unknown tier was already reported.
     warned_tier: Box<[AtomicBool]>,
-    /// Hot keys: when each was last reported (a bucket of one a minute),
-    /// and until when it is decided here without asking the store.
-    hot_keys: MemoryStore,
+    /// Keys the store throttled or gave up on lately.
+    hot_keys: HotKeys,
 }
 
-/// The bucket that lets a hot key be reported once a minute.
-fn hot_key_report() -> (Slot, Quota) {
-    let quota = Quota::per_minute(std::num::NonZeroU32::MIN);
-    (Slot::new("hot-key-report@60"), quota)
+/// Keys the store throttled or gave up on: until when each is decided here
+/// without asking the store, and when it was last reported. Built once, so
+/// that a decision pays one relaxed load to learn that no key is hot.
+#[derive(Debug)]
+struct HotKeys {
+    buckets: MemoryStore,
+    /// Whether any key was ever marked: the common case skips the lookup.
+    any: AtomicBool,
+    /// The bucket holding until when a key is held.
+    hold: Slot,
+    /// The bucket that lets a hot key be reported once a minute.
+    report: Slot,
+    report_quota: Quota,
 }
 
-/// Where a hot key's hold (until when it is decided here) is kept.
-fn hot_key_hold() -> Slot {
-    Slot::new("hot-key-hold")
+impl HotKeys {
+    fn new() -> Self {
+        Self {
+            buckets: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
+            any: AtomicBool::new(false),
+            hold: Slot::new("hot-key-hold"),
+            report: Slot::new("hot-key-report@60"),
+            report_quota: Quota::per_minute(std::num::NonZeroU32::MIN),
+        }
+    }
+
+    /// Whether `key` is held at `now`: decided here without asking the store.
+    #[inline]
+    fn held(&self, key: &Key<'_>, now: Nanos) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self
+                .buckets
+                .get_now(key, &self.hold)
+                .is_some_and(|until| until > now)
+    }
+
+    /// Holds `key` for [`HOT_KEY_HOLD`] from `now`; true when it is time to
+    /// report it (once a minute per key).
+    fn mark(&self, key: &Key<'_>, now: Nanos) -> bool {
+        self.any.store(true, Ordering::Relaxed);
+        let until = now.saturating_add(HOT_KEY_HOLD.as_nanos() as Nanos);
+        self.buckets.record_now(key, &self.hold, until, now);
+        let step = self.report_quota.step(now, 1).expect("one token fits");
+        matches!(
+            self.buckets.apply_step(key, &self.report, &step),
+            gcra::Outcome::Allowed { .. }
+        )
+    }
 }
 
 /// How long a throttled or contended key is decided in this process without
@@ -328,7 +366,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
             retention,
             warned_tier,
-            hot_keys: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
+            hot_keys: HotKeys::new(),
         }
     }
 
@@ -518,7 +556,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let mut tats = vec![0; ops.len()];
         let breaker_open = self.breaker.permit(now) == Permit::Skip;
         let answer = self.store.prepare(&key, &mut ops, &mut tats);
-        if breaker_open || answer == Some(Outcome::Denied) || self.held_hot(&key, now) {
+        if breaker_open || answer == Some(Outcome::Denied) || self.hot_keys.held(&key, now) {
             // Not the common case: decide them one after the other, each
             // with the cache, the breaker and the failure modes.
             return self.decide_both_in_turn(first, second, now).await;
@@ -753,7 +791,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 self.degraded(id, policy, limits, key, ops, tats, Degradation::BreakerOpen);
             return self.finish(verdict, policy);
         }
-        if self.held_hot(key, now) {
+        if self.hot_keys.held(key, now) {
             // Held as hot: decided here, as the store's last answer asked.
             let verdict = self.degraded(id, policy, limits, key, ops, tats, Degradation::Throttled);
             return self.finish(verdict, policy);
@@ -776,14 +814,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         self.finish(verdict, policy)
     }
 
-    /// Whether `key` is hot and held: decided here without asking the store.
-    #[inline]
-    fn held_hot(&self, key: &Key<'_>, now: Nanos) -> bool {
-        self.hot_keys
-            .get_now(key, &hot_key_hold())
-            .is_some_and(|until| until > now)
-    }
-
     /// Logs a store's failure on a call that started in the breaker's
     /// `generation`, counts it for the breaker unless it only says the key
     /// is hot, and says why the decision is degraded.
@@ -797,16 +827,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let why = Degradation::from(error.kind());
         let now = self.clock.now();
         if why.is_hot_key() {
-            let (slot, quota) = hot_key_report();
-            let step = quota.step(now, 1).expect("one token fits");
-            self.hot_keys.record_now(
-                key,
-                &hot_key_hold(),
-                now.saturating_add(HOT_KEY_HOLD.as_nanos() as Nanos),
-                now,
-            );
-            let report = self.hot_keys.apply_step(key, &slot, &step);
-            if matches!(report, gcra::Outcome::Allowed { .. }) {
+            if self.hot_keys.mark(key, now) {
                 tracing::warn!(
                     policy = policy.name(),
                     key_type = key.kind().as_str(),
@@ -1115,20 +1136,13 @@ fn from_decisions(policy: PolicyId, decisions: Vec<Decision>) -> Verdict {
         // The earliest time every limit allows is the latest of their times.
         decisions.iter().rev().max_by_key(|d| d.retry_after)
     };
-    let mut decision = *tightest.expect("a policy has at least one limit");
-    decision.allowed = allowed;
+    // Every decision already says the request's fate: the store's outcome,
+    // or the failure mode's, is one for all limits.
+    let decision = *tightest.expect("a policy has at least one limit");
     Verdict {
         policy,
         decision,
-        limits: (decisions.len() > 1).then(|| {
-            decisions
-                .into_iter()
-                .map(|mut d| {
-                    d.allowed = allowed;
-                    d
-                })
-                .collect()
-        }),
+        limits: (decisions.len() > 1).then(|| decisions.into_boxed_slice()),
         shadow: false,
         degraded: None,
         calls: 0,
