@@ -57,13 +57,24 @@ impl ClientOptions {
 /// A DynamoDB client with the standard AWS environment (region, credentials,
 /// endpoint variables), bounded by `options`.
 pub async fn client(options: &ClientOptions) -> Client {
+    client_with(options, https_client()).await
+}
+
+/// [`client`] speaking through `http_client` instead of [`https_client`]:
+/// for a DynamoDB-compatible store reached some other way than the network,
+/// such as `ratelimit`'s embedded store inside its own process. The
+/// timeouts and the single attempt are the same.
+pub async fn client_with(
+    options: &ClientOptions,
+    http_client: aws_sdk_dynamodb::config::SharedHttpClient,
+) -> Client {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(options.timeout)
         .operation_attempt_timeout(options.timeout)
         .operation_timeout(options.timeout)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(https_client())
+        .http_client(http_client)
         .timeout_config(timeouts)
         .retry_config(RetryConfig::standard().with_max_attempts(1));
     if let Some(region) = &options.region {

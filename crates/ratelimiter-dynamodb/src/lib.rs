@@ -58,7 +58,7 @@ use ratelimiter::store::{Applied, Op, Outcome, Store, StoreError, StoreErrorKind
 pub mod admin;
 mod client;
 
-pub use client::{ClientOptions, client, https_client};
+pub use client::{ClientOptions, client, client_with, https_client};
 
 /// The table name when `RATE_LIMIT_TABLE_NAME` is not set.
 pub const DEFAULT_TABLE: &str = "RateLimits";

@@ -1,23 +1,17 @@
-//! The store conformance suite on the embedded store (dynoxide serving a
-//! SQLite file in this process), as `ratelimit` opens it.
+//! The store conformance suite on the embedded store (dynoxide on a SQLite
+//! file, in this process), as `ratelimit` opens it.
 
-use ratelimiter_cli::args::{GlobalOptions, StoreKind};
-use ratelimiter_cli::stores::{AnyStore, open_store};
+use ratelimiter::Cached;
+use ratelimiter_dynamodb::DynamoDbStore;
+use ratelimiter_embedded::Patient;
 use ratelimiter_testing::conformance;
 
-/// An embedded store on a new data dir (kept for the test's life).
-async fn embedded(dir: &tempfile::TempDir) -> AnyStore {
-    let options = GlobalOptions {
-        config: None,
-        store: StoreKind::Embedded,
-        data_dir: dir.path().join("state"),
-        table: None,
-        endpoint_url: None,
-        region: None,
-    };
-    match open_store(&options).await {
-        Ok(store) => store,
-        Err(error) => panic!("the embedded store opens: {error:?}"),
+/// An embedded store on a new data dir (kept for the test's life), behind
+/// the deny cache as `ratelimit` and `Builder::build` put it.
+async fn embedded(dir: &tempfile::TempDir) -> Cached<Patient<DynamoDbStore>> {
+    match ratelimiter_embedded::open(&dir.path().join("state"), "RateLimits").await {
+        Ok(store) => Cached::new(store),
+        Err(error) => panic!("the embedded store opens: {error}"),
     }
 }
 
@@ -49,7 +43,10 @@ async fn two_processes_on_one_data_dir_never_over_admit() {
 #[tokio::test]
 async fn keyed_digests_leave_no_raw_identifier_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let identifiers = conformance::keyed_digests(embedded(&dir).await).await;
+    // Kept open while its files are read: closing it checkpoints and
+    // removes the write-ahead log, on the store's own thread.
+    let store = std::sync::Arc::new(embedded(&dir).await);
+    let identifiers = conformance::keyed_digests(store.clone()).await;
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir.path().join("state")).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
