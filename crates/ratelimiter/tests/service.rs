@@ -508,6 +508,8 @@ async fn verdicts_say_how_they_were_decided() {
 struct Flaky {
     memory: MemoryStore,
     down: std::sync::atomic::AtomicBool,
+    /// Applies each call, then loses its answer: a timeout after the write.
+    answers_lost: std::sync::atomic::AtomicBool,
     hot: Mutex<Option<String>>,
     calls: AtomicU32,
 }
@@ -536,7 +538,17 @@ impl Store for Flaky {
                 calls: 1,
             };
         }
-        self.memory.apply(key, ops, retention, tats).await
+        let known = tats.to_vec();
+        let applied = self.memory.apply(key, ops, retention, tats).await;
+        if self.answers_lost.load(Ordering::SeqCst) {
+            // What the table did never reaches the caller.
+            tats.copy_from_slice(&known);
+            return Applied {
+                outcome: Err(StoreError::new(StoreErrorKind::Timeout, "no answer")),
+                calls: 1,
+            };
+        }
+        applied
     }
     async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
         self.memory.refund(key, ops).await
@@ -733,6 +745,34 @@ fn the_local_fallback_starts_from_what_the_store_last_said() {
         // The store is down: one more, not two.
         let allowed: Vec<bool> = decide_in_turn(&service, 3).await;
         assert_eq!(allowed, [true, false, false]);
+    });
+}
+
+#[test]
+fn a_timed_out_call_that_was_applied_is_counted_by_the_local_fallback_too() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = Builder::new()
+        .clock(clock)
+        .failure_mode(FailureMode::Local)
+        .build(Flaky::default());
+    let flaky = service.store().inner();
+    with_logs(async {
+        // The table takes the heartbeat, but its answer never arrives.
+        flaky.answers_lost.store(true, Ordering::SeqCst);
+        let lost = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+        assert_eq!(lost.degraded, Some(Degradation::Timeout));
+        assert!(lost.allowed(), "decided here, and counted here");
+        flaky.answers_lost.store(false, Ordering::SeqCst);
+        flaky.down.store(true, Ordering::SeqCst);
+        // Two a minute: the fallback knows one is used, so one more, not two.
+        assert_eq!(decide_in_turn(&service, 2).await, [true, false]);
+        // The table counted it as well: back up, it refuses the third.
+        flaky.down.store(false, Ordering::SeqCst);
+        let mut tats = [0];
+        let key = ratelimiter::Key::new(&ratelimiter::Kind::CONNECTION, "c");
+        let slot = Slot::new("heartbeat@60");
+        flaky.memory.load(&key, &[&slot], &mut tats).await.unwrap();
+        assert!(tats[0] > 1_700_000_000 * 1_000_000_000, "the table holds it");
     });
 }
 
