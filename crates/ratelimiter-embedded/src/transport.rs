@@ -127,14 +127,7 @@ impl InProcess {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("embedded-store".to_owned())
-            .spawn(move || {
-                for job in queue {
-                    let answer = answer(&database, job.operation, &job.body);
-                    // The caller may have stopped waiting (its timeout): the
-                    // call has been made either way, as on a real table.
-                    let _ = job.answer.send(answer);
-                }
-            })?;
+            .spawn(move || serve(&database, queue))?;
         Ok(Self { jobs })
     }
 
@@ -199,6 +192,23 @@ impl HttpClient for InProcess {
     }
 }
 
+/// Answers `queue`'s jobs in order, until every sender is gone.
+///
+/// A job whose caller stopped waiting before it was reached (its timeout
+/// passed while the file was locked, or the queue was long) is dropped
+/// unrun: the caller has already decided without it, and running a backlog
+/// of abandoned writes would only delay the requests still waiting. One
+/// already running is finished, as on a real table.
+fn serve(database: &Database, queue: mpsc::Receiver<Job>) {
+    for job in queue {
+        if job.answer.is_closed() {
+            continue;
+        }
+        let answer = answer(database, job.operation, &job.body);
+        let _ = job.answer.send(answer);
+    }
+}
+
 /// The HTTP response the SDK reads for `answer`.
 fn response((status, body): Answer) -> Result<HttpResponse, ConnectorError> {
     let status = StatusCode::try_from(status).map_err(|e| ConnectorError::other(e.into(), None))?;
@@ -247,10 +257,33 @@ where
     Req: serde::de::DeserializeOwned,
     Resp: serde::Serialize,
 {
-    let request = serde_json::from_slice(body)
-        .map_err(|e| DynoxideError::SerializationException(e.to_string()))?;
+    let request = serde_json::from_slice(body).map_err(unreadable)?;
     let response = operation(request)?;
     serde_json::to_string(&response).map_err(|e| DynoxideError::InternalServerError(e.to_string()))
+}
+
+/// The error for a request body that does not read as the operation's
+/// request. The SDK writes every body here, so this is a bug on our side,
+/// but it is still answered as DynamoDB would: a `ValidationException` when
+/// dynoxide's readers marked the value invalid (their markers, like serde's
+/// position suffix, are theirs and not for the answer), else a
+/// `SerializationException`.
+fn unreadable(error: serde_json::Error) -> DynoxideError {
+    let message = error.to_string();
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(message, _)| message);
+    const VALIDATION: [&str; 3] = ["VALIDATION_AS_READ:", "VALIDATION_REQUEST:", "VALIDATION:"];
+    const SERIALIZATION: [&str; 2] = ["SERIALIZATION_AS_READ:", "SERIALIZATION:"];
+    if let Some(rest) = VALIDATION.iter().find_map(|m| message.strip_prefix(m)) {
+        DynoxideError::ValidationException(rest.to_owned())
+    } else {
+        let rest = SERIALIZATION
+            .iter()
+            .find_map(|m| message.strip_prefix(m))
+            .unwrap_or(message);
+        DynoxideError::SerializationException(rest.to_owned())
+    }
 }
 
 /// A `SerializationException` answer saying `why`.
@@ -336,6 +369,57 @@ mod tests {
         .await;
         assert_eq!(status, 400);
         assert!(body.contains("ResourceNotFoundException"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_caller_stopped_waiting_is_not_run() {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let job = |operation, body: &str| {
+            let (answer, receiver) = oneshot::channel();
+            let job = Job {
+                operation,
+                body: body.as_bytes().to_vec(),
+                answer,
+            };
+            (job, receiver)
+        };
+        let create = r#"{"TableName":"Table","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],
+            "AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"}],
+            "BillingMode":"PAY_PER_REQUEST"}"#;
+        // Queued before the thread starts, so the first caller has given up
+        // by the time it is reached.
+        let (abandoned, gone) = job(Operation::CreateTable, create);
+        drop(gone);
+        jobs.send(abandoned).unwrap();
+        let (describe, answer) = job(Operation::DescribeTable, r#"{"TableName":"Table"}"#);
+        jobs.send(describe).unwrap();
+        let (created, created_answer) = job(Operation::CreateTable, create);
+        jobs.send(created).unwrap();
+        std::thread::spawn(move || serve(&Database::memory().unwrap(), queue));
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, 400, "the abandoned CreateTable did not run: {body}");
+        assert!(body.contains("ResourceNotFoundException"), "{body}");
+        // The same request, waited for, runs.
+        let (status, body) = created_answer.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_value_is_a_validation_error_without_markers_or_positions() {
+        let client = InProcess::start(Database::memory().unwrap()).unwrap();
+        let (status, body) = send(
+            &client,
+            request(
+                Some("DynamoDB_20120810.DescribeTable"),
+                r#"{"TableName":"T"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(body.contains("ValidationException"), "{body}");
+        assert!(body.contains("TableName must be at least 3"), "{body}");
+        assert!(!body.contains("VALIDATION:"), "{body}");
+        assert!(!body.contains(" at line "), "{body}");
     }
 
     #[tokio::test]

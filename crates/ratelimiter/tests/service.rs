@@ -772,7 +772,10 @@ fn a_timed_out_call_that_was_applied_is_counted_by_the_local_fallback_too() {
         let key = ratelimiter::Key::new(&ratelimiter::Kind::CONNECTION, "c");
         let slot = Slot::new("heartbeat@60");
         flaky.memory.load(&key, &[&slot], &mut tats).await.unwrap();
-        assert!(tats[0] > 1_700_000_000 * 1_000_000_000, "the table holds it");
+        assert!(
+            tats[0] > 1_700_000_000 * 1_000_000_000,
+            "the table holds it"
+        );
     });
 }
 
