@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::gcra::Nanos;
@@ -124,7 +124,11 @@ pub struct CircuitBreaker {
     generation: AtomicU64,
     /// When the current cool-down ends; 0 while closed.
     open_until: AtomicU64,
-    probing: AtomicBool,
+    /// Until when the probe given out after a cool-down is waited for; 0
+    /// when none is out. A lease, not a flag: a decision that took the
+    /// probe and never settled it (its future was dropped, or it ended
+    /// without calling the store) cannot keep the breaker open for good.
+    probe_until: AtomicU64,
 }
 
 /// Counted failures in a row that open the breaker by default.
@@ -149,7 +153,7 @@ impl CircuitBreaker {
             failures: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probe_until: AtomicU64::new(0),
         }
     }
 
@@ -166,14 +170,20 @@ impl CircuitBreaker {
             Permit::Call
         } else if now < open_until {
             Permit::Skip
-        } else if self
-            .probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            Permit::Probe
         } else {
-            Permit::Skip
+            // Half-open: one probe at a time, for at most a cool-down each.
+            let out = self.probe_until.load(Ordering::Acquire);
+            let lease = now.saturating_add(self.cool_down);
+            if out <= now
+                && self
+                    .probe_until
+                    .compare_exchange(out, lease, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                Permit::Probe
+            } else {
+                Permit::Skip
+            }
         }
     }
 
@@ -202,7 +212,7 @@ impl CircuitBreaker {
             return false;
         }
         self.open_until.store(0, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
+        self.probe_until.store(0, Ordering::Release);
         true
     }
 
@@ -217,7 +227,7 @@ impl CircuitBreaker {
     /// this opened the breaker.
     pub fn record_failure(&self, generation: u64, now: Nanos) -> bool {
         let reopen = now.saturating_add(self.cool_down);
-        if self.probing.swap(false, Ordering::AcqRel) {
+        if self.probe_until.swap(0, Ordering::AcqRel) != 0 {
             self.open_until.store(reopen, Ordering::Release);
             return true;
         }
@@ -284,6 +294,21 @@ mod tests {
         // The probe succeeds: closed.
         assert!(breaker.record_success());
         assert_eq!(breaker.state(t + 10 * SEC), BreakerState::Closed);
+        assert_eq!(breaker.permit(t + 10 * SEC), Permit::Call);
+    }
+
+    #[test]
+    fn a_probe_never_settled_is_given_again_after_a_cool_down() {
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(5));
+        let t = 100 * SEC;
+        assert!(breaker.record_failure(breaker.generation(), t));
+        // The probe is taken, and its decision never calls the store.
+        assert_eq!(breaker.permit(t + 5 * SEC), Permit::Probe);
+        assert_eq!(breaker.permit(t + 9 * SEC), Permit::Skip);
+        // One cool-down on, it is given out again, once.
+        assert_eq!(breaker.permit(t + 10 * SEC), Permit::Probe);
+        assert_eq!(breaker.permit(t + 10 * SEC), Permit::Skip);
+        assert!(breaker.record_success());
         assert_eq!(breaker.permit(t + 10 * SEC), Permit::Call);
     }
 

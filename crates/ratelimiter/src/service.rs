@@ -112,6 +112,15 @@ impl HotKeys {
     }
 }
 
+/// One request made ready for the store: its policy, the limits that apply,
+/// its key and one op per limit.
+struct Plan<'s> {
+    policy: &'s Policy,
+    limits: &'s [Limit],
+    key: Key<'s>,
+    ops: Vec<Op<'s>>,
+}
+
 /// How long a throttled or contended key is decided in this process without
 /// asking the store again: calling a throttled partition only adds to its
 /// throttling.
@@ -546,17 +555,37 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         second: &Request<'_>,
     ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
         let now = self.clock.now();
-        let (policy1, limits1, key, mut ops) = self.planned(first, now)?;
-        let (policy2, limits2, key2, ops2) = self.planned(second, now)?;
-        if key != key2 {
-            return self.decide_both_apart(first, second, now).await;
+        let plan1 = self.plan(first, now)?;
+        let plan2 = self.plan(second, now)?;
+        if plan1.key != plan2.key {
+            return self
+                .decide_both_apart(first, plan1, second, plan2, now)
+                .await;
         }
+        let Plan {
+            policy: policy1,
+            limits: limits1,
+            key,
+            mut ops,
+        } = plan1;
+        let Plan {
+            policy: policy2,
+            limits: limits2,
+            ops: ops2,
+            ..
+        } = plan2;
         let n1 = ops.len();
         ops.extend(ops2);
         let mut tats = vec![0; ops.len()];
-        let breaker_open = self.breaker.permit(now) == Permit::Skip;
         let answer = self.store.prepare(&key, &mut ops, &mut tats);
-        if breaker_open || answer == Some(Outcome::Denied) || self.hot_keys.held(&key, now) {
+        // The breaker last: when it hands out its one probe, the store must
+        // be called, and a cached denial or a held key would not call it.
+        let permit = if answer == Some(Outcome::Denied) || self.hot_keys.held(&key, now) {
+            Permit::Skip
+        } else {
+            self.breaker.permit(now)
+        };
+        if permit == Permit::Skip {
             // Not the common case: decide them one after the other, each
             // with the cache, the breaker and the failure modes.
             return self.decide_both_in_turn(first, second, now).await;
@@ -566,14 +595,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let applied = self.store.apply(&key, &ops, retention, &mut tats).await;
         let outcome = match applied.outcome {
             Ok(outcome) => {
-                if self.breaker.record_success() {
-                    tracing::info!("rate-limit store answered again; circuit breaker closed");
-                }
+                self.store_answered();
                 outcome
             }
             Err(error) => {
                 // Perhaps written, perhaps not: never call again for it.
-                let why = self.store_failed(policy1, &key, &error, generation);
+                let why = self.store_failed(policy1, &key, &error, generation, permit);
                 let (ops1, ops2) = ops.split_at(n1);
                 let (tats1, tats2) = tats.split_at_mut(n1);
                 let mut v1 = self.degraded(first.policy, policy1, limits1, &key, ops1, tats1, why);
@@ -630,15 +657,20 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         Ok((v1, Some(self.decide_at(second, now).await?)))
     }
 
-    /// [`RateLimitService::decide_both`] for two items: both at once, then
-    /// `second`'s tokens given back if `first` was refused.
+    /// [`RateLimitService::decide_both`] for two items, with their plans:
+    /// both at once, then `second`'s tokens given back if `first` was
+    /// refused.
     async fn decide_both_apart(
         &self,
         first: &Request<'_>,
+        mut plan1: Plan<'_>,
         second: &Request<'_>,
+        plan2: Plan<'_>,
         now: Nanos,
     ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
-        if self.known_denied(first, now) {
+        // Already known to refuse `first`: `second` is not asked at all.
+        let mut tats = vec![0; plan1.ops.len()];
+        if self.store.prepare(&plan1.key, &mut plan1.ops, &mut tats) == Some(Outcome::Denied) {
             return self.decide_both_in_turn(first, second, now).await;
         }
         let (v1, v2) = join(self.decide_at(first, now), self.decide_at(second, now)).await;
@@ -646,20 +678,19 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if v1.allowed() {
             return Ok((v1, Some(v2)));
         }
-        if v2.decision.allowed && v2.degraded.is_none() {
-            self.refund(second, now).await;
+        if v2.decision.allowed
+            && v2.degraded.is_none()
+            && let Err(error) = self.store.refund(&plan2.key, &plan2.ops).await
+        {
+            // The tokens stay taken: stricter, never looser.
+            tracing::warn!(policy = plan2.policy.name(), %error, "could not give back a refused request's tokens");
         }
         Ok((v1, None))
     }
 
     /// The policy, limits, key and ops of `request` at `now`, the ops in a
     /// vector: for the paths other than the single decision.
-    #[allow(clippy::type_complexity)]
-    fn planned<'s>(
-        &'s self,
-        request: &Request<'s>,
-        now: Nanos,
-    ) -> Result<(&'s Policy, &'s [Limit], Key<'s>, Vec<Op<'s>>), RateLimitError> {
+    fn plan<'s>(&'s self, request: &Request<'s>, now: Nanos) -> Result<Plan<'s>, RateLimitError> {
         let (policy, limits) = self.resolve(request)?;
         let kind = request.kind.unwrap_or(policy.kind());
         let key = Key::with_secret(kind, request.identifier, self.secret.as_ref());
@@ -672,7 +703,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 ))
             })
             .collect::<Result<_, RateLimitError>>()?;
-        Ok((policy, limits, key, ops))
+        Ok(Plan {
+            policy,
+            limits,
+            key,
+            ops,
+        })
     }
 
     /// How long the item `request` writes must be kept: until every bucket
@@ -683,26 +719,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             // Counted as another kind: that kind's policies decide.
             Some(kind) => self.policies.retention(kind).as_nanos() as Nanos,
             None => self.retention[request.policy.index()],
-        }
-    }
-
-    /// Whether this process already knows `request` would be denied.
-    fn known_denied(&self, request: &Request<'_>, now: Nanos) -> bool {
-        let Ok((_, _, key, mut ops)) = self.planned(request, now) else {
-            return false;
-        };
-        let mut tats = vec![0; ops.len()];
-        self.store.prepare(&key, &mut ops, &mut tats) == Some(Outcome::Denied)
-    }
-
-    /// Gives back what `request`, allowed at `now`, took.
-    async fn refund(&self, request: &Request<'_>, now: Nanos) {
-        let Ok((policy, _, key, ops)) = self.planned(request, now) else {
-            return;
-        };
-        if let Err(error) = self.store.refund(&key, &ops).await {
-            // The tokens stay taken: stricter, never looser.
-            tracing::warn!(policy = policy.name(), %error, "could not give back a refused request's tokens");
         }
     }
 
@@ -782,31 +798,40 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return self.finish(verdict, policy);
         }
         let now = ops[0].step.now();
-        if self.breaker.permit(now) == Permit::Skip {
-            tracing::debug!(
-                policy = policy.name(),
-                "circuit breaker open; not calling the rate-limit store"
-            );
-            let verdict =
-                self.degraded(id, policy, limits, key, ops, tats, Degradation::BreakerOpen);
-            return self.finish(verdict, policy);
-        }
-        if self.hot_keys.held(key, now) {
+        // The breaker's state before the held key, and its permit after:
+        // the permit may be the one probe, which must then call the store.
+        let skip = if self.breaker.open_until(now).is_some() {
+            Some(Degradation::BreakerOpen)
+        } else if self.hot_keys.held(key, now) {
             // Held as hot: decided here, as the store's last answer asked.
-            let verdict = self.degraded(id, policy, limits, key, ops, tats, Degradation::Throttled);
+            Some(Degradation::Throttled)
+        } else {
+            None
+        };
+        let permit = match skip {
+            Some(_) => Permit::Skip,
+            None => self.breaker.permit(now),
+        };
+        if permit == Permit::Skip {
+            let why = skip.unwrap_or(Degradation::BreakerOpen);
+            if why == Degradation::BreakerOpen {
+                tracing::debug!(
+                    policy = policy.name(),
+                    "circuit breaker open; not calling the rate-limit store"
+                );
+            }
+            let verdict = self.degraded(id, policy, limits, key, ops, tats, why);
             return self.finish(verdict, policy);
         }
         let generation = self.breaker.generation();
         let applied = self.store.apply(key, ops, retention, tats).await;
         let mut verdict = match applied.outcome {
             Ok(outcome) => {
-                if self.breaker.record_success() {
-                    tracing::info!("rate-limit store answered again; circuit breaker closed");
-                }
+                self.store_answered();
                 verdict(id, limits, ops, tats, outcome)
             }
             Err(error) => {
-                let why = self.store_failed(policy, key, &error, generation);
+                let why = self.store_failed(policy, key, &error, generation, permit);
                 self.degraded(id, policy, limits, key, ops, tats, why)
             }
         };
@@ -814,19 +839,32 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         self.finish(verdict, policy)
     }
 
+    /// The store answered: a success for the breaker.
+    fn store_answered(&self) {
+        if self.breaker.record_success() {
+            tracing::info!("rate-limit store answered again; circuit breaker closed");
+        }
+    }
+
     /// Logs a store's failure on a call that started in the breaker's
-    /// `generation`, counts it for the breaker unless it only says the key
-    /// is hot, and says why the decision is degraded.
+    /// `generation` with `permit`, counts it for the breaker unless it only
+    /// says the key is hot, and says why the decision is degraded.
     fn store_failed(
         &self,
         policy: &Policy,
         key: &Key<'_>,
         error: &StoreError,
         generation: u64,
+        permit: Permit,
     ) -> Degradation {
         let why = Degradation::from(error.kind());
         let now = self.clock.now();
         if why.is_hot_key() {
+            if permit == Permit::Probe {
+                // A throttled or contended probe still found the store
+                // answering: that settles the probe, and closes the breaker.
+                self.store_answered();
+            }
             if self.hot_keys.mark(key, now) {
                 tracing::warn!(
                     policy = policy.name(),

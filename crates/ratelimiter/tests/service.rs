@@ -748,6 +748,66 @@ fn the_local_fallback_starts_from_what_the_store_last_said() {
     });
 }
 
+/// A service on a [`Flaky`] store, behind the deny cache, whose breaker
+/// opens at the first failure for 5 s.
+fn flaky_with_breaker(
+    clock: &FakeClock,
+) -> RateLimitService<ratelimiter::Cached<Flaky>, FakeClock> {
+    Builder::new()
+        .clock(clock.clone())
+        .breaker(CircuitBreaker::new(1, Duration::from_secs(5)))
+        .build(Flaky::default())
+}
+
+#[test]
+fn a_cached_denial_after_the_cool_down_leaves_the_probe_to_a_call() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = flaky_with_breaker(&clock);
+    let flaky = service.store().inner();
+    with_logs(async {
+        // An address that used its 10 joins: the cache knows it is refused.
+        let (attempt, join) = listener("198.51.100.7");
+        for _ in 0..10 {
+            let (_, joined) = service.decide_both(&attempt, &join).await.unwrap();
+            assert!(joined.unwrap().allowed());
+        }
+        // The store fails once: the breaker opens for 5 s.
+        flaky.down.store(true, Ordering::SeqCst);
+        let failed = service.decide(PolicyId::HEARTBEAT, "a", 1).await.unwrap();
+        assert_eq!(failed.degraded, Some(Degradation::Timeout));
+        flaky.down.store(false, Ordering::SeqCst);
+        // The cool-down is over; the next join comes back only at 6 s.
+        clock.advance(Duration::from_secs(5));
+        // The first decision after the cool-down is the flooder's, refused
+        // from the cache: it must not take the one probe and drop it.
+        let (attempt_verdict, joined) = service.decide_both(&attempt, &join).await.unwrap();
+        assert!(joined.is_none_or(|v| !v.allowed()), "still refused");
+        // The attempt went to the store as the probe, and closed the breaker.
+        assert_eq!(attempt_verdict.degraded, None, "{attempt_verdict:?}");
+        let next = service.decide(PolicyId::HEARTBEAT, "b", 1).await.unwrap();
+        assert_eq!((next.degraded, next.calls), (None, 1), "{next:?}");
+    });
+}
+
+#[test]
+fn a_throttled_probe_closes_the_breaker() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let service = flaky_with_breaker(&clock);
+    let flaky = service.store().inner();
+    with_logs(async {
+        flaky.down.store(true, Ordering::SeqCst);
+        service.decide(PolicyId::HEARTBEAT, "a", 1).await.unwrap();
+        flaky.down.store(false, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(6));
+        // The probe finds the store answering, if only to throttle this key.
+        *flaky.hot.lock().unwrap() = Some("connection#hot".to_owned());
+        let hot = service.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
+        assert_eq!(hot.degraded, Some(Degradation::Throttled));
+        let next = service.decide(PolicyId::HEARTBEAT, "b", 1).await.unwrap();
+        assert_eq!((next.degraded, next.calls), (None, 1), "{next:?}");
+    });
+}
+
 #[test]
 fn a_timed_out_call_that_was_applied_is_counted_by_the_local_fallback_too() {
     let clock = FakeClock::at_secs(1_700_000_000);
