@@ -86,14 +86,8 @@ impl<C: Clock> Builder<C> {
     /// The same builder, with every policy in failure mode `mode`.
     #[must_use]
     pub fn failure_mode(mut self, mode: FailureMode) -> Self {
-        let ids: Vec<_> = self.config.policies.iter().map(|(id, _)| id).collect();
-        for id in ids {
-            let policy = self
-                .config
-                .policies
-                .get_mut(id)
-                .expect("ids come from the registry");
-            *policy = policy.clone().with_failure_mode(mode);
+        for policy in self.config.policies.iter_mut() {
+            policy.set_failure_mode(mode);
         }
         self
     }

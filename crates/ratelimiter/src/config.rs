@@ -211,48 +211,33 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut policies = Policies::builtin();
-        let mut file_modes: Vec<(String, Option<FailureMode>, Option<bool>)> = Vec::new();
         if let Some(file) = file {
             for (name, spec) in &file.spec.policy {
-                let policy = file.policy(name, spec, &policies)?;
-                file_modes.push((
-                    name.get_ref().clone(),
-                    spec.get_ref()
-                        .failure_mode
-                        .as_ref()
-                        .map(|m| file.mode(m))
-                        .transpose()?,
-                    spec.get_ref().shadow,
-                ));
-                policies.insert(policy);
+                policies.insert(file.policy(name, spec, &policies)?);
             }
         }
         apply_seed_variables(&mut policies, lookup)?;
 
-        let file_mode = file
-            .and_then(|f| f.spec.failure_mode.as_ref().map(|m| f.mode(m)))
-            .transpose()?;
+        let file_mode = file.and_then(|f| f.spec.failure_mode);
         let file_shadow = file.and_then(|f| f.spec.shadow);
         let env_mode = read_mode(lookup, FAILURE_MODE_VAR)?;
         let env_shadow = read_flag(lookup, SHADOW_MODE_VAR)?;
-        let ids: Vec<_> = policies
-            .iter()
-            .map(|(id, p)| (id, p.name().to_owned()))
-            .collect();
-        for (id, name) in ids {
-            let in_file = file_modes.iter().find(|(n, _, _)| *n == name);
-            let mode = read_mode(lookup, &per_policy_var(FAILURE_MODE_VAR, &name))?
-                .or(in_file.and_then(|f| f.1))
+        for policy in policies.iter_mut() {
+            let in_file = file
+                .and_then(|f| f.spec.policy.get(policy.name()))
+                .map(Spanned::get_ref);
+            let mode = read_mode(lookup, &per_policy_var(FAILURE_MODE_VAR, policy.name()))?
+                .or(in_file.and_then(|p| p.failure_mode))
                 .or(env_mode)
                 .or(file_mode)
                 .unwrap_or_default();
-            let shadow = read_flag(lookup, &per_policy_var(SHADOW_MODE_VAR, &name))?
-                .or(in_file.and_then(|f| f.2))
+            let shadow = read_flag(lookup, &per_policy_var(SHADOW_MODE_VAR, policy.name()))?
+                .or(in_file.and_then(|p| p.shadow))
                 .or(env_shadow)
                 .or(file_shadow)
                 .unwrap_or(false);
-            let policy = policies.get_mut(id).expect("ids come from the registry");
-            *policy = policy.clone().with_failure_mode(mode).with_shadow(shadow);
+            policy.set_failure_mode(mode);
+            policy.set_shadow(shadow);
         }
 
         let secret = match lookup(KEY_SECRET_VAR) {
@@ -334,31 +319,37 @@ fn apply_seed_variables(
     Ok(())
 }
 
+/// The failure modes a variable or the file may name.
+const FAILURE_MODES: &str = "open, closed, local";
+
 fn read_mode(
     lookup: &dyn Fn(&str) -> Option<String>,
     var: &str,
 ) -> Result<Option<FailureMode>, ConfigError> {
-    lookup(var)
-        .map(|value| {
-            value.parse().map_err(|()| ConfigError::NotOneOf {
-                var: var.to_owned(),
-                value: shorten(&value),
-                expected: "open, closed, local",
-            })
-        })
-        .transpose()
+    read_one_of(lookup, var, FAILURE_MODES, |value| value.parse().ok())
 }
 
 fn read_flag(
     lookup: &dyn Fn(&str) -> Option<String>,
     var: &str,
 ) -> Result<Option<bool>, ConfigError> {
+    read_one_of(lookup, var, "true, false", parse_bool)
+}
+
+/// `var` read by `parse`, if set; a value it refuses is an error naming
+/// the values `expected`.
+fn read_one_of<T>(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+    expected: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, ConfigError> {
     lookup(var)
         .map(|value| {
-            parse_bool(&value).ok_or_else(|| ConfigError::NotOneOf {
+            parse(&value).ok_or_else(|| ConfigError::NotOneOf {
                 var: var.to_owned(),
                 value: shorten(&value),
-                expected: "true, false",
+                expected,
             })
         })
         .transpose()
@@ -368,7 +359,7 @@ fn read_flag(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSpec {
-    failure_mode: Option<Spanned<String>>,
+    failure_mode: Option<FailureMode>,
     shadow: Option<bool>,
     tier_field: Option<Spanned<String>>,
     #[serde(default)]
@@ -380,7 +371,7 @@ struct FileSpec {
 struct PolicySpec {
     key: Option<Spanned<String>>,
     limits: Option<Spanned<Vec<LimitSpec>>>,
-    failure_mode: Option<Spanned<String>>,
+    failure_mode: Option<FailureMode>,
     shadow: Option<bool>,
     #[serde(default)]
     tier: BTreeMap<Spanned<String>, Spanned<TierSpec>>,
@@ -396,6 +387,19 @@ impl<'de> Deserialize<'de> for LimitSpec {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Read as written in the file; toml points at the line of a bad value.
+impl<'de> Deserialize<'de> for FailureMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|()| {
+            serde::de::Error::custom(format!(
+                "failure_mode must be one of {FAILURE_MODES}, got {:?}",
+                shorten(&text)
+            ))
+        })
     }
 }
 
@@ -422,18 +426,6 @@ impl<'a> FileSource<'a> {
             line: line_of(self.text, span.start),
             message: message.to_string(),
         }
-    }
-
-    fn mode(&self, mode: &Spanned<String>) -> Result<FailureMode, ConfigError> {
-        mode.get_ref().parse().map_err(|()| {
-            self.error(
-                mode.span(),
-                format!(
-                    "failure_mode must be one of open, closed, local, got {:?}",
-                    shorten(mode.get_ref())
-                ),
-            )
-        })
     }
 
     /// The policy `name` as the file sets it: a new one, or a built-in with

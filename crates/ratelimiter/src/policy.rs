@@ -185,7 +185,6 @@ pub struct Policy {
     tiers: Vec<(Box<str>, Box<[Limit]>)>,
     failure_mode: FailureMode,
     shadow: bool,
-    capacity: Duration,
 }
 
 /// Why a policy could not be built.
@@ -194,9 +193,6 @@ pub enum PolicyError {
     /// The policy or tier name is not a valid name.
     #[error("policy name: {0}")]
     Name(NameError),
-    /// The kind is not a valid name.
-    #[error("key: {0}")]
-    Kind(NameError),
     /// A tier name is not a valid name.
     #[error("tier name: {0}")]
     Tier(NameError),
@@ -227,17 +223,14 @@ impl Policy {
     pub fn new(name: &str, kind: Kind, limits: &[LimitSpec]) -> Result<Self, PolicyError> {
         check_name(name).map_err(PolicyError::Name)?;
         let limits = build_limits(name, limits)?;
-        let mut policy = Self {
+        Ok(Self {
             name: name.into(),
             kind,
             limits,
             tiers: Vec::new(),
             failure_mode: FailureMode::default(),
             shadow: false,
-            capacity: Duration::ZERO,
-        };
-        policy.capacity = policy.longest_capacity();
-        Ok(policy)
+        })
     }
 
     /// The same policy, with `tier` limited by `limits` instead of the
@@ -249,14 +242,12 @@ impl Policy {
         let limits = build_limits(&format!("{}.{tier}", self.name), limits)?;
         self.tiers.retain(|(name, _)| &**name != tier);
         self.tiers.push((tier.into(), limits));
-        self.capacity = self.longest_capacity();
         Ok(self)
     }
 
     /// The same policy with `limits` as its default limits.
     pub fn with_limits(mut self, limits: &[LimitSpec]) -> Result<Self, PolicyError> {
         self.limits = build_limits(&self.name, limits)?;
-        self.capacity = self.longest_capacity();
         Ok(self)
     }
 
@@ -297,6 +288,15 @@ impl Policy {
             .map(|(_, limits)| &**limits)
     }
 
+    /// The limits a request in `tier` gets: the tier's, or the policy's
+    /// own for no tier or one the policy does not have (the service decides
+    /// with these).
+    #[inline]
+    pub fn limits_for(&self, tier: Option<&str>) -> &[Limit] {
+        tier.and_then(|tier| self.tier(tier))
+            .unwrap_or(&self.limits)
+    }
+
     /// What happens while the store is unavailable.
     #[inline]
     pub fn failure_mode(&self) -> FailureMode {
@@ -323,13 +323,19 @@ impl Policy {
         self
     }
 
+    /// Sets the failure mode in place (see [`Policy::with_failure_mode`]).
+    pub fn set_failure_mode(&mut self, mode: FailureMode) {
+        self.failure_mode = mode;
+    }
+
+    /// Sets shadow mode in place (see [`Policy::with_shadow`]).
+    pub fn set_shadow(&mut self, shadow: bool) {
+        self.shadow = shadow;
+    }
+
     /// The longest time any of the policy's buckets takes to refill: no TAT
     /// it writes is ever further than this ahead of the write.
     pub fn capacity(&self) -> Duration {
-        self.capacity
-    }
-
-    fn longest_capacity(&self) -> Duration {
         self.tiers
             .iter()
             .flat_map(|(_, limits)| limits.iter())
@@ -505,9 +511,11 @@ impl Policies {
         self.list.get(id.index())
     }
 
-    /// The policy with `id`, to change its modes.
-    pub fn get_mut(&mut self, id: PolicyId) -> Option<&mut Policy> {
-        self.list.get_mut(id.index())
+    /// Every policy, to change in place. Crate-private: replacing a policy
+    /// through it would leave the index of names behind; callers only set
+    /// modes.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Policy> {
+        self.list.iter_mut()
     }
 
     /// Every policy with its id, in id order.

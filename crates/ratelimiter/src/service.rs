@@ -729,23 +729,17 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .policies
             .get(request.policy)
             .ok_or(RateLimitError::UnknownPolicy(request.policy))?;
-        let limits = match request.tier {
-            None => policy.limits(),
-            Some(tier) => match policy.tier(tier) {
-                Some(limits) => limits,
-                None => {
-                    if !self.warned_tier[request.policy.index()].swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            policy = policy.name(),
-                            tier = %shorten(tier),
-                            "unknown tier: the policy's default limits apply (reported once per policy)"
-                        );
-                    }
-                    policy.limits()
-                }
-            },
-        };
-        Ok((policy, limits))
+        if let Some(tier) = request.tier
+            && policy.tier(tier).is_none()
+            && !self.warned_tier[request.policy.index()].swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                policy = policy.name(),
+                tier = %shorten(tier),
+                "unknown tier: the policy's default limits apply (reported once per policy)"
+            );
+        }
+        Ok((policy, policy.limits_for(request.tier)))
     }
 
     #[inline]

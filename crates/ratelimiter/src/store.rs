@@ -168,20 +168,6 @@ pub enum StoreErrorKind {
     Contended,
 }
 
-impl StoreErrorKind {
-    /// The name used in logs and verdicts: `timeout`, `throttled`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreErrorKind::Unavailable => "unavailable",
-            StoreErrorKind::Timeout => "timeout",
-            StoreErrorKind::Throttled => "throttled",
-            StoreErrorKind::Unauthorized => "unauthorized",
-            StoreErrorKind::Protocol => "protocol",
-            StoreErrorKind::Contended => "contended",
-        }
-    }
-}
-
 /// A store could not apply, read or remove a key.
 ///
 /// One pointer wide, so that results carrying it stay small on the hot path.
