@@ -22,7 +22,8 @@ use ratelimiter::policy::BUILTINS;
 use ratelimiter::store::{StoreError, StoreErrorKind};
 
 use crate::{
-    DynamoDbStore, PARTITION_KEY, TTL_ATTRIBUTE, number, number_of, store_error, ttl_secs,
+    DynamoDbStore, PARTITION_KEY, TTL_ATTRIBUTE, done_unless_changed, number, number_of,
+    store_error, ttl_secs,
 };
 
 /// The TAT attribute of the layout of one item per operation.
@@ -128,9 +129,13 @@ pub struct Migration {
     pub migrated: u64,
     /// Items of the old layout whose bucket was already full: deleted only.
     pub expired: u64,
-    /// Items of the old layout that could not be carried over (an
-    /// identifier stored as a digest, with a key secret now set): left for
-    /// TTL to delete.
+    /// Items with the old layout's TAT attribute that were left as they
+    /// are (old items carry a TTL, which deletes them in time): those whose
+    /// key is not `<operation>#<kind>#<id>` or `<operation>#<kind>!<digest>`
+    /// for one of the seed's operations; and, of those whose bucket was not
+    /// yet full, the ones whose kind is not a valid name or whose
+    /// identifier the old key held as a digest (identifiers over 256
+    /// bytes), whether or not a key secret is given.
     pub skipped: u64,
 }
 
@@ -175,12 +180,10 @@ pub async fn migrate_legacy_items(
                         migration.skipped += 1;
                         continue;
                     };
+                    // A plain old id is at most 256 bytes (longer ones were
+                    // stored as digests), so without a secret this is the key
+                    // the functions build for it.
                     let key = Key::with_secret(&kind, id, secret);
-                    if id.len() > ratelimiter::key::MAX_PLAIN_IDENTIFIER_BYTES && secret.is_none() {
-                        // Over 256 bytes the old key held a digest, not the id.
-                        migration.skipped += 1;
-                        continue;
-                    }
                     store.raise(&key.to_string(), &slot, tat).await?;
                     store.delete(pk).await?;
                     migration.migrated += 1;
@@ -204,7 +207,10 @@ enum Id<'a> {
 fn legacy_target(pk: &str) -> Option<(String, &str, Id<'_>)> {
     let (operation, rest) = pk.split_once('#')?;
     let builtin = BUILTINS.iter().find(|b| b.name == operation)?;
-    let slot = format!("{}@{}", builtin.name, builtin.period.as_secs());
+    // The operation's one bucket is its built-in policy's one limit, named
+    // by the core's rule. Building the policy is cheap next to the calls
+    // each item costs.
+    let slot = builtin.policy().limits()[0].slot().name().to_owned();
     if let Some((kind, id)) = rest.split_once('#')
         && !kind.contains('!')
     {
@@ -235,13 +241,8 @@ impl DynamoDbStore {
             .expression_attribute_values(":v", number(value))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(())
-            }
-            Err(e) => Err(store_error("UpdateItem", e)),
-        }
+        // A failed condition: already at least `value`.
+        done_unless_changed(result)
     }
 
     async fn delete(&self, pk: &str) -> Result<(), StoreError> {

@@ -47,6 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::Builder as ConfigOverride;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -170,6 +171,16 @@ enum Shape {
 }
 
 impl Shape {
+    /// The shape a decision's first call tries for `op`'s bucket: it has
+    /// only the hints to go by.
+    fn hinted(op: &Op<'_>) -> Self {
+        if op.likely_busy() {
+            Shape::Busy
+        } else {
+            Shape::Idle
+        }
+    }
+
     /// The shape that applies to a bucket whose TAT is `tat` at `now`.
     fn for_tat(tat: Nanos, now: Nanos) -> Self {
         if tat > now { Shape::Busy } else { Shape::Idle }
@@ -184,10 +195,34 @@ pub struct DynamoDbStore {
     client: Client,
     table: String,
     calls: AtomicU64,
-    /// What a call may add to set up a connection, until one has answered.
-    connect_timeout: Duration,
+    /// The client's timeouts stretched by the connect timeout, for every
+    /// call until one has answered; `None` without a connect timeout. Built
+    /// once (see [`DynamoDbStore::with_connect_timeout`]), not per call.
+    first_call: Option<ConfigOverride>,
     /// Whether a call has answered (so a connection is in the pool).
     connected: std::sync::atomic::AtomicBool,
+}
+
+/// Sends the fluent request `$request` of `$store` (an `UpdateItem` or a
+/// `GetItem`): while no call of the store has answered, with the first-call
+/// timeouts, so that whichever call a new container makes first (a
+/// decision, a refund, a status read, a reset) may set up its connection;
+/// then notes whether it was answered. Evaluates to the SDK's result.
+///
+/// A macro because the SDK's fluent builders share no trait that could
+/// name `customize().config_override(..).send()` generically.
+macro_rules! send {
+    ($store:expr, $request:expr) => {{
+        let store: &DynamoDbStore = $store;
+        let request = $request;
+        store.calls.fetch_add(1, Ordering::Relaxed);
+        let sent = match store.first_call_override() {
+            Some(config) => request.customize().config_override(config).send().await,
+            None => request.send().await,
+        };
+        store.note_answer(&sent);
+        sent
+    }};
 }
 
 /// The outcome of one `UpdateItem`.
@@ -208,7 +243,7 @@ impl DynamoDbStore {
             client,
             table: table.into(),
             calls: AtomicU64::new(0),
-            connect_timeout: Duration::ZERO,
+            first_call: None,
             connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -237,35 +272,57 @@ impl DynamoDbStore {
     }
 
     /// The same store, giving the first call that has to set up a
-    /// connection (TCP and TLS) `connect_timeout` more: a new container's
+    /// connection (TCP and TLS) `connect_timeout` more, whichever it is (a
+    /// decision, a status read, a refund or a reset): a new container's
     /// first decision then does not fail open on a healthy table because of
-    /// its handshake. Once a call has answered, every call has the client's
-    /// own timeout.
+    /// its handshake, nor does its first read or reset fail. Every call has
+    /// the extra time until one has answered; after that, every call has
+    /// the client's own timeout.
     #[must_use]
     pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
-        self.connect_timeout = connect_timeout;
+        self.first_call = if connect_timeout.is_zero() {
+            None
+        } else {
+            // The client's configuration never changes, so the stretched
+            // timeouts can be worked out here once.
+            let client_timeout = self
+                .client
+                .config()
+                .timeout_config()
+                .and_then(|t| t.operation_attempt_timeout())
+                .unwrap_or(DEFAULT_TIMEOUT);
+            let timeout = client_timeout + connect_timeout;
+            let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(connect_timeout)
+                .operation_attempt_timeout(timeout)
+                .operation_timeout(timeout)
+                .build();
+            Some(ConfigOverride::default().timeout_config(timeouts))
+        };
         self
     }
 
-    /// For a call while no call has answered yet: the client's timeouts
-    /// stretched by the connect timeout.
-    fn first_call_override(&self) -> Option<aws_sdk_dynamodb::config::Builder> {
-        if self.connected.load(Ordering::Relaxed) || self.connect_timeout.is_zero() {
+    /// The first-call timeouts while no call has answered yet, else `None`
+    /// (the client's own timeouts).
+    fn first_call_override(&self) -> Option<ConfigOverride> {
+        if self.connected.load(Ordering::Relaxed) {
             return None;
         }
-        let client_timeout = self
-            .client
-            .config()
-            .timeout_config()
-            .and_then(|t| t.operation_attempt_timeout())
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let timeout = client_timeout + self.connect_timeout;
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(self.connect_timeout)
-            .operation_attempt_timeout(timeout)
-            .operation_timeout(timeout)
-            .build();
-        Some(aws_sdk_dynamodb::config::Builder::default().timeout_config(timeouts))
+        // A clone, as the SDK takes the override by value: only until the
+        // first answer, never on a warm container's calls.
+        self.first_call.clone()
+    }
+
+    /// Notes that a call was answered, whatever the answer: a connection is
+    /// then set up, and later calls have the client's own timeouts. A
+    /// timeout or a failure to dispatch is no answer.
+    fn note_answer<T, E, R>(&self, sent: &Result<T, SdkError<E, R>>) {
+        if !matches!(
+            sent,
+            Err(SdkError::TimeoutError(_) | SdkError::DispatchFailure(_))
+        ) {
+            self.connected.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The client the store calls DynamoDB with.
@@ -287,25 +344,20 @@ impl DynamoDbStore {
         calls: &mut u32,
     ) -> Result<Outcome, StoreError> {
         let now = ops.first().map_or(0, |op| op.step.now());
-        let mut shapes: Vec<Shape> = ops
-            .iter()
-            .map(|op| {
-                if op.likely_busy() {
-                    Shape::Busy
-                } else {
-                    Shape::Idle
-                }
-            })
-            .collect();
         let pk = key.to_string();
         // Every bucket of the item is full again by then, whatever wrote it.
         let keep_until = ops
             .iter()
             .map(|op| op.step.busy_ceiling() + op.step.increment())
             .fold(now.saturating_add(retention), Nanos::max);
+        let mut first_call = true;
         loop {
             *calls += 1;
-            match self.update(&pk, ops, &shapes, keep_until, tats).await? {
+            let result = self
+                .update(&pk, ops, now, first_call, keep_until, tats)
+                .await?;
+            first_call = false;
+            match result {
                 UpdateResult::Written => return Ok(Outcome::Allowed),
                 UpdateResult::Rejected { returned: true } => {}
                 UpdateResult::Rejected { returned: false } => {
@@ -329,23 +381,23 @@ impl DynamoDbStore {
                     ),
                 ));
             }
-            for (shape, &tat) in shapes.iter_mut().zip(tats.iter()) {
-                *shape = Shape::for_tat(tat, now);
-            }
+            // `tats` now holds what the next call's shapes follow from.
         }
     }
 
-    /// One conditional `UpdateItem` on every bucket of `ops`, each in its
-    /// shape; writes the new TATs (or the old ones, if returned) to `tats`.
+    /// One conditional `UpdateItem` on every bucket of `ops` at `now` (the
+    /// first op's), each in its shape: from the hints on the decision's
+    /// first call, from `tats` on a later one. Writes the new TATs (or the
+    /// old ones, if returned) to `tats`.
     async fn update(
         &self,
         pk: &str,
         ops: &[Op<'_>],
-        shapes: &[Shape],
+        now: Nanos,
+        first_call: bool,
         keep_until: Nanos,
         tats: &mut [Nanos],
     ) -> Result<UpdateResult, StoreError> {
-        let now = ops.first().map_or(0, |op| op.step.now());
         let mut set = String::from("SET ");
         let mut condition = String::new();
         let mut request = self
@@ -353,16 +405,24 @@ impl DynamoDbStore {
             .update_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
+            .set_expression_attribute_names(bucket_names(ops.iter().map(|op| op.slot)))
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":now", number(now))
             .expression_attribute_values(":ttl", number(ttl_secs(keep_until)))
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        for (i, (op, shape)) in ops.iter().zip(shapes).enumerate() {
+        for (i, op) in ops.iter().enumerate() {
             if i > 0 {
                 condition.push_str(" AND ");
             }
-            request = request.expression_attribute_names(format!("#b{i}"), op.slot.name());
+            // A later call follows a rejected one, which left the bucket's
+            // TAT in `tats` (from the returned old item or the consistent
+            // read after it; 0 when missing): that TAT picks the shape.
+            let shape = if first_call {
+                Shape::hinted(op)
+            } else {
+                Shape::for_tat(tats[i], now)
+            };
             match shape {
                 Shape::Idle => {
                     let _ = write!(set, "#b{i} = :t{i}, ");
@@ -391,19 +451,7 @@ impl DynamoDbStore {
         let request = request
             .update_expression(set)
             .condition_expression(condition);
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let sent = match self.first_call_override() {
-            Some(config) => request.customize().config_override(config).send().await,
-            None => request.send().await,
-        };
-        if !matches!(
-            &sent,
-            Err(SdkError::TimeoutError(_) | SdkError::DispatchFailure(_))
-        ) {
-            // It answered: a connection is set up.
-            self.connected.store(true, Ordering::Relaxed);
-        }
-        match sent {
+        match send!(self, request) {
             Ok(output) => {
                 let item = output.attributes().ok_or_else(|| {
                     StoreError::new(
@@ -445,28 +493,18 @@ impl DynamoDbStore {
 
     /// A consistent read of some buckets' TATs (0 when missing).
     async fn get(&self, pk: &str, slots: &[&Slot], tats: &mut [Nanos]) -> Result<(), StoreError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
         let mut request = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
             .consistent_read(true);
-        let mut projection = String::new();
-        for (i, slot) in slots.iter().enumerate() {
-            if i > 0 {
-                projection.push_str(", ");
-            }
-            let _ = write!(projection, "#b{i}");
-            request = request.expression_attribute_names(format!("#b{i}"), slot.name());
+        if !slots.is_empty() {
+            request = request
+                .set_expression_attribute_names(bucket_names(slots.iter().copied()))
+                .projection_expression(bucket_list(slots.len()));
         }
-        if !projection.is_empty() {
-            request = request.projection_expression(projection);
-        }
-        let output = request
-            .send()
-            .await
-            .map_err(|e| store_error("GetItem", e))?;
+        let output = send!(self, request).map_err(|e| store_error("GetItem", e))?;
         for (slot, tat) in slots.iter().zip(tats.iter_mut()) {
             *tat = match output.item() {
                 Some(item) => tat_of(item, slot)?.unwrap_or(0),
@@ -499,7 +537,8 @@ impl Store for DynamoDbStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(key.to_string()));
+            .key(PARTITION_KEY, AttributeValue::S(key.to_string()))
+            .set_expression_attribute_names(bucket_names(ops.iter().map(|op| op.slot)));
         let mut set = String::from("SET ");
         let mut condition = String::new();
         for (i, op) in ops.iter().enumerate() {
@@ -511,24 +550,14 @@ impl Store for DynamoDbStore {
             // Only where the bucket still holds what the step took.
             let _ = write!(condition, "#b{i} >= :t{i}");
             request = request
-                .expression_attribute_names(format!("#b{i}"), op.slot.name())
                 .expression_attribute_values(format!(":i{i}"), number(op.step.increment()))
                 .expression_attribute_values(format!(":t{i}"), number(op.step.idle_target()));
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        match request
+        let request = request
             .update_expression(set)
-            .condition_expression(condition)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Reset or refilled since: nothing to give back.
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(())
-            }
-            Err(e) => Err(store_error("UpdateItem", e)),
-        }
+            .condition_expression(condition);
+        // A failed condition: reset or refilled since, nothing to give back.
+        done_unless_changed(send!(self, request))
     }
 
     async fn load(
@@ -541,34 +570,60 @@ impl Store for DynamoDbStore {
     }
 
     async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
-        let mut request = self
+        let request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(key.to_string()))
-            .expression_attribute_names("#pk", PARTITION_KEY);
-        let mut remove = String::from("REMOVE ");
-        for (i, slot) in slots.iter().enumerate() {
-            if i > 0 {
-                remove.push_str(", ");
-            }
-            let _ = write!(remove, "#b{i}");
-            request = request.expression_attribute_names(format!("#b{i}"), slot.name());
-        }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        match request
-            .update_expression(remove)
+            .set_expression_attribute_names(bucket_names(slots.iter().copied()))
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .update_expression(format!("REMOVE {}", bucket_list(slots.len())))
             // Never create an empty item for a key that has none.
-            .condition_expression("attribute_exists(#pk)")
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(())
-            }
-            Err(e) => Err(store_error("UpdateItem", e)),
+            .condition_expression("attribute_exists(#pk)");
+        // A failed condition: the key has no item, so nothing to forget.
+        done_unless_changed(send!(self, request))
+    }
+}
+
+/// The expression attribute names of a request's buckets: `#b0`, `#b1`,
+/// ... for `slots` in order, each standing for its slot's name (which may
+/// hold characters, like `@`, that expressions cannot). `None` for no
+/// slots, so that a request without buckets sends no empty map (which
+/// DynamoDB refuses); names added after it then make the whole map.
+fn bucket_names<'a>(slots: impl Iterator<Item = &'a Slot>) -> Option<HashMap<String, String>> {
+    let names: HashMap<String, String> = slots
+        .enumerate()
+        .map(|(i, slot)| (format!("#b{i}"), slot.name().to_owned()))
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// `#b0, #b1, ...`: the names of [`bucket_names`] for `n` buckets, as a
+/// projection or `REMOVE` list.
+fn bucket_list(n: usize) -> String {
+    let mut list = String::new();
+    for i in 0..n {
+        if i > 0 {
+            list.push_str(", ");
         }
+        let _ = write!(list, "#b{i}");
+    }
+    list
+}
+
+/// The result of a conditional `UpdateItem` whose failed condition means
+/// there is nothing to do (the item changed or is missing, so the update
+/// no longer applies): `Ok` for that as for a success.
+pub(crate) fn done_unless_changed<T, R>(
+    sent: Result<T, SdkError<UpdateItemError, R>>,
+) -> Result<(), StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match sent {
+        Ok(_) => Ok(()),
+        Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(()),
+        Err(e) => Err(store_error("UpdateItem", e)),
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::{clock_now, dynoxide, service, service_in, store_at};
 use ratelimiter::failure::BreakerState;
 use ratelimiter::{Builder, CircuitBreaker, Config, Degradation, FailureMode};
+use ratelimiter_testing::faults::read_message;
 use ratelimiter_testing::{Format, Logs};
 use tokio::net::TcpListener;
 
@@ -257,35 +258,15 @@ async fn missing_credentials_fail_open() {
 /// that is busy (`now + 1 s`) and idle (1 ns after the epoch) in turn: the
 /// shape the store picks is always wrong.
 async fn shape_flipping_endpoint(now: u64) -> String {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncWriteExt, BufReader};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let mut answered = 0u64;
         while let Ok((socket, _)) = listener.accept().await {
             let mut socket = BufReader::new(socket);
-            loop {
-                let mut length = 0;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        break;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':')
-                        && name.eq_ignore_ascii_case("content-length")
-                    {
-                        length = value.trim().parse().unwrap();
-                    }
-                }
-                if line != "\r\n" {
-                    break;
-                }
-                let mut request = vec![0; length];
-                socket.read_exact(&mut request).await.unwrap();
+            // Every request is rejected alike: what it asks does not matter.
+            while read_message(&mut socket).await.is_some() {
                 let tat = if answered.is_multiple_of(2) {
                     now + 1_000_000_000
                 } else {
@@ -381,4 +362,57 @@ async fn a_new_containers_first_call_may_take_the_connect_timeout_more() {
             .unwrap()
             .is_degraded()
     );
+}
+
+#[tokio::test]
+async fn a_new_containers_first_call_may_be_a_read_a_refund_or_a_reset() {
+    use ratelimiter::gcra::Quota;
+    use ratelimiter::key::{Key, Kind, Slot};
+    use ratelimiter::store::{Op, Store, StoreErrorKind};
+    let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT)
+        .await
+        .with_connect_timeout(Duration::from_millis(400));
+    let key = Key::new(&Kind::CONNECTION, "c");
+    let slot = Slot::new("heartbeat@60");
+    let step = Quota::per_minute(std::num::NonZeroU32::new(2).unwrap())
+        .step(ratelimiter::Clock::now(&clock_now()), 1)
+        .unwrap();
+    // A status read, a refund or a reset may come first in a new
+    // container: until a call has answered, each has 100 + 400 ms too.
+    let started = Instant::now();
+    let loaded = store.load(&key, &[&slot], &mut [0]).await;
+    let refunded = store.refund(&key, &[Op::new(&slot, step)]).await;
+    let removed = store.remove(&key, &[&slot]).await;
+    let elapsed = started.elapsed();
+    for result in [loaded, refunded, removed] {
+        assert_eq!(result.unwrap_err().kind(), StoreErrorKind::Timeout);
+    }
+    assert!(elapsed >= 3 * Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
+    assert_eq!(store.calls(), 3);
+}
+
+#[tokio::test]
+async fn a_first_read_that_is_answered_ends_the_first_call_time() {
+    use ratelimiter::key::{Key, Kind, Slot};
+    use ratelimiter::store::{Store, StoreErrorKind};
+    use ratelimiter_testing::faults::{Fault, FaultProxy};
+    let endpoint = dynoxide().await;
+    common::store_with_table(&endpoint).await;
+    let proxy = FaultProxy::start(&endpoint).await;
+    let store = store_at(proxy.endpoint(), "RateLimits", TIMEOUT)
+        .await
+        .with_connect_timeout(Duration::from_secs(3));
+    let key = Key::new(&Kind::CONNECTION, "c");
+    let slot = Slot::new("heartbeat@60");
+    // Answered (no item): a connection is set up.
+    store.load(&key, &[&slot], &mut [0]).await.unwrap();
+    // So the next call, of another kind, has the client's 100 ms, not
+    // 100 ms + 3 s, and gives up long before the stalled answer comes.
+    proxy.set(Fault::Stall(Duration::from_secs(10)));
+    let started = Instant::now();
+    let err = store.remove(&key, &[&slot]).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err.kind(), StoreErrorKind::Timeout);
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
 }

@@ -7,11 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{clock_now, dynoxide, store_at, store_with_table};
+use common::{clock_now, dynoxide, service_in, store_at, store_with_table};
 use ratelimiter::failure::BreakerState;
-use ratelimiter::{
-    Builder, Cached, Degradation, FailureMode, FakeClock, PolicyId, RateLimitService,
-};
+use ratelimiter::{Cached, Degradation, FailureMode, FakeClock, PolicyId, RateLimitService};
 use ratelimiter_dynamodb::DynamoDbStore;
 use ratelimiter_testing::faults::{Fault, FaultProxy};
 use ratelimiter_testing::{Format, Logs};
@@ -27,10 +25,7 @@ async fn limiter(mode: FailureMode) -> (Limiter, FaultProxy, FakeClock) {
     let proxy = FaultProxy::start(&endpoint).await;
     let clock = clock_now();
     let store = store_at(proxy.endpoint(), "RateLimits", TIMEOUT).await;
-    let limiter = Builder::new()
-        .clock(clock.clone())
-        .failure_mode(mode)
-        .build(store);
+    let limiter = service_in(store, &clock, mode);
     (Arc::new(limiter), proxy, clock)
 }
 

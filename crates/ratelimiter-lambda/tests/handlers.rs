@@ -669,7 +669,8 @@ async fn a_hostile_field_is_never_echoed_whole() {
 /// A Management API stand-in that answers every post with `status`, and
 /// counts the posts.
 async fn management_answering(status: u16) -> (String, Arc<AtomicU32>) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use ratelimiter_testing::faults::read_message;
+    use tokio::io::{AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let posts = Arc::new(AtomicU32::new(0));
@@ -679,24 +680,8 @@ async fn management_answering(status: u16) -> (String, Arc<AtomicU32>) {
             let counted = counted.clone();
             tokio::spawn(async move {
                 let mut socket = BufReader::new(socket);
-                loop {
-                    let (mut line, mut length) = (String::new(), 0);
-                    loop {
-                        line.clear();
-                        if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some((name, value)) = line.split_once(':')
-                            && name.eq_ignore_ascii_case("content-length")
-                        {
-                            length = value.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    socket.read_exact(&mut body).await.unwrap();
+                // Every post is answered alike: what it says does not matter.
+                while read_message(&mut socket).await.is_some() {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let response = format!(
                         "HTTP/1.1 {status} Oops\r\ncontent-type: application/json\r\nx-amzn-errortype: InternalServerError\r\ncontent-length: 2\r\n\r\n{{}}"

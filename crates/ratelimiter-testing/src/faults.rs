@@ -112,9 +112,16 @@ impl FaultProxy {
     }
 }
 
-/// One HTTP/1.1 message with a `content-length` body: its head (with the
-/// blank line) and its body; `None` at the end of the stream.
-async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
+/// Reads one HTTP/1.1 message (a request or a response) whose body, if
+/// any, has a `content-length`: its head (start line and headers, with the
+/// blank line that ends them) and its body. `None` at the end of the
+/// stream, on a read error, or on a `content-length` that is not a number.
+///
+/// For the hand-rolled HTTP stand-ins of tests (this proxy, fake DynamoDB
+/// or Management API endpoints), which answer what the SDK's clients send
+/// over kept-alive connections: call it in a loop until `None`. A chunked
+/// body is not understood (it would be read as part of the next message).
+pub async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
 ) -> Option<(String, Vec<u8>)> {
     let mut head = String::new();
