@@ -171,7 +171,7 @@ async fn upgrade(
     let mut authorizer = serde_json::Map::new();
     if let Some(user) = &user {
         authorizer.insert("principalId".into(), json!(user));
-        authorizer.insert("userId".into(), json!(user));
+        authorizer.insert(ratelimiter_lambda::event::USER_ID_FIELD.into(), json!(user));
     }
     if let Some(tier) = query.get("tier").filter(|t| !t.is_empty()) {
         let field = gateway.connect.limiter().tier_field().to_owned();

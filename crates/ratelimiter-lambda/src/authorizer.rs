@@ -4,6 +4,11 @@
 //! authorizer context as `userId`, where the `$connect` handler counts its
 //! sessions, and its tier if the token has one.
 //!
+//! The tier has one name, the tier field of the limiter's configuration
+//! (`RATE_LIMIT_TIER_FIELD`, else the `tier_field` of the file
+//! `RATE_LIMIT_CONFIG` names, else `tier`): the claim it is read from in the
+//! token and the context field it is written to, where the handlers read it.
+//!
 //! - No token (no `token` query parameter, no `Authorization: Bearer`
 //!   header): allowed, with no user id. Browsers cannot set headers on a
 //!   WebSocket, hence the query parameter.
@@ -15,6 +20,8 @@
 //!
 //! The JWKS is read once per container, at start-up, from
 //! `RATE_LIMIT_JWKS_URL`; keys a provider adds later reach new containers.
+//! The configuration is read then too, and a wrong one stops the container,
+//! as it stops the handlers.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,10 +33,12 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ratelimiter::config::ConfigError;
+use ratelimiter::config::{Config, ConfigError};
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::event::USER_ID_FIELD;
 
 /// The variable naming the JWKS URL.
 pub const JWKS_URL_VAR: &str = "RATE_LIMIT_JWKS_URL";
@@ -131,23 +140,28 @@ pub struct Verifier {
     jwks: Jwks,
     issuer: Option<String>,
     audience: Option<String>,
-    tier_claim: String,
+    /// The tier's name: the claim it is read from, and the context field
+    /// the [`Authorizer`] writes it to (one setting, so that a token's tier
+    /// reaches the handlers under the name they read).
+    tier_field: String,
 }
 
 impl Verifier {
     /// A verifier for tokens signed by `jwks`, from `issuer` for `audience`
-    /// when given, reading the tier from the claim `tier_claim`.
+    /// when given, reading the tier from the claim `tier_field` (the
+    /// configuration's tier field, which is also where an [`Authorizer`]
+    /// on this verifier puts it in the context).
     pub fn new(
         jwks: Jwks,
         issuer: Option<String>,
         audience: Option<String>,
-        tier_claim: String,
+        tier_field: String,
     ) -> Self {
         Self {
             jwks,
             issuer,
             audience,
-            tier_claim,
+            tier_field,
         }
     }
 
@@ -207,7 +221,7 @@ impl Verifier {
             .ok_or(TokenError::NoSubject)?;
         Ok(Identity {
             user_id: user_id.to_owned(),
-            tier: claims[&self.tier_claim].as_str().map(str::to_owned),
+            tier: claims[&self.tier_field].as_str().map(str::to_owned),
         })
     }
 }
@@ -216,31 +230,42 @@ impl Verifier {
 #[derive(Clone, Debug)]
 pub struct Authorizer {
     verifier: Verifier,
-    tier_field: String,
 }
 
 impl Authorizer {
-    /// An authorizer that verifies tokens with `verifier` and puts the tier
-    /// in the context field `tier_field` (where the handlers read it).
-    pub fn new(verifier: Verifier, tier_field: String) -> Self {
-        Self {
-            verifier,
-            tier_field,
-        }
+    /// An authorizer that verifies tokens with `verifier` and puts a
+    /// token's tier in the context under the verifier's tier field (where
+    /// the handlers read it).
+    pub fn new(verifier: Verifier) -> Self {
+        Self { verifier }
     }
 
     /// The configuration of this container: the JWKS at
     /// [`JWKS_URL_VAR`] (fetched now), [`ISSUER_VAR`], [`AUDIENCE_VAR`],
-    /// and `RATE_LIMIT_TIER_FIELD`.
+    /// and the tier field of [`Config::from_env`].
     pub async fn from_env() -> Result<Self, ConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self::from_lookup(|name| std::env::var(name).ok()).await
+    }
+
+    /// The configuration the variables of `lookup` give, as
+    /// [`Authorizer::from_env`] reads it from the environment (the seam
+    /// tests use, as [`Config::from_lookup`] is the core's).
+    pub async fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // The template sets the issuer and audience to "" when not given.
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let url = var(JWKS_URL_VAR).ok_or_else(|| ConfigError::Invalid {
             var: JWKS_URL_VAR.to_owned(),
             value: String::new(),
             expected: "the URL of the identity provider's JWKS (https://...)",
         })?;
-        let tier_field = var(ratelimiter::config::TIER_FIELD_VAR)
-            .unwrap_or_else(|| ratelimiter::config::DEFAULT_TIER_FIELD.to_owned());
+        // The tier field as the handlers resolve it (`limiter.tier_field()`
+        // comes from the same `Config`): the variable, else the file's
+        // `tier_field`, else the default. Reading the variable alone would
+        // write `tier` while the handlers read a file's `plan`, and tiers
+        // would silently never apply. The variables are passed unfiltered,
+        // so that the authorizer accepts and refuses what the handlers do;
+        // the key secret is optional there, so the authorizer needs none.
+        let tier_field = Config::from_lookup(&lookup)?.tier_field;
         Self::from_jwks_url(&url, var(ISSUER_VAR), var(AUDIENCE_VAR), tier_field).await
     }
 
@@ -257,8 +282,7 @@ impl Authorizer {
             message,
         };
         let jwks = Jwks::parse(&fetch(url).await.map_err(unreadable)?).map_err(unreadable)?;
-        let verifier = Verifier::new(jwks, issuer, audience, tier_field.clone());
-        Ok(Self::new(verifier, tier_field))
+        Ok(Self::new(Verifier::new(jwks, issuer, audience, tier_field)))
     }
 
     /// Decides one `$connect` at `now_secs`.
@@ -273,9 +297,9 @@ impl Authorizer {
         };
         match self.verifier.verify(&token, now_secs) {
             Ok(identity) => {
-                let mut context = json!({"userId": identity.user_id});
+                let mut context = json!({ USER_ID_FIELD: identity.user_id });
                 if let Some(tier) = identity.tier {
-                    context[&self.tier_field] = json!(tier);
+                    context[&self.verifier.tier_field] = json!(tier);
                 }
                 response(&identity.user_id, IamPolicyEffect::Allow, resource, context)
             }

@@ -20,7 +20,7 @@ use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock
 use serde_json::Value;
 
 use crate::event::{self, authorizer_field, source_ip, user_id};
-use crate::layer::{Denial, Responder, SeedResponses, denial, log_decision};
+use crate::layer::{Responder, SeedResponses, logged_denial};
 use crate::response::{internal_error_response, ok_response};
 
 /// Who is connecting, as the `$connect` handler sees it.
@@ -138,27 +138,16 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
             ),
         };
         let second = second.tier(tier.as_deref());
-        let refused = match self.limiter.decide_both(&attempt, &second).await {
-            Ok((first, then)) => {
-                let first = self.limiter.to_result(first);
-                log_decision(&self.limiter, attempt.policy, &first);
-                match (denial(&self.limiter, first), then) {
-                    (Some(refused), _) => Some(refused),
-                    (None, Some(then)) => {
-                        let then = self.limiter.to_result(then);
-                        log_decision(&self.limiter, second.policy, &then);
-                        denial(&self.limiter, then)
-                    }
-                    (None, None) => None,
-                }
-            }
-            Err(error) => {
-                log_decision(&self.limiter, attempt.policy, &Err(error));
-                Some(Denial::Failed {
-                    timestamp_ms: self.limiter.now_ms(),
-                })
-            }
+        // A failed round trip is logged once, under the attempt's policy, and
+        // refused; the second check is logged only when it was decided and
+        // the attempt allowed, as two checks in a row would log them.
+        let (first, then) = match self.limiter.decide_both(&attempt, &second).await {
+            Ok((first, then)) => (Ok(first), then),
+            Err(error) => (Err(error), None),
         };
+        let refused = logged_denial(&self.limiter, attempt.policy, first).or_else(|| {
+            then.and_then(|then| logged_denial(&self.limiter, second.policy, Ok(then)))
+        });
         if let Some(refused) = refused {
             return Ok(SeedResponses.respond(&refused));
         }

@@ -11,6 +11,12 @@ pub const UNKNOWN_IP: &str = "unknown";
 /// The code of a malformed event's response.
 pub const BAD_REQUEST: &str = "BAD_REQUEST";
 
+/// The authorizer-context field holding a speaker's verified user id: the
+/// default authorizer writes it, and the `$connect` handler reads it to
+/// count the user's sessions. One name for both ends, as an authorizer of
+/// your own must use it too (docs/deploy.md).
+pub const USER_ID_FIELD: &str = "userId";
+
 /// An event the handlers cannot use, and why.
 ///
 /// The reason may quote what the event held (a deserializer names the value
@@ -33,11 +39,6 @@ impl BadEvent {
         }
     }
 
-    /// Why the event was rejected.
-    pub fn reason(&self) -> &str {
-        &self.0
-    }
-
     /// The 400 response in the seed's error format, at `timestamp_ms`.
     pub fn response(&self, timestamp_ms: u64) -> ApiGatewayProxyResponse {
         error_response(400, BAD_REQUEST, &self.0, timestamp_ms)
@@ -53,10 +54,10 @@ impl BadEvent {
 /// Deserializes a raw Lambda payload as a WebSocket event, or says what is wrong.
 pub fn parse(payload: Value) -> Result<ApiGatewayWebsocketProxyRequest, BadEvent> {
     if !payload.is_object() {
-        return Err(BadEvent::new("the event is not a JSON object".to_owned()));
+        return Err(BadEvent::new("the event is not a JSON object"));
     }
     if payload.get("requestContext").is_none_or(Value::is_null) {
-        return Err(BadEvent::new("the event has no requestContext".to_owned()));
+        return Err(BadEvent::new("the event has no requestContext"));
     }
     serde_json::from_value(payload).map_err(|e| {
         BadEvent::new(format!(
@@ -77,9 +78,9 @@ pub fn source_ip(event: &ApiGatewayWebsocketProxyRequest) -> &str {
         .unwrap_or(UNKNOWN_IP)
 }
 
-/// The user id the authorizer put in its context (`userId`), if any.
+/// The user id the authorizer put in its context ([`USER_ID_FIELD`]), if any.
 pub fn user_id(event: &ApiGatewayWebsocketProxyRequest) -> Option<String> {
-    authorizer_field(event, "userId")
+    authorizer_field(event, USER_ID_FIELD)
 }
 
 /// A field the authorizer put in its context (`userId`, a tier), if any.
@@ -101,7 +102,7 @@ pub fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<&str, Ba
         .connection_id
         .as_deref()
         .filter(|id| !id.is_empty())
-        .ok_or_else(|| BadEvent::new("the event has no requestContext.connectionId".to_owned()))
+        .ok_or_else(|| BadEvent::new("the event has no requestContext.connectionId"))
 }
 
 /// The message body as JSON (`{"action": "heartbeat"}` and whatever else it holds).
@@ -109,7 +110,7 @@ pub fn body_json(event: &ApiGatewayWebsocketProxyRequest) -> Result<Value, BadEv
     let body = event
         .body
         .as_deref()
-        .ok_or_else(|| BadEvent::new("the message has no body".to_owned()))?;
+        .ok_or_else(|| BadEvent::new("the message has no body"))?;
     serde_json::from_str(body)
         .map_err(|e| BadEvent::new(format!("the message body is not JSON: {e}")))
 }
@@ -122,7 +123,7 @@ pub fn management_endpoint(event: &ApiGatewayWebsocketProxyRequest) -> Result<St
             Ok(format!("https://{domain}/{stage}"))
         }
         _ => Err(BadEvent::new(
-            "the event has no requestContext.domainName and stage to answer through".to_owned(),
+            "the event has no requestContext.domainName and stage to answer through",
         )),
     }
 }

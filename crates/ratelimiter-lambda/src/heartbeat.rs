@@ -12,13 +12,13 @@ use std::sync::Arc;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
 use ratelimiter::response::ErrorBody;
-use ratelimiter::{Clock, PolicyId, RateLimitError, RateLimitService, Request, Store, SystemClock};
+use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::{Value, json};
 
 use crate::event::{self, authorizer_field, body_json, connection_id};
-use crate::layer::check_logged;
+use crate::layer::{Denial, Responder, SeedResponses, check_logged, denial};
 use crate::management::{ConnectionSender, SendError};
-use crate::response::{internal_error_response, ok_response, rate_limit_error_response};
+use crate::response::{internal_error_response, ok_response};
 
 /// The heartbeat handler: create one per container and share it.
 pub struct HeartbeatHandler<S, N, C = SystemClock> {
@@ -72,23 +72,31 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
         };
         let tier = authorizer_field(event, self.limiter.tier_field());
         let request = Request::new(PolicyId::HEARTBEAT, connection).tier(tier.as_deref());
-        match check_logged(&self.limiter, &request).await {
-            Ok(_) => {
+        let checked = check_logged(&self.limiter, &request).await;
+        match denial(&self.limiter, checked) {
+            None => {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": self.limiter.now_ms()});
                 match self.send(&endpoint, connection, ack.to_string()).await {
                     Ok(()) => ok_response(),
                     Err(()) => internal_error_response(self.limiter.now_ms()),
                 }
             }
-            Err(RateLimitError::Exceeded { retry_after, .. }) => {
-                let timestamp = self.limiter.now_ms();
-                let body = ErrorBody::rate_limited(retry_after, timestamp).to_json();
-                // The client learns retryAfter on its connection; the 429 goes
-                // back to API Gateway whatever happened to that message.
-                let _ = self.send(&endpoint, connection, body).await;
-                rate_limit_error_response(retry_after, timestamp)
+            Some(refused) => {
+                if let Denial::Limited {
+                    retry_after,
+                    timestamp_ms,
+                } = refused
+                {
+                    // The denial's one timestamp, in the message and the 429
+                    // alike. The client learns retryAfter on its connection;
+                    // the 429 goes back to API Gateway whatever happened to
+                    // that message. A failed check posts nothing: the 500
+                    // carries no detail to tell.
+                    let body = ErrorBody::rate_limited(retry_after, timestamp_ms).to_json();
+                    let _ = self.send(&endpoint, connection, body).await;
+                }
+                SeedResponses.respond(&refused)
             }
-            Err(_) => internal_error_response(self.limiter.now_ms()),
         }
     }
 

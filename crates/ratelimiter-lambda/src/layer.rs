@@ -272,6 +272,24 @@ pub(crate) async fn check_logged<S: Store, C: Clock>(
     result
 }
 
+/// What a handler does with one decided request: turns the verdict into
+/// the seed's result (a denied verdict is [`RateLimitError::Exceeded`]),
+/// logs its line, and says why the request must not go on, if it must not.
+/// A decision that failed (`Err`) is logged and refused as it is.
+///
+/// One place for the three steps, so that a handler deciding requests
+/// itself (the `$connect` handler's two in one round trip) logs and answers
+/// exactly as [`check_logged`] and [`denial`] do.
+pub(crate) fn logged_denial<S: Store, C: Clock>(
+    limiter: &RateLimitService<S, C>,
+    policy: PolicyId,
+    decided: Result<Verdict, RateLimitError>,
+) -> Option<Denial> {
+    let result = decided.and_then(|verdict| limiter.to_result(verdict));
+    log_decision(limiter, policy, &result);
+    denial(limiter, result)
+}
+
 /// Logs one decision's line.
 pub(crate) fn log_decision<S: Store, C: Clock>(
     limiter: &RateLimitService<S, C>,

@@ -162,10 +162,10 @@ fn effect(response: &ApiGatewayCustomAuthorizerResponse) -> IamPolicyEffect {
     response.policy_document.statement[0].effect.clone()
 }
 
-#[tokio::test]
-async fn anonymous_listeners_and_verified_speakers_come_in_bad_tokens_do_not() {
+/// Serves the test key's JWKS on loopback, as an identity provider would;
+/// returns its URL.
+async fn serve_jwks() -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // The identity provider's JWKS, on loopback.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "http://{}/.well-known/jwks.json",
@@ -183,6 +183,13 @@ async fn anonymous_listeners_and_verified_speakers_come_in_bad_tokens_do_not() {
             let _ = socket.write_all(response.as_bytes()).await;
         }
     });
+    url
+}
+
+#[tokio::test]
+async fn anonymous_listeners_and_verified_speakers_come_in_bad_tokens_do_not() {
+    // The identity provider's JWKS, on loopback.
+    let url = serve_jwks().await;
     let authorizer = Authorizer::from_jwks_url(
         &url,
         Some("https://issuer.example".into()),
@@ -226,4 +233,86 @@ async fn anonymous_listeners_and_verified_speakers_come_in_bad_tokens_do_not() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("cannot fetch"), "{error}");
+}
+
+#[tokio::test]
+async fn the_tier_field_is_the_one_the_handlers_read() {
+    use ratelimiter::{Builder, Config};
+    use ratelimiter_lambda::event::authorizer_field;
+
+    let url = serve_jwks().await;
+    let dir = std::env::temp_dir().join(format!("ratelimiter-authorizer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.toml");
+    std::fs::write(&file, "tier_field = \"plan\"\n").unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    // The variables as the template gives them to the authorizer function
+    // (an empty issuer and audience, no key secret), plus a policies file.
+    let lookup = |extra: &'static [(&'static str, &'static str)]| {
+        let (url, file) = (url.clone(), file.clone());
+        move |var: &str| match var {
+            "RATE_LIMIT_JWKS_URL" => Some(url.clone()),
+            "RATE_LIMIT_CONFIG" => Some(file.clone()),
+            "RATE_LIMIT_JWT_ISSUER" | "RATE_LIMIT_JWT_AUDIENCE" => Some(String::new()),
+            _ => extra
+                .iter()
+                .find(|(name, _)| *name == var)
+                .map(|(_, value)| (*value).to_owned()),
+        }
+    };
+    // Both claims, so that which one is read shows.
+    let mut claims = good_claims();
+    claims["plan"] = json!("gold");
+    let token = token(claims);
+
+    // The file's `tier_field` names both the claim and the context field.
+    let authorizer = Authorizer::from_lookup(lookup(&[])).await.unwrap();
+    let speaker = authorizer.authorize(&request(Some(&token), None), NOW);
+    assert_eq!(effect(&speaker), IamPolicyEffect::Allow);
+    assert_eq!(speaker.context["plan"], "gold", "{:?}", speaker.context);
+    assert!(
+        speaker.context.get("tier").is_none(),
+        "{:?}",
+        speaker.context
+    );
+    // A handler on the same configuration finds the tier in that context.
+    let limiter = Builder::from_config(Config::from_lookup(lookup(&[])).unwrap()).in_memory();
+    assert_eq!(limiter.tier_field(), "plan");
+    let event = json!({"requestContext": {
+        "routeKey": "$connect", "eventType": "CONNECT", "stage": "prod",
+        "connectedAt": 1_699_500_123_456i64, "requestTimeEpoch": 1_699_500_123_456i64,
+        "identity": {"sourceIp": "203.0.113.10"}, "requestId": "r", "connectionId": "c1=",
+        "apiId": "abc123", "authorizer": speaker.context.clone()
+    }});
+    let event = serde_json::from_value(event).unwrap();
+    assert_eq!(
+        authorizer_field(&event, limiter.tier_field()).as_deref(),
+        Some("gold")
+    );
+
+    // The variable wins over the file, for the authorizer as for the handlers.
+    let authorizer = Authorizer::from_lookup(lookup(&[("RATE_LIMIT_TIER_FIELD", "tier")]))
+        .await
+        .unwrap();
+    let speaker = authorizer.authorize(&request(Some(&token), None), NOW);
+    assert_eq!(speaker.context["tier"], "pro", "{:?}", speaker.context);
+    assert!(
+        speaker.context.get("plan").is_none(),
+        "{:?}",
+        speaker.context
+    );
+
+    // A wrong file stops the authorizer at start-up with the core's message.
+    std::fs::write(&file, "tier_field = \"\"\n").unwrap();
+    let expected = Config::from_lookup(lookup(&[])).unwrap_err().to_string();
+    let error = Authorizer::from_lookup(lookup(&[]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(error, expected);
+    assert!(
+        error.starts_with(&format!("{file}:1: tier_field must be")),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -384,3 +384,45 @@ fn a_bad_configuration_stops_the_container_at_start_up() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_authorizer_binary_reads_the_configuration_file_at_start_up() {
+    // The authorizer takes its tier field from the same configuration as the
+    // handlers, so a file that stops them stops it too, with the same
+    // message, before it fetches the JWKS (nothing listens at that address).
+    let dir = std::env::temp_dir().join(format!(
+        "ratelimiter-runtime-authorizer-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.toml");
+    std::fs::write(&file, "failure_mode = \"open\"\ntier_field = \"\"\n").unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authorizer"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("RATE_LIMIT_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .env("RATE_LIMIT_JWKS_URL", "http://127.0.0.1:9/jwks")
+        .env("RATE_LIMIT_CONFIG", &file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains(&format!(
+            "{file}:2: tier_field must be the name of an authorizer-context field"
+        )),
+        "{printed}"
+    );
+    assert!(!printed.contains("cannot fetch"), "{printed}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
