@@ -80,43 +80,61 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The configuration: `--config` if given, else `RATE_LIMIT_CONFIG`, and
+/// The configuration `cli` runs with: the file `config check` names, for
+/// that command; else `--config` if given, else `RATE_LIMIT_CONFIG`; then
 /// the environment.
-fn configuration(global: &GlobalOptions) -> Result<Config, CliError> {
+///
+/// Only one file is read. `config check` is how a fixed file is tried
+/// before `--config` or `RATE_LIMIT_CONFIG` points at it, so the file in
+/// force (broken, perhaps) must not be read first and fail the command.
+fn configuration(cli: &Cli) -> Result<Config, CliError> {
     let env = |var: &str| std::env::var(var).ok();
-    Ok(match &global.config {
+    let file = match &cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => Some(file),
+        _ => cli.global.config.as_ref(),
+    };
+    Ok(match file {
         Some(path) => Config::from_file(path, env)?,
         None => Config::from_lookup(env)?,
     })
 }
 
+/// The service on the store `global` names, with `config`'s policies: for
+/// the commands that use a store (`policies` and `config check` open none).
+async fn service(
+    global: &GlobalOptions,
+    config: Config,
+) -> Result<RateLimitService<AnyStore>, CliError> {
+    let store = open_store(global).await?;
+    Ok(Builder::from_config(config).build_uncached(store))
+}
+
 /// Runs one parsed command; returns the exit status.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let config = configuration(&cli.global)?;
+    let config = configuration(&cli)?;
+    let global = &cli.global;
     match cli.command {
         Command::Policies => {
             print(&policies_json(&config.policies));
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
-            let checked = Config::from_file(&file, |var| std::env::var(var).ok())?;
             print(&json!({
                 "file": file.display().to_string(),
                 "valid": true,
-                "policies": policies_json(&checked.policies)["policies"],
+                "policies": policies_json(&config.policies)["policies"],
             }));
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
-        _ => {}
-    }
-    let secret = config.secret.clone();
-    let store = open_store(&cli.global).await?;
-    let service = Builder::from_config(config).build_uncached(store);
-    match cli.command {
-        Command::Check { target, cost } => check(&service, &target, cost).await,
+        Command::Check { target, cost } => {
+            check(&service(global, config).await?, &target, cost).await
+        }
         Command::Status { target } => {
+            let service = service(global, config).await?;
             let request = request(&service, &target)?;
             let statuses = service
                 .statuses(&request)
@@ -128,6 +146,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reset { target } => {
+            let service = service(global, config).await?;
             let request = request(&service, &target)?;
             service
                 .reset(request.policy, request.identifier, request.kind)
@@ -141,6 +160,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CreateTable => {
+            let service = service(global, config).await?;
             let store = dynamodb(&service, "create-table")?;
             store
                 .create_table()
@@ -150,6 +170,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
+            // The builder takes the configuration; the migration needs its secret.
+            let secret = config.secret.clone();
+            let service = service(global, config).await?;
             let store = dynamodb(&service, "migrate")?;
             let now_secs = service.now_ms() / 1000;
             let migration =
@@ -165,11 +188,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { listen } => {
-            gateway::serve(service, listen).await?;
+            gateway::serve(service(global, config).await?, listen).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invoke { handler, event } => invoke(service, handler, &event).await,
-        Command::Policies | Command::Config { .. } => unreachable!("answered above"),
+        Command::Invoke { handler, event } => {
+            invoke(service(global, config).await?, handler, &event).await
+        }
     }
 }
 
@@ -179,7 +203,7 @@ fn dynamodb<'a>(
     command: &str,
 ) -> Result<&'a ratelimiter_dynamodb::DynamoDbStore, CliError> {
     match service.store() {
-        AnyStore::DynamoDb(store) => Ok(store.inner().inner()),
+        AnyStore::DynamoDb(store) => Ok(store.inner()),
         AnyStore::Memory(_) => Err(CliError::Usage(format!(
             "{command} needs --store dynamodb or --store embedded; the memory store has no table"
         ))),
@@ -224,7 +248,7 @@ fn policies_json(policies: &Policies) -> Value {
                 "tiers": tiers,
                 "failure_mode": policy.failure_mode().as_str(),
                 "shadow": policy.shadow(),
-                "builtin": id.index() < 4,
+                "builtin": id.index() < ratelimiter::policy::BUILTINS.len(),
             })
         })
         .collect();
@@ -288,13 +312,11 @@ async fn check(
         Err(error) => return Err(CliError::Store(error.to_string())),
     };
     let policy = &service.policies()[request.policy];
-    let windows: Vec<u64> = match request.tier.and_then(|tier| policy.tier(tier)) {
-        Some(limits) => limits,
-        None => policy.limits(),
-    }
-    .iter()
-    .map(|limit| limit.quota().period().as_secs())
-    .collect();
+    let windows: Vec<u64> = policy
+        .limits_for(request.tier)
+        .iter()
+        .map(|limit| limit.quota().period().as_secs())
+        .collect();
     let limits: Vec<Value> = verdict
         .limits()
         .iter()

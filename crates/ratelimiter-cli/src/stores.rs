@@ -1,14 +1,12 @@
 //! Opening the store a command line asks for.
 
-use std::time::Duration;
-
 use ratelimiter::gcra::Nanos;
 use ratelimiter::store::{Applied, Op, Outcome};
 use ratelimiter::{Cached, Key, MemoryStore, Slot, Store, StoreError};
 use ratelimiter_dynamodb::{
     ClientOptions, DynamoDbConfig, DynamoDbStore, client, validate_table_name,
 };
-use ratelimiter_embedded::{OpenError, Patient};
+use ratelimiter_embedded::OpenError;
 
 use crate::CliError;
 use crate::args::{GlobalOptions, StoreKind};
@@ -22,7 +20,7 @@ pub enum AnyStore {
     /// This process's memory.
     Memory(MemoryStore),
     /// A DynamoDB table, real or embedded, behind this process's deny cache.
-    DynamoDb(Cached<Patient<DynamoDbStore>>),
+    DynamoDb(Cached<DynamoDbStore>),
 }
 
 impl Store for AnyStore {
@@ -90,11 +88,13 @@ pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
                 region: options.region.clone(),
                 static_credentials: false,
             };
-            // A real table is never locked: no patience.
-            Ok(AnyStore::DynamoDb(Cached::new(Patient::new(
-                DynamoDbStore::new(client(&options).await, table),
-                Duration::ZERO,
-            ))))
+            // Built here rather than by `DynamoDbStore::with_config`, which
+            // takes no endpoint or region: so the connect timeout that
+            // function sets is set here too. Every run of the command is a
+            // new process, so its first call always sets up a connection.
+            let store = DynamoDbStore::new(client(&options).await, table)
+                .with_connect_timeout(config.connect_timeout);
+            Ok(AnyStore::DynamoDb(Cached::new(store)))
         }
         StoreKind::Embedded => {
             if options.endpoint_url.is_some() || options.region.is_some() {

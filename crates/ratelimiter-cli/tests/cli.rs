@@ -554,6 +554,104 @@ fn policies_from_a_file_are_checked_listed_and_enforced() {
 }
 
 #[test]
+fn config_check_reads_only_the_file_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fixed.toml"), LIMITS).unwrap();
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "[policy.a]\nkey = \"ip\"\nlimits = [\"5/fortnight\"]\n",
+    )
+    .unwrap();
+    // The file in force for other commands is broken, in the environment
+    // or on the command line: `config check` is how one checks a fix
+    // before pointing either at it, so only its own file counts.
+    let from_env = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_CONFIG", "broken.toml")
+        .args(["config", "check", "fixed.toml"]));
+    let from_flag = run(ratelimit(dir.path()).args([
+        "--config",
+        "broken.toml",
+        "config",
+        "check",
+        "fixed.toml",
+    ]));
+    for output in [from_env, from_flag] {
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        let value = json(&output);
+        assert_eq!(value["file"], "fixed.toml");
+        assert_eq!(value["valid"], true);
+        assert_eq!(value["policies"].as_array().unwrap().len(), 6);
+    }
+    // The file it names still gets the environment's overrides.
+    let output = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_HEARTBEATS_PER_MIN", "7")
+        .args(["config", "check", "fixed.toml"]));
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(
+        json(&output)["policies"][3]["limits"],
+        serde_json::json!(["7/min"])
+    );
+}
+
+#[test]
+fn the_first_dynamodb_call_gets_the_connect_timeout_more() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let proxy = runtime.block_on(async {
+        ratelimiter_testing::faults::FaultProxy::start(&ratelimiter_testing::dynoxide().await).await
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dynamodb = |timeout_ms: &str, args: &[&str]| {
+        run(ratelimit(dir.path())
+            .env("RATE_LIMIT_TIMEOUT_MS", timeout_ms)
+            .args([
+                "--store",
+                "dynamodb",
+                "--endpoint-url",
+                proxy.endpoint(),
+                "--table",
+                "Limits",
+            ])
+            .args(args))
+    };
+    let created = dynamodb("5000", &["create-table"]);
+    assert_eq!(code(&created), 0, "{}", stderr(&created));
+    // Every call now takes 300 ms more than the 100 ms a call may take.
+    // Each run of the command is a new process, so its call is a first
+    // call: with the default connect timeout (1 s) added, it is answered.
+    proxy.set(ratelimiter_testing::faults::Fault::Stall(
+        std::time::Duration::from_millis(300),
+    ));
+    let output = dynamodb("100", &["check", "heartbeat", "c"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let value = json(&output);
+    assert_eq!(value["degraded"], false, "{value} {}", stderr(&output));
+    assert_eq!(value["remaining"], 1);
+    // With the least connect timeout (1 ms) the same call times out and
+    // fails open: without the connect timeout, the stall is too long.
+    let output = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_TIMEOUT_MS", "100")
+        .env("RATE_LIMIT_CONNECT_TIMEOUT_MS", "1")
+        .args([
+            "--store",
+            "dynamodb",
+            "--endpoint-url",
+            proxy.endpoint(),
+            "--table",
+            "Limits",
+            "check",
+            "heartbeat",
+            "c",
+        ]));
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(json(&output)["degraded"], true, "{}", stderr(&output));
+    drop(runtime);
+}
+
+#[test]
 fn status_shows_every_limit_of_a_policy() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("limits.toml"), LIMITS).unwrap();

@@ -86,17 +86,8 @@ impl Server {
         source_ip: &str,
         query: Option<&str>,
     ) -> Result<Socket, (u16, Option<String>, Value)> {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket
-            .bind(format!("{source_ip}:0").parse().unwrap())
-            .unwrap();
-        let stream = socket.connect(self.address).await.unwrap();
-        let url = match query {
-            Some(query) => format!("ws://{}/local?{query}", self.address),
-            None => format!("ws://{}/local", self.address),
-        };
-        match tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await {
-            Ok((socket, _)) => Ok(socket),
+        match open(self.address, source_ip, query).await {
+            Ok(socket) => Ok(socket),
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
                 let retry_after = response
@@ -119,6 +110,29 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Opens a WebSocket to the server at `address` from `source_ip` (any
+/// 127.x.y.z address), with `query` on the URL: the handshake's own result,
+/// for callers that read a refusal ([`Server::connect_with`]) and for a
+/// spawned task, which cannot borrow the server.
+async fn open(
+    address: SocketAddr,
+    source_ip: &str,
+    query: Option<&str>,
+) -> Result<Socket, tungstenite::Error> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{source_ip}:0").parse().unwrap())
+        .unwrap();
+    let stream = socket.connect(address).await.unwrap();
+    let url = match query {
+        Some(query) => format!("ws://{address}/local?{query}"),
+        None => format!("ws://{address}/local"),
+    };
+    tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .map(|(socket, _)| socket)
 }
 
 async fn next_json(socket: &mut Socket) -> Value {
@@ -318,15 +332,7 @@ async fn a_decision_waiting_for_the_stores_lock_does_not_stop_other_connections(
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
     // A new connection's $connect waits for that lock...
     let address = server.address;
-    let waiting = tokio::spawn(async move {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.42:0".parse().unwrap()).unwrap();
-        let stream = socket.connect(address).await.unwrap();
-        let url = format!("ws://{address}/local");
-        tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
-            .await
-            .is_ok()
-    });
+    let waiting = tokio::spawn(async move { open(address, "127.0.0.42", None).await.is_ok() });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...while a message that needs no store is answered at once.
     let started = std::time::Instant::now();

@@ -198,7 +198,8 @@ pub struct DynamoDbStore {
     /// The client's timeouts stretched by the connect timeout, for every
     /// call until one has answered; `None` without a connect timeout. Built
     /// once (see [`DynamoDbStore::with_connect_timeout`]), not per call.
-    first_call: Option<ConfigOverride>,
+    /// Boxed: hundreds of bytes that most stores never use.
+    first_call: Option<Box<ConfigOverride>>,
     /// Whether a call has answered (so a connection is in the pool).
     connected: std::sync::atomic::AtomicBool,
 }
@@ -297,7 +298,7 @@ impl DynamoDbStore {
                 .operation_attempt_timeout(timeout)
                 .operation_timeout(timeout)
                 .build();
-            Some(ConfigOverride::default().timeout_config(timeouts))
+            Some(Box::new(ConfigOverride::default().timeout_config(timeouts)))
         };
         self
     }
@@ -310,7 +311,7 @@ impl DynamoDbStore {
         }
         // A clone, as the SDK takes the override by value: only until the
         // first answer, never on a warm container's calls.
-        self.first_call.clone()
+        self.first_call.as_deref().cloned()
     }
 
     /// Notes that a call was answered, whatever the answer: a connection is

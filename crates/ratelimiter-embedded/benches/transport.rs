@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use ratelimiter::{Builder, Cached, PolicyId, RateLimitService, Request};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
-use ratelimiter_embedded::{FILE, Patient, TIMEOUT};
+use ratelimiter_embedded::{FILE, TIMEOUT};
 
 const N: usize = 2_000;
 const ROUNDS: usize = 3;
 
 /// Both transports give the same type of service.
-type Service = RateLimitService<Cached<Patient<DynamoDbStore>>>;
+type Service = RateLimitService<Cached<DynamoDbStore>>;
 
 /// One workload's latencies on one transport, over every round.
 #[derive(Default)]
@@ -106,7 +106,7 @@ async fn loopback(data_dir: &Path) -> Service {
         "RateLimits",
     );
     store.create_table().await.unwrap();
-    Builder::new().build(Patient::new(store, TIMEOUT))
+    Builder::new().build(store)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -24,10 +24,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
-use ratelimiter::gcra::Nanos;
-use ratelimiter::store::{Applied, Op, Outcome};
-use ratelimiter::{Key, Slot, Store, StoreError, StoreErrorKind};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, TABLE_VAR, client_with};
 
 pub use transport::InProcess;
@@ -35,8 +33,8 @@ pub use transport::InProcess;
 /// The database file in the embedded store's folder.
 pub const FILE: &str = "ratelimit.db";
 
-/// How long a call may wait, mostly for SQLite's lock when many processes
-/// share a data dir. A timeout there would fail open and could over-admit,
+/// How long a call may take, mostly waiting for SQLite's lock when many
+/// processes share a data dir. A timeout there would fail open and could over-admit,
 /// so it is far longer than a network call's.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -69,10 +67,10 @@ impl std::error::Error for OpenError {}
 /// Opens the embedded store on `data_dir` (created if missing) with its
 /// table `table` (created if missing), ready for decisions.
 ///
-/// The result retries calls that found the file locked by another process
-/// (see [`Patient`]); put the deny cache in front with
+/// A call that finds the file locked by another process waits for it, up
+/// to [`TIMEOUT`] (see [`transport`]). Put the deny cache in front with
 /// `ratelimiter::Builder::build`.
-pub async fn open(data_dir: &Path, table: &str) -> Result<Patient<DynamoDbStore>, OpenError> {
+pub async fn open(data_dir: &Path, table: &str) -> Result<DynamoDbStore, OpenError> {
     let file = private_file(data_dir)?;
     let path = file.to_str().ok_or_else(|| OpenError::DataDir {
         path: data_dir.to_owned(),
@@ -82,16 +80,22 @@ pub async fn open(data_dir: &Path, table: &str) -> Result<Patient<DynamoDbStore>
         .map_err(|e| OpenError::Store(format!("cannot open the embedded store {path}: {e}")))?;
     let http_client = InProcess::start(database)
         .map_err(|e| OpenError::Store(format!("cannot start the embedded store's thread: {e}")))?;
-    let store = DynamoDbStore::new(
-        client_with(
-            &ClientOptions::local(transport::ENDPOINT, TIMEOUT),
-            SharedHttpClient::new(http_client),
-        )
-        .await,
-        table,
-    );
+    let client = client_with(
+        &ClientOptions::local(transport::ENDPOINT, TIMEOUT),
+        SharedHttpClient::new(http_client),
+    )
+    .await;
+    // The SDK takes an answer that has not begun within 5 s for a stalled
+    // stream; here it is a call waiting for another process's lock, bounded
+    // by `TIMEOUT` like every call.
+    let config = client
+        .config()
+        .to_builder()
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+        .build();
+    let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::from_conf(config), table);
     ensure_table(&store).await?;
-    Ok(Patient::new(store, TIMEOUT))
+    Ok(store)
 }
 
 /// The database file in `data_dir`, both created for their owner only when
@@ -147,93 +151,5 @@ async fn ensure_table(store: &DynamoDbStore) -> Result<(), OpenError> {
             store.table()
         ))),
         _ => Ok(()),
-    }
-}
-
-/// A store whose calls may find the embedded store's SQLite file locked by
-/// another process: such a call wrote nothing, and is made again until
-/// `patience` has passed (dynoxide's own lock wait is a fixed 5 s).
-#[derive(Debug)]
-pub struct Patient<S> {
-    inner: S,
-    patience: Duration,
-}
-
-impl<S> Patient<S> {
-    /// `inner`, retrying calls that found the file locked for `patience`
-    /// (zero: never).
-    pub fn new(inner: S, patience: Duration) -> Self {
-        Self { inner, patience }
-    }
-
-    /// The store behind.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-}
-
-/// Whether `error` says the embedded store's file was locked: the request
-/// was not carried out, so making it again counts nothing twice.
-fn locked(error: &StoreError) -> bool {
-    error.to_string().contains("database is locked")
-}
-
-impl<S: Store> Store for Patient<S> {
-    async fn apply(
-        &self,
-        key: &Key<'_>,
-        ops: &[Op<'_>],
-        retention: Nanos,
-        tats: &mut [Nanos],
-    ) -> Applied {
-        if self.patience.is_zero() {
-            return self.inner.apply(key, ops, retention, tats).await;
-        }
-        let mut calls = 0;
-        let mut last = None;
-        let attempts = async {
-            loop {
-                let applied = self.inner.apply(key, ops, retention, tats).await;
-                calls += applied.calls;
-                match applied.outcome {
-                    Err(error) if locked(&error) => {
-                        last = Some(error);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    outcome => return outcome,
-                }
-            }
-        };
-        let outcome = match tokio::time::timeout(self.patience, attempts).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(last.unwrap_or_else(|| {
-                StoreError::new(
-                    StoreErrorKind::Timeout,
-                    "the embedded store's file stayed locked",
-                )
-            })),
-        };
-        Applied { outcome, calls }
-    }
-
-    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
-        self.inner.refund(key, ops).await
-    }
-
-    async fn load(
-        &self,
-        key: &Key<'_>,
-        slots: &[&Slot],
-        tats: &mut [Nanos],
-    ) -> Result<(), StoreError> {
-        self.inner.load(key, slots, tats).await
-    }
-
-    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
-        self.inner.remove(key, slots).await
-    }
-
-    fn prepare(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> Option<Outcome> {
-        self.inner.prepare(key, ops, tats)
     }
 }

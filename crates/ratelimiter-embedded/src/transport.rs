@@ -199,14 +199,41 @@ impl HttpClient for InProcess {
 /// unrun: the caller has already decided without it, and running a backlog
 /// of abandoned writes would only delay the requests still waiting. One
 /// already running is finished, as on a real table.
+///
+/// A job that finds the file locked by another process is run again for
+/// as long as its caller waits: dynoxide gives up after its own fixed 5 s
+/// and writes nothing, and the embedded store's callers wait longer (its
+/// `TIMEOUT`), for every operation alike.
 fn serve(database: &Database, queue: mpsc::Receiver<Job>) {
     for job in queue {
-        if job.answer.is_closed() {
-            continue;
+        while !job.answer.is_closed() {
+            match answer(database, job.operation, &job.body) {
+                Ran::Locked => std::thread::sleep(LOCKED_PAUSE),
+                Ran::Answered(answer) => {
+                    let _ = job.answer.send(answer);
+                    break;
+                }
+            }
         }
-        let answer = answer(database, job.operation, &job.body);
-        let _ = job.answer.send(answer);
     }
+}
+
+/// The pause before running again a job that found the file locked.
+const LOCKED_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// What running a job came to.
+enum Ran {
+    /// Another process held the file's lock: nothing was written.
+    Locked,
+    /// The answer for the caller.
+    Answered(Answer),
+}
+
+/// Whether dynoxide's `error` says the file was locked by another process
+/// (SQLite's busy or locked), as its message says it: the error's source
+/// is rusqlite's, of a version only dynoxide names.
+fn locked(error: &DynoxideError) -> bool {
+    error.to_string().contains("database is locked")
 }
 
 /// The HTTP response the SDK reads for `answer`.
@@ -220,18 +247,19 @@ fn response((status, body): Answer) -> Result<HttpResponse, ConnectorError> {
 /// Runs `operation` on `database` with the JSON request `body`, as
 /// dynoxide's HTTP server would: the response's JSON, or the error's with
 /// its status.
-fn answer(database: &Database, operation: Operation, body: &[u8]) -> Answer {
+fn answer(database: &Database, operation: Operation, body: &[u8]) -> Ran {
     // A panic inside the database must not end the thread: every later call
     // would fail. It answers as an internal error, which the store reports.
     let run = std::panic::AssertUnwindSafe(|| run(database, operation, body));
-    match std::panic::catch_unwind(run) {
+    Ran::Answered(match std::panic::catch_unwind(run) {
         Ok(Ok(json)) => (200, json),
+        Ok(Err(error)) if locked(&error) => return Ran::Locked,
         Ok(Err(error)) => (error.status_code(), error.to_json()),
         Err(_) => internal_error(&format!(
             "the embedded store failed on a {} request",
             operation.name()
         )),
-    }
+    })
 }
 
 /// The operation's response as JSON.

@@ -11,10 +11,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ratelimiter::Builder;
-use ratelimiter_embedded::{FILE, Patient};
+use ratelimiter_embedded::FILE;
 use ratelimiter_testing::{Format, Logs};
 
-async fn embedded(data_dir: &Path) -> Patient<ratelimiter_dynamodb::DynamoDbStore> {
+async fn embedded(data_dir: &Path) -> ratelimiter_dynamodb::DynamoDbStore {
     match ratelimiter_embedded::open(data_dir, "RateLimits").await {
         Ok(store) => store,
         Err(error) => panic!("the embedded store opens: {error}"),
