@@ -199,10 +199,8 @@ impl MemoryStore {
         shards.dedup();
         // Write locks on every shard involved, in shard order (so that two
         // such requests cannot deadlock), keep every other writer out.
-        let mut tables: Vec<(usize, RwLockWriteGuard<'_, ShardTable>)> = shards
-            .iter()
-            .map(|&i| (i, write(&self.shards[i])))
-            .collect();
+        let mut tables: Vec<RwLockWriteGuard<'_, ShardTable>> =
+            shards.iter().map(|&i| write(&self.shards[i])).collect();
         let at = |shard: usize| {
             shards
                 .iter()
@@ -212,7 +210,6 @@ impl MemoryStore {
         let mut allowed = true;
         for ((op, place), tat) in ops.iter().zip(&places).zip(tats.iter_mut()) {
             *tat = tables[at(place.shard)]
-                .1
                 .entries
                 .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
                 .map_or(0, |e| e.tat.load(Ordering::Acquire));
@@ -226,7 +223,7 @@ impl MemoryStore {
                 unreachable!("every step was allowed above")
             };
             *tat = new;
-            let table = &mut *tables[at(place.shard)].1;
+            let table = &mut *tables[at(place.shard)];
             match table
                 .entries
                 .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))

@@ -56,12 +56,12 @@ static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// The labels that identify a policy called `name` in every metric.
-pub fn policy_labels(name: &str) -> Vec<Label> {
+fn policy_labels(name: &str) -> Vec<Label> {
     vec![Label::new(OPERATION_LABEL, name.to_owned())]
 }
 
 /// The counter `name` of the policy called `policy` in the recorder in force.
-pub fn counter(name: &'static str, policy: &str) -> Counter {
+fn counter(name: &'static str, policy: &str) -> Counter {
     let key = Key::from_parts(name, policy_labels(policy));
     metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA))
 }

@@ -13,17 +13,11 @@ use ratelimiter::{
     Builder, CircuitBreaker, Config, Degradation, FailureMode, FakeClock, Key, Kind, MemoryStore,
     PolicyId, RateLimitError, RateLimitService, Request, Slot, Store, StoreError, StoreErrorKind,
 };
+use ratelimiter_testing::conformance::retry_after;
 
 fn service() -> (RateLimitService<MemoryStore, FakeClock>, FakeClock) {
     let clock = FakeClock::at_secs(1_700_000_000);
     (Builder::new().clock(clock.clone()).in_memory(), clock)
-}
-
-fn retry_after(result: Result<ratelimiter::Verdict, RateLimitError>) -> u64 {
-    match result {
-        Err(RateLimitError::Exceeded { retry_after, .. }) => retry_after,
-        other => panic!("expected a rate-limit denial, got {other:?}"),
-    }
 }
 
 #[tokio::test]
