@@ -34,7 +34,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lambda_runtime::{Context, LambdaEvent};
-use ratelimiter::RateLimitService;
+use ratelimiter::{RateLimitService, Store};
 use ratelimiter_lambda::connect::ConnectHandler;
 use ratelimiter_lambda::event;
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
@@ -43,7 +43,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::CliError;
-use crate::stores::AnyStore;
 
 /// The stage of a connection made on `/`.
 pub const DEFAULT_STAGE: &str = "local";
@@ -84,9 +83,9 @@ struct Connection {
     authorizer: Value,
 }
 
-struct Gateway {
-    connect: ConnectHandler<AnyStore>,
-    heartbeat: HeartbeatHandler<AnyStore, ManagementApi>,
+struct Gateway<S> {
+    connect: ConnectHandler<S>,
+    heartbeat: HeartbeatHandler<S, ManagementApi>,
     domain: String,
     connections: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
     ids: AtomicU64,
@@ -94,8 +93,8 @@ struct Gateway {
 }
 
 /// Serves the gateway on `listen` until the process is stopped.
-pub async fn serve(
-    limiter: RateLimitService<AnyStore>,
+pub async fn serve<S: Store + 'static>(
+    limiter: RateLimitService<S>,
     listen: SocketAddr,
 ) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -116,11 +115,11 @@ pub async fn serve(
         random: Default::default(),
     });
     let app = Router::new()
-        .route("/", get(upgrade_default))
-        .route("/{stage}", get(upgrade))
+        .route("/", get(upgrade_default::<S>))
+        .route("/{stage}", get(upgrade::<S>))
         .route(
             "/{stage}/@connections/{id}",
-            post(post_to_connection).delete(delete_connection),
+            post(post_to_connection::<S>).delete(delete_connection::<S>),
         )
         .with_state(gateway);
     // The first line on stdout says where to connect; tests read it.
@@ -137,8 +136,8 @@ pub async fn serve(
     .map_err(|e| CliError::Store(format!("the gateway stopped: {e}")))
 }
 
-async fn upgrade_default(
-    state: State<Arc<Gateway>>,
+async fn upgrade_default<S: Store + 'static>(
+    state: State<Arc<Gateway<S>>>,
     peer: ConnectInfo<SocketAddr>,
     query: Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -155,8 +154,8 @@ async fn upgrade_default(
     .await
 }
 
-async fn upgrade(
-    State(gateway): State<Arc<Gateway>>,
+async fn upgrade<S: Store + 'static>(
+    State(gateway): State<Arc<Gateway<S>>>,
     Path(stage): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
@@ -227,7 +226,7 @@ async fn upgrade(
         .on_upgrade(move |socket| gateway.run(socket, connection))
 }
 
-impl Gateway {
+impl<S: Store + 'static> Gateway<S> {
     /// Now, by the limiter's clock, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64 {
         self.connect.limiter().now_ms()
@@ -368,8 +367,8 @@ impl Gateway {
 }
 
 /// `PostToConnection`.
-async fn post_to_connection(
-    State(gateway): State<Arc<Gateway>>,
+async fn post_to_connection<S: Store + 'static>(
+    State(gateway): State<Arc<Gateway<S>>>,
     Path((_stage, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -382,8 +381,8 @@ async fn post_to_connection(
 }
 
 /// `DeleteConnection`.
-async fn delete_connection(
-    State(gateway): State<Arc<Gateway>>,
+async fn delete_connection<S: Store + 'static>(
+    State(gateway): State<Arc<Gateway<S>>>,
     Path((_stage, id)): Path<(String, String)>,
 ) -> Response {
     if gateway.send(&id, Outgoing::Close) {

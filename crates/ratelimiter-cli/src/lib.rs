@@ -17,14 +17,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ratelimiter::gcra::{Status, ceil_secs};
-use ratelimiter::{Builder, Config, Policies, Policy, RateLimitError, RateLimitService, Request};
+use ratelimiter::{
+    Builder, Config, Policies, Policy, RateLimitError, RateLimitService, Request, Store,
+};
 use serde_json::{Value, json};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::args::{Cli, Command, ConfigCommand, GlobalOptions, HandlerKind, Target};
-use crate::stores::{AnyStore, open_store};
+use crate::stores::{Opened, open_store};
 
 /// Why a command failed, and so its exit status.
 #[derive(Debug)]
@@ -101,16 +103,6 @@ fn configuration(cli: &Cli) -> Result<Config, CliError> {
     })
 }
 
-/// The service on the store `global` names, with `config`'s policies: for
-/// the commands that use a store (`policies` and `config check` open none).
-async fn service(
-    global: &GlobalOptions,
-    config: Config,
-) -> Result<RateLimitService<AnyStore>, CliError> {
-    let store = open_store(global).await?;
-    Ok(Builder::from_config(config).build_uncached(store))
-}
-
 /// Runs one parsed command; returns the exit status.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let config = configuration(&cli)?;
@@ -130,14 +122,55 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { target, cost } => {
-            check(&service(global, config).await?, &target, cost).await
+        Command::CreateTable => {
+            let store = table(global, "create-table").await?;
+            store
+                .create_table()
+                .await
+                .map_err(|e| CliError::Store(e.to_string()))?;
+            print(&json!({"table": store.table(), "status": "ACTIVE"}));
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate => {
+            let store = table(global, "migrate").await?;
+            let now_secs = ratelimiter::Clock::now(&ratelimiter::SystemClock) / 1_000_000_000;
+            let migration = ratelimiter_dynamodb::admin::migrate_legacy_items(
+                &store,
+                now_secs,
+                config.secret.as_ref(),
+            )
+            .await
+            .map_err(|e| CliError::Store(e.to_string()))?;
+            print(&json!({
+                "table": store.table(),
+                "migrated": migration.migrated,
+                "expired": migration.expired,
+                "skipped": migration.skipped,
+            }));
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            // The store is picked once; the command runs on it generically.
+            let builder = Builder::from_config(config);
+            match open_store(global).await? {
+                Opened::Memory => on_service(builder.in_memory(), command).await,
+                Opened::Table(store) => on_service(builder.build(store), command).await,
+            }
+        }
+    }
+}
+
+/// Runs a command that decides, reads or resets through the service.
+async fn on_service<S: Store + 'static>(
+    service: RateLimitService<S>,
+    command: Command,
+) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Check { target, cost } => check(&service, &target, cost).await,
         Command::Status { target } => {
-            let service = service(global, config).await?;
             let request = request(&service, &target)?;
             let statuses = service
-                .statuses(&request)
+                .status(request)
                 .await
                 .map_err(|e| CliError::Store(e.to_string()))?;
             let mut value = json!(Status::fullest(&statuses).expect("a policy has limits"));
@@ -146,10 +179,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reset { target } => {
-            let service = service(global, config).await?;
             let request = request(&service, &target)?;
             service
-                .reset(request.policy, request.identifier, request.kind)
+                .reset(request)
                 .await
                 .map_err(|e| CliError::Store(e.to_string()))?;
             print(&json!({
@@ -159,67 +191,40 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }));
             Ok(ExitCode::SUCCESS)
         }
-        Command::CreateTable => {
-            let service = service(global, config).await?;
-            let store = dynamodb(&service, "create-table")?;
-            store
-                .create_table()
-                .await
-                .map_err(|e| CliError::Store(e.to_string()))?;
-            print(&json!({"table": store.table(), "status": "ACTIVE"}));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Migrate => {
-            // The builder takes the configuration; the migration needs its secret.
-            let secret = config.secret.clone();
-            let service = service(global, config).await?;
-            let store = dynamodb(&service, "migrate")?;
-            let now_secs = service.now_ms() / 1000;
-            let migration =
-                ratelimiter_dynamodb::admin::migrate_legacy_items(store, now_secs, secret.as_ref())
-                    .await
-                    .map_err(|e| CliError::Store(e.to_string()))?;
-            print(&json!({
-                "table": store.table(),
-                "migrated": migration.migrated,
-                "expired": migration.expired,
-                "skipped": migration.skipped,
-            }));
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Serve { listen } => {
-            gateway::serve(service(global, config).await?, listen).await?;
+            gateway::serve(service, listen).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invoke { handler, event } => {
-            invoke(service(global, config).await?, handler, &event).await
+        Command::Invoke { handler, event } => invoke(service, handler, &event).await,
+        Command::Policies | Command::Config { .. } | Command::CreateTable | Command::Migrate => {
+            unreachable!("run handles the commands that need no service")
         }
     }
 }
 
-/// The DynamoDB store under `service`, for commands that need a table.
-fn dynamodb<'a>(
-    service: &'a RateLimitService<AnyStore>,
+/// The table `global` names, for commands that need one.
+async fn table(
+    global: &GlobalOptions,
     command: &str,
-) -> Result<&'a ratelimiter_dynamodb::DynamoDbStore, CliError> {
-    match service.store() {
-        AnyStore::DynamoDb(store) => Ok(store.inner()),
-        AnyStore::Memory(_) => Err(CliError::Usage(format!(
+) -> Result<ratelimiter_dynamodb::DynamoDbStore, CliError> {
+    match open_store(global).await? {
+        Opened::Table(store) => Ok(store),
+        Opened::Memory => Err(CliError::Usage(format!(
             "{command} needs --store dynamodb or --store embedded; the memory store has no table"
         ))),
     }
 }
 
 /// The request `target` names, against the service's policies.
-fn request<'a>(
-    service: &RateLimitService<AnyStore>,
+fn request<'a, S: Store>(
+    service: &RateLimitService<S>,
     target: &'a Target,
 ) -> Result<Request<'a>, CliError> {
     let policy = service
         .policies()
         .find(&target.policy)
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    Ok(Request::new(policy, &target.identifier)
+    Ok(Request::from((policy, &target.identifier))
         .tier(target.tier.as_deref())
         .kind(target.kind.as_ref()))
 }
@@ -256,8 +261,8 @@ fn policies_json(policies: &Policies) -> Value {
 }
 
 /// Runs one handler on the event in `path` (or standard input) and prints its response.
-async fn invoke(
-    service: RateLimitService<AnyStore>,
+async fn invoke<S: Store + 'static>(
+    service: RateLimitService<S>,
     handler: HandlerKind,
     path: &std::path::Path,
 ) -> Result<ExitCode, CliError> {
@@ -298,13 +303,13 @@ async fn invoke(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(
-    service: &RateLimitService<AnyStore>,
+async fn check<S: Store>(
+    service: &RateLimitService<S>,
     target: &Target,
     cost: u32,
 ) -> Result<ExitCode, CliError> {
     let request = request(service, target)?.cost(cost);
-    let verdict = match service.decide_request(&request).await {
+    let verdict = match service.decide(request).await {
         Ok(verdict) => verdict,
         Err(RateLimitError::InvalidCost { source, .. }) => {
             return Err(CliError::Usage(format!("--cost {cost}: {source}")));

@@ -1,8 +1,5 @@
 //! Opening the store a command line asks for.
 
-use ratelimiter::gcra::Nanos;
-use ratelimiter::store::{Applied, Op, Outcome};
-use ratelimiter::{Cached, Key, MemoryStore, Slot, Store, StoreError};
 use ratelimiter_dynamodb::{
     ClientOptions, DynamoDbConfig, DynamoDbStore, client, validate_table_name,
 };
@@ -14,73 +11,26 @@ use crate::args::{GlobalOptions, StoreKind};
 /// The database file in the embedded store's folder.
 pub use ratelimiter_embedded::FILE as EMBEDDED_FILE;
 
-/// Any of the stores the command line can use.
+/// The store a command line names, opened: chosen once, then every
+/// command runs generically on it.
 #[derive(Debug)]
-pub enum AnyStore {
+pub enum Opened {
     /// This process's memory.
-    Memory(MemoryStore),
-    /// A DynamoDB table, real or embedded, behind this process's deny cache.
-    DynamoDb(Cached<DynamoDbStore>),
-}
-
-impl Store for AnyStore {
-    async fn apply(
-        &self,
-        key: &Key<'_>,
-        ops: &[Op<'_>],
-        retention: Nanos,
-        tats: &mut [Nanos],
-    ) -> Applied {
-        match self {
-            AnyStore::Memory(store) => store.apply(key, ops, retention, tats).await,
-            AnyStore::DynamoDb(store) => store.apply(key, ops, retention, tats).await,
-        }
-    }
-
-    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Memory(store) => store.refund(key, ops).await,
-            AnyStore::DynamoDb(store) => store.refund(key, ops).await,
-        }
-    }
-
-    async fn load(
-        &self,
-        key: &Key<'_>,
-        slots: &[&Slot],
-        tats: &mut [Nanos],
-    ) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Memory(store) => store.load(key, slots, tats).await,
-            AnyStore::DynamoDb(store) => store.load(key, slots, tats).await,
-        }
-    }
-
-    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Memory(store) => store.remove(key, slots).await,
-            AnyStore::DynamoDb(store) => store.remove(key, slots).await,
-        }
-    }
-
-    fn prepare(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> Option<Outcome> {
-        match self {
-            AnyStore::Memory(store) => store.prepare(key, ops, tats),
-            AnyStore::DynamoDb(store) => store.prepare(key, ops, tats),
-        }
-    }
+    Memory,
+    /// A DynamoDB table, real or embedded.
+    Table(DynamoDbStore),
 }
 
 /// Opens the store `options` names. The embedded store's table is created
 /// when missing; a real table is left as it is (see `create-table`).
-pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
+pub async fn open_store(options: &GlobalOptions) -> Result<Opened, CliError> {
     let config = DynamoDbConfig::from_env()?;
     let table = match &options.table {
         Some(table) => validate_table_name("--table", table)?,
         None => config.table,
     };
     match options.store {
-        StoreKind::Memory => Ok(AnyStore::Memory(MemoryStore::new())),
+        StoreKind::Memory => Ok(Opened::Memory),
         StoreKind::DynamoDb => {
             let options = ClientOptions {
                 timeout: config.timeout,
@@ -94,7 +44,7 @@ pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
             // new process, so its first call always sets up a connection.
             let store = DynamoDbStore::new(client(&options).await, table)
                 .with_connect_timeout(config.connect_timeout);
-            Ok(AnyStore::DynamoDb(Cached::new(store)))
+            Ok(Opened::Table(store))
         }
         StoreKind::Embedded => {
             if options.endpoint_url.is_some() || options.region.is_some() {
@@ -104,7 +54,7 @@ pub async fn open_store(options: &GlobalOptions) -> Result<AnyStore, CliError> {
                 ));
             }
             match ratelimiter_embedded::open(&options.data_dir, &table).await {
-                Ok(store) => Ok(AnyStore::DynamoDb(Cached::new(store))),
+                Ok(store) => Ok(Opened::Table(store)),
                 Err(OpenError::DataDir { path, reason }) => Err(CliError::Usage(format!(
                     "--data-dir {}: {reason}",
                     path.display()

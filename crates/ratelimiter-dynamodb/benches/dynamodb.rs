@@ -7,16 +7,12 @@
 //! `UpdateItem` of the same shape, and the time a decision takes while the
 //! endpoint hangs, before and after the circuit breaker opens.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use ratelimiter::clock::wall_clock;
-use ratelimiter::gcra::Quota;
-use ratelimiter::key::{Key, Kind, Slot};
-use ratelimiter::store::{Op, Store};
-use ratelimiter::{Builder, Cached, Config};
+use ratelimiter::{Builder, Kind, LimitSpec, Policy, PolicyId, RateLimitService};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,79 +40,87 @@ impl Stats {
     }
 }
 
-/// A container's store: DynamoDB behind the deny cache, as the functions use it.
-async fn store(endpoint: &str) -> Cached<DynamoDbStore> {
-    Cached::new(DynamoDbStore::new(
+/// A container's limiter: the service on DynamoDB, behind the deny cache,
+/// as the functions build it, with the bench's policies beside the seed's.
+type Container = RateLimitService<DynamoDbStore>;
+
+/// The bench's own policies, on IP addresses: name and limits.
+const POLICIES: [(&str, &[(u32, u64)]); 4] = [
+    // A hot key is busy: requests come faster than tokens come back (one
+    // token every 3.6 ms).
+    ("busy", &[(1_000_000, 3600)]),
+    // Tokens come back as fast as requests arrive, so the key hovers
+    // between idle and busy and concurrent writers race.
+    ("edge", &[(1_000_000, 1)]),
+    // Two limits in one item: one conditional write checks and takes both.
+    ("two", &[(5, 10), (1000, 3600)]),
+    ("tight", &[(1, 60)]),
+];
+
+async fn store(endpoint: &str) -> DynamoDbStore {
+    DynamoDbStore::new(
         client(&ClientOptions::local(endpoint, TIMEOUT)).await,
         "RateLimits",
-    ))
+    )
 }
 
-/// One decision of `limits` (a bucket and a quota each) on the item of IP
-/// `id`, as the service makes it: the cache first, then the store.
-async fn decide(store: &Cached<DynamoDbStore>, id: &str, limits: &[(Slot, Quota)]) {
-    let key = Key::new(&Kind::IP, id);
-    let now = wall_clock();
-    let mut ops: Vec<Op<'_>> = limits
-        .iter()
-        .map(|(slot, quota)| Op::new(slot, quota.step(now, 1).unwrap()))
-        .collect();
-    let mut tats = vec![0; ops.len()];
-    if store.prepare(&key, &mut ops, &mut tats).is_none() {
-        store.apply(&key, &ops, 0, &mut tats).await.outcome.unwrap();
+/// A new container on the table at `endpoint`.
+async fn container(endpoint: &str) -> Container {
+    let mut builder = Builder::new();
+    for (name, limits) in POLICIES {
+        let specs: Vec<LimitSpec> = limits
+            .iter()
+            .map(|&(count, secs)| LimitSpec {
+                count,
+                period: Duration::from_secs(secs),
+            })
+            .collect();
+        builder = builder.policy(Policy::new(name, Kind::IP, &specs).unwrap());
     }
+    builder.build(store(endpoint).await)
 }
 
-/// The one bucket most workloads use.
-fn one(quota: &Quota) -> Vec<(Slot, Quota)> {
-    vec![(Slot::new("connection_attempt@60"), *quota)]
+/// One decision of `policy` on IP `id`; the calls it made.
+async fn decide(limiter: &Container, policy: PolicyId, id: &str) -> u32 {
+    let verdict = limiter.decide((policy, id)).await.unwrap();
+    assert!(!verdict.is_degraded(), "{verdict:?}");
+    verdict.calls
 }
 
-/// `n` sequential decisions of `limits`, each on the key `key(i)`.
-async fn sequential_limits(
+/// `n` sequential decisions of `policy`, each on the key `key(i)`.
+async fn sequential(
     name: &str,
-    store: &Cached<DynamoDbStore>,
-    limits: &[(Slot, Quota)],
+    limiter: &Container,
+    policy: &str,
     n: usize,
     key: impl Fn(usize) -> String,
 ) -> Stats {
-    let calls_before = store.inner().calls();
+    let policy = limiter.policy_id(policy).unwrap();
+    let mut calls = 0;
     let mut latencies = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
         let id = key(i);
         let t = Instant::now();
-        decide(store, &id, limits).await;
+        calls += u64::from(decide(limiter, policy, &id).await);
         latencies.push(t.elapsed());
     }
     Stats {
         name: name.to_owned(),
         latencies,
         wall: started.elapsed(),
-        calls: store.inner().calls() - calls_before,
+        calls,
     }
 }
 
-/// `n` sequential decisions of one `quota`, each on the key `key(i)`.
-async fn sequential(
-    name: &str,
-    store: &Cached<DynamoDbStore>,
-    quota: &Quota,
-    n: usize,
-    key: impl Fn(usize) -> String,
-) -> Stats {
-    sequential_limits(name, store, &one(quota), n, key).await
-}
-
 /// Raw idle-shape `UpdateItem`s on fresh keys, as the store would send them.
-async fn raw_updates(store: &Cached<DynamoDbStore>, n: usize) -> Stats {
+async fn raw_updates(store: &DynamoDbStore, n: usize) -> Stats {
     let mut latencies = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
         let now = wall_clock();
         let t = Instant::now();
         store
-            .inner()
             .client()
             .update_item()
             .table_name("RateLimits")
@@ -151,42 +155,44 @@ async fn raw_updates(store: &Cached<DynamoDbStore>, n: usize) -> Stats {
     }
 }
 
-/// `tasks` tasks deciding on one key at once, under `quota` (large enough
+/// `tasks` tasks deciding on one key at once, under `policy` (large enough
 /// that every decision is allowed).
 async fn hot_key(
     name: &str,
-    store: Arc<Cached<DynamoDbStore>>,
-    quota: Quota,
+    limiter: Arc<Container>,
+    policy: &str,
     tasks: usize,
     per_task: usize,
 ) -> Stats {
-    let calls_before = store.inner().calls();
+    let policy = limiter.policy_id(policy).unwrap();
     let started = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
-            let store = store.clone();
+            let limiter = limiter.clone();
             let id = name.to_owned();
             tokio::spawn(async move {
-                let limits = one(&quota);
+                let mut calls = 0;
                 let mut latencies = Vec::with_capacity(per_task);
                 for _ in 0..per_task {
                     let t = Instant::now();
-                    decide(&store, &id, &limits).await;
+                    calls += u64::from(decide(&limiter, policy, &id).await);
                     latencies.push(t.elapsed());
                 }
-                latencies
+                (latencies, calls)
             })
         })
         .collect();
-    let mut latencies = Vec::new();
+    let (mut latencies, mut calls) = (Vec::new(), 0);
     for handle in handles {
-        latencies.extend(handle.await.unwrap());
+        let (more, n) = handle.await.unwrap();
+        latencies.extend(more);
+        calls += n;
     }
     Stats {
         name: format!("{name}, {tasks} tasks"),
         latencies,
         wall: started.elapsed(),
-        calls: store.inner().calls() - calls_before,
+        calls,
     }
 }
 
@@ -204,13 +210,15 @@ async fn hanging() {
         client(&ClientOptions::local(&endpoint, timeout)).await,
         "RateLimits",
     );
-    let service = Builder::from_config(Config::default()).build(store);
+    let service = Builder::new().build(store);
     let mut before = Vec::new();
     let mut after = Vec::new();
+    let mut calls = 0;
     for i in 0..1005 {
         let t = Instant::now();
-        let verdict = service.check_heartbeat_limit("c").await.unwrap();
+        let verdict = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
         assert!(verdict.is_degraded());
+        calls += verdict.calls;
         if i < 5 {
             before.push(t.elapsed())
         } else {
@@ -225,7 +233,7 @@ async fn hanging() {
         after[after.len() / 2].as_secs_f64() * 1e6,
         after[after.len() * 99 / 100].as_secs_f64() * 1e6,
         after.last().unwrap().as_secs_f64() * 1e6,
-        service.store().inner().calls(),
+        calls,
     );
 }
 
@@ -238,20 +246,23 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let endpoint = ratelimiter_testing::dynoxide().await;
-        let setup = store(&endpoint).await;
-        setup.inner().create_table().await.unwrap();
+        let table = store(&endpoint).await;
+        table.create_table().await.unwrap();
+        let setup = container(&endpoint).await;
         let n = 3000;
-        let quota = Quota::per_minute(NonZeroU32::new(20).unwrap());
+        // The seed's connection attempts: 20 a minute.
+        let attempts = "connection_attempt";
         println!(
             "{:<34} {:>9} {:>10} {:>10} {:>10}",
             "workload", "dec/s", "p50 µs", "p99 µs", "calls/dec"
         );
 
-        // Warm the connection pool and the server.
-        sequential("warm-up", &setup, &quota, 300, |i| format!("warm-{i}")).await;
+        // Warm the connection pools and the server.
+        sequential("warm-up", &setup, attempts, 300, |i| format!("warm-{i}")).await;
+        raw_updates(&table, 300).await;
 
-        let raw = raw_updates(&setup, n).await;
-        let ours = sequential("idle keys (new key each time)", &setup, &quota, n, |i| {
+        let raw = raw_updates(&table, n).await;
+        let ours = sequential("idle keys (new key each time)", &setup, attempts, n, |i| {
             format!("10.0.{}.{}", i / 256, i % 256)
         })
         .await;
@@ -265,77 +276,55 @@ fn main() {
             overhead * 100.0
         );
 
-        // A fresh store (a new container) on keys that are all mid-window.
-        let fresh = store(&endpoint).await;
-        sequential("mid-window keys, fresh container", &fresh, &quota, n, |i| {
-            format!("10.0.{}.{}", i / 256, i % 256)
-        })
-        .await
-        .print();
-
-        // A hot key is busy: requests come faster than tokens come back
-        // (here 1 000 000 an hour, one token every 3.6 ms).
-        let busy = Quota::per_hour(NonZeroU32::new(1_000_000).unwrap());
-        hot_key(
-            "one hot key",
-            Arc::new(store(&endpoint).await),
-            busy,
-            16,
-            300,
-        )
-        .await
-        .print();
-        // The worst case: tokens come back as fast as requests arrive, so the
-        // key hovers between idle and busy and concurrent writers race.
-        let edge = Quota::per_second(NonZeroU32::new(1_000_000).unwrap());
-        hot_key(
-            "one key at the idle/busy edge",
-            Arc::new(store(&endpoint).await),
-            edge,
-            16,
-            300,
+        // A new container on keys that are all mid-window.
+        let fresh = container(&endpoint).await;
+        sequential(
+            "mid-window keys, fresh container",
+            &fresh,
+            attempts,
+            n,
+            |i| format!("10.0.{}.{}", i / 256, i % 256),
         )
         .await
         .print();
 
-        // A policy of two limits in one item (5 per 10 s and 1000 per hour):
-        // one conditional write checks and takes both.
-        let two = vec![
-            (
-                Slot::new("two@10"),
-                Quota::new(NonZeroU32::new(5).unwrap(), Duration::from_secs(10)).unwrap(),
-            ),
-            (
-                Slot::new("two@3600"),
-                Quota::per_hour(NonZeroU32::new(1000).unwrap()),
-            ),
-        ];
-        sequential_limits("two limits, new keys", &setup, &two, n, |i| {
+        let hot = Arc::new(container(&endpoint).await);
+        hot_key("one hot key", hot, "busy", 16, 300).await.print();
+        let edge = Arc::new(container(&endpoint).await);
+        hot_key("one key at the idle/busy edge", edge, "edge", 16, 300)
+            .await
+            .print();
+
+        // A policy of two limits in one item (5 per 10 s and 1000 per hour).
+        sequential("two limits, new keys", &setup, "two", n, |i| {
             format!("10.2.{}.{}", i / 256, i % 256)
         })
         .await
         .print();
-        sequential_limits("two limits, busy keys (4 per key)", &setup, &two, n, |i| {
+        sequential("two limits, busy keys (4 per key)", &setup, "two", n, |i| {
             format!("10.3.{}.{}", i / 1024, (i / 4) % 256)
         })
         .await
         .print();
-        let fresh = store(&endpoint).await;
-        sequential_limits(
+        let fresh = container(&endpoint).await;
+        sequential(
             "two limits, mid-window, fresh container",
             &fresh,
-            &two,
+            "two",
             n,
             |i| format!("10.2.{}.{}", i / 256, i % 256),
         )
         .await
         .print();
 
-        let denier = store(&endpoint).await;
-        let tight = Quota::per_minute(NonZeroU32::new(1).unwrap());
-        sequential("repeated denials, one key", &denier, &tight, 20_000, |_| {
-            "flood".to_owned()
-        })
+        let denier = container(&endpoint).await;
+        sequential(
+            "repeated denials, one key",
+            &denier,
+            "tight",
+            20_000,
+            |_| "flood".to_owned(),
+        )
         .await
         .print();
         println!(

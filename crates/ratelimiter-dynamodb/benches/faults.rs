@@ -48,7 +48,7 @@ async fn run(endpoint: &str, fault: &Fault, mode: FailureMode, fresh: bool, roun
     if !fresh {
         for id in &ids {
             for _ in 0..3 {
-                limiter.decide(PolicyId::HEARTBEAT, id, 1).await.unwrap();
+                limiter.decide((PolicyId::HEARTBEAT, id)).await.unwrap();
             }
         }
     }
@@ -73,7 +73,7 @@ async fn run(endpoint: &str, fault: &Fault, mode: FailureMode, fresh: bool, roun
                     let id = &ids[n % IDS];
                     n += 1;
                     let at = Instant::now();
-                    let verdict = limiter.decide(PolicyId::HEARTBEAT, id, 1).await.unwrap();
+                    let verdict = limiter.decide((PolicyId::HEARTBEAT, id)).await.unwrap();
                     latencies.lock().unwrap().push(at.elapsed());
                     if verdict.is_degraded() {
                         degraded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

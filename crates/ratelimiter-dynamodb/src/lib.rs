@@ -21,8 +21,8 @@
 //! conjunction of theirs: they are checked and written together. A failed
 //! condition returns the old item (`ALL_OLD`), which says either "denied"
 //! (no further call) or which shapes are right (one more call). The first
-//! shapes come from the hints of [`ratelimiter::Cached`], which wraps this
-//! store in a service built with [`ratelimiter::Builder::build`].
+//! shapes come from the hints of the service's deny cache (a service built
+//! with [`ratelimiter::Builder::build`]).
 //!
 //! Table administration (creation, the one-time migration from the
 //! one-item-per-operation layout) is in [`admin`].
@@ -36,7 +36,10 @@
 //! let limiter = Builder::from_env()?.build(DynamoDbStore::from_env().await?);
 //!
 //! // Per request.
-//! limiter.check(PolicyId::HEARTBEAT, "L0SM9cOFvHcCIhw=", 1).await?;
+//! let verdict = limiter.decide((PolicyId::HEARTBEAT, "L0SM9cOFvHcCIhw=")).await?;
+//! if !verdict.allowed() {
+//!     println!("retry in {} s", verdict.retry_after_secs());
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -52,9 +55,9 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use ratelimiter::config::{ConfigError, parse_positive};
-use ratelimiter::gcra::{self, Nanos};
+use ratelimiter::gcra::{Nanos, Outcome};
 use ratelimiter::key::{Key, Slot};
-use ratelimiter::store::{Applied, Op, Outcome, Store, StoreError, StoreErrorKind};
+use ratelimiter::store::{Applied, Op, Store, StoreError, StoreErrorKind};
 
 pub mod admin;
 mod client;
@@ -187,9 +190,9 @@ impl Shape {
     }
 }
 
-/// A [`Store`] on a DynamoDB table. It only persists: wrap it in
-/// [`ratelimiter::Cached`] (as [`ratelimiter::Builder::build`] does) for
-/// the deny cache and the hints that pick the first shape.
+/// A [`Store`] on a DynamoDB table. It only persists: the service built on
+/// it ([`ratelimiter::Builder::build`]) keeps the deny cache and the hints
+/// that pick the first shape.
 #[derive(Debug)]
 pub struct DynamoDbStore {
     client: Client,
@@ -370,7 +373,7 @@ impl DynamoDbStore {
             let denied = ops
                 .iter()
                 .zip(tats.iter())
-                .any(|(op, &tat)| matches!(op.step.outcome(tat), gcra::Outcome::Denied { .. }));
+                .any(|(op, &tat)| op.step.apply(tat).0 == Outcome::Denied);
             if denied {
                 return Ok(Outcome::Denied);
             }

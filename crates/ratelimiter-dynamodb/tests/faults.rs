@@ -96,8 +96,10 @@ async fn the_breaker_stops_calling_a_hanging_endpoint() {
     let (_logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let store = store_at(&hanging_endpoint().await, "RateLimits", TIMEOUT).await;
-    let service =
-        service(store, &clock).with_breaker(CircuitBreaker::new(3, Duration::from_secs(5)));
+    let service = Builder::new()
+        .clock(clock.clone())
+        .breaker(CircuitBreaker::new(3, Duration::from_secs(5)))
+        .build(store);
     for _ in 0..3 {
         assert!(
             service
@@ -107,7 +109,7 @@ async fn the_breaker_stops_calling_a_hanging_endpoint() {
                 .is_degraded()
         );
     }
-    assert_eq!(service.store().inner().calls(), 3);
+    assert_eq!(service.store().calls(), 3);
     let now = ratelimiter::Clock::now(&clock);
     assert_eq!(service.breaker().state(now), BreakerState::Open);
     // While open, no call is made at all.
@@ -115,7 +117,7 @@ async fn the_breaker_stops_calling_a_hanging_endpoint() {
         let verdict = service.check_heartbeat_limit("c").await.unwrap();
         assert_eq!(verdict.degraded, Some(Degradation::BreakerOpen));
     }
-    assert_eq!(service.store().inner().calls(), 3);
+    assert_eq!(service.store().calls(), 3);
 }
 
 #[tokio::test]
@@ -124,8 +126,10 @@ async fn the_breaker_closes_when_the_table_comes_back() {
     let endpoint = dynoxide().await;
     let clock = clock_now();
     let store = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
-    let service =
-        service(store, &clock).with_breaker(CircuitBreaker::new(2, Duration::from_secs(5)));
+    let service = Builder::new()
+        .clock(clock.clone())
+        .breaker(CircuitBreaker::new(2, Duration::from_secs(5)))
+        .build(store);
     for _ in 0..2 {
         assert!(
             service
@@ -140,7 +144,7 @@ async fn the_breaker_closes_when_the_table_comes_back() {
         "{}",
         logs.text()
     );
-    service.store().inner().create_table().await.unwrap();
+    service.store().create_table().await.unwrap();
     // Still open: the table is back but nobody asks yet.
     assert!(
         service
@@ -177,7 +181,7 @@ async fn closed_mode_denies_while_the_table_is_away() {
         .check_session_creation_limit("user-1")
         .await
         .unwrap_err();
-    assert!(err.retry_after().unwrap() >= 1);
+    assert!(err.denied().unwrap().retry_after_secs() >= 1);
     assert!(
         logs.text().contains("failure_mode=\"closed\""),
         "{}",
@@ -216,7 +220,8 @@ async fn local_mode_stops_one_client_while_the_table_is_away() {
             .check_heartbeat_limit("noisy")
             .await
             .unwrap_err()
-            .retry_after(),
+            .denied()
+            .map(|denied| denied.retry_after_secs()),
         Some(30)
     );
     // Other policies stay in their own mode: open.
@@ -307,7 +312,7 @@ async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls_and_deci
     // failed open, and the breaker does not count it.
     assert!(verdict.allowed(), "{verdict:?}");
     assert_eq!(verdict.degraded, Some(Degradation::Contended));
-    assert_eq!((verdict.calls, service.store().inner().calls()), (3, 3));
+    assert_eq!((verdict.calls, service.store().calls()), (3, 3));
     for _ in 0..25 {
         service
             .check_connection_attempt_limit("192.0.2.80")
@@ -315,7 +320,7 @@ async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls_and_deci
             .ok();
     }
     let verdict = service
-        .decide(ratelimiter::PolicyId::CONNECTION_ATTEMPT, "192.0.2.80", 1)
+        .decide((ratelimiter::PolicyId::CONNECTION_ATTEMPT, "192.0.2.80"))
         .await
         .unwrap();
     assert!(!verdict.allowed(), "20 a minute, decided here: {verdict:?}");

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use common::{clock_now, dynoxide, service_in, store_at, store_with_table};
 use ratelimiter::failure::BreakerState;
-use ratelimiter::{Cached, Degradation, FailureMode, FakeClock, PolicyId, RateLimitService};
+use ratelimiter::{Degradation, FailureMode, FakeClock, PolicyId, RateLimitService};
 use ratelimiter_dynamodb::DynamoDbStore;
 use ratelimiter_testing::faults::{Fault, FaultProxy};
 use ratelimiter_testing::{Format, Logs};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 
-type Limiter = Arc<RateLimitService<Cached<DynamoDbStore>, FakeClock>>;
+type Limiter = Arc<RateLimitService<DynamoDbStore, FakeClock>>;
 
 /// A table behind a proxy, and a container's limiter on it in `mode`.
 async fn limiter(mode: FailureMode) -> (Limiter, FaultProxy, FakeClock) {
@@ -36,7 +36,7 @@ async fn at_once(limiter: &Limiter, id: &str, n: usize) -> usize {
             let (limiter, id) = (limiter.clone(), id.to_owned());
             tokio::spawn(async move {
                 limiter
-                    .decide(PolicyId::HEARTBEAT, &id, 1)
+                    .decide((PolicyId::HEARTBEAT, &id))
                     .await
                     .unwrap()
                     .allowed()
@@ -75,20 +75,17 @@ async fn a_throttled_hot_key_admits_at_most_its_limit_and_leaves_the_rest_alone(
     let before = proxy.requests();
     let mut admitted = 0;
     for _ in 0..20 {
-        let verdict = limiter.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
+        let verdict = limiter.decide((PolicyId::HEARTBEAT, "hot")).await.unwrap();
         assert_eq!(verdict.degraded, Some(Degradation::Throttled));
         admitted += u32::from(verdict.allowed());
     }
     assert_eq!(admitted, 2, "its limit, not fail-open's 20");
     // One call learnt the key is hot; the hold spared the table the rest.
     assert_eq!(proxy.requests() - before, 1);
-    clock.advance(ratelimiter::service::HOT_KEY_HOLD);
-    limiter.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
+    clock.advance(ratelimiter::failure::HOT_KEY_HOLD);
+    limiter.decide((PolicyId::HEARTBEAT, "hot")).await.unwrap();
     assert_eq!(proxy.requests() - before, 2, "asked again after the hold");
-    let cold = limiter
-        .decide(PolicyId::HEARTBEAT, "cold", 1)
-        .await
-        .unwrap();
+    let cold = limiter.decide((PolicyId::HEARTBEAT, "cold")).await.unwrap();
     assert_eq!((cold.degraded, cold.calls), (None, 1));
     let now = ratelimiter::Clock::now(&clock);
     assert_eq!(limiter.breaker().state(now), BreakerState::Closed);
@@ -105,7 +102,7 @@ async fn one_stall_under_sixteen_decisions_does_not_open_the_breaker_an_outage_d
             let limiter = limiter.clone();
             tokio::spawn(async move {
                 limiter
-                    .decide(PolicyId::HEARTBEAT, &format!("c{i}"), 1)
+                    .decide((PolicyId::HEARTBEAT, &format!("c{i}")))
                     .await
                     .unwrap()
                     .degraded
@@ -119,7 +116,7 @@ async fn one_stall_under_sixteen_decisions_does_not_open_the_breaker_an_outage_d
     assert_eq!(limiter.breaker().state(now), BreakerState::Closed);
     proxy.set(Fault::None);
     let verdict = limiter
-        .decide(PolicyId::HEARTBEAT, "after", 1)
+        .decide((PolicyId::HEARTBEAT, "after"))
         .await
         .unwrap();
     assert_eq!(verdict.degraded, None);
@@ -127,12 +124,12 @@ async fn one_stall_under_sixteen_decisions_does_not_open_the_breaker_an_outage_d
     proxy.set(Fault::ServerError);
     for i in 0..3 {
         let verdict = limiter
-            .decide(PolicyId::HEARTBEAT, &format!("o{i}"), 1)
+            .decide((PolicyId::HEARTBEAT, &format!("o{i}")))
             .await
             .unwrap();
         assert_eq!(verdict.degraded, Some(Degradation::Unavailable));
     }
-    let verdict = limiter.decide(PolicyId::HEARTBEAT, "o3", 1).await.unwrap();
+    let verdict = limiter.decide((PolicyId::HEARTBEAT, "o3")).await.unwrap();
     assert_eq!(verdict.degraded, Some(Degradation::BreakerOpen));
 }
 
@@ -142,7 +139,7 @@ async fn dropped_connections_fail_open_bounded_and_degraded() {
     let (limiter, proxy, _) = limiter(FailureMode::Open).await;
     proxy.set(Fault::Drop);
     let started = std::time::Instant::now();
-    let verdict = limiter.decide(PolicyId::HEARTBEAT, "d", 1).await.unwrap();
+    let verdict = limiter.decide((PolicyId::HEARTBEAT, "d")).await.unwrap();
     assert!(verdict.allowed() && verdict.is_degraded(), "{verdict:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }

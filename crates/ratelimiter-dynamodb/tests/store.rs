@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{clock_now, decide, dynoxide, service, store_at, store_with_table};
+use common::{clock_now, decide, dynoxide, joins, service, store_at, store_with_table};
 use ratelimiter::gcra::Quota;
-use ratelimiter::{Builder, Cached, Config, PolicyId, Request};
+use ratelimiter::store::{Op, Store};
+use ratelimiter::{Builder, Config, PolicyId, Request};
+use ratelimiter::{Key, Kind, Slot};
 use ratelimiter_dynamodb::{DynamoDbStore, PARTITION_KEY};
 use ratelimiter_testing::conformance;
 
@@ -75,9 +77,9 @@ async fn conformance_two_containers_never_over_admit() {
 #[tokio::test]
 async fn conformance_keyed_digests_leave_no_raw_identifier_in_the_table() {
     let endpoint = dynoxide().await;
-    let store = Arc::new(store_with_table(&endpoint).await);
-    let identifiers = conformance::keyed_digests(store.clone()).await;
-    let text = table_text(&store).await;
+    let store = store_with_table(&endpoint).await;
+    let (identifiers, _) = conformance::keyed_digests(store).await;
+    let text = table_text(&store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await).await;
     assert!(text.contains("connection~"), "{text}");
     for id in identifiers {
         assert!(!text.contains(id), "{id} is in the table: {text}");
@@ -90,13 +92,15 @@ async fn one_item_per_identifier_with_a_bucket_per_limit_and_a_safe_ttl() {
     let clock = clock_now();
     let now_secs = ratelimiter::Clock::now(&clock) / 1_000_000_000;
     let service = service(store_with_table(&endpoint).await, &clock);
+    // Another container's view of the table, to read its raw items.
+    let table = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
     for _ in 0..15 {
         service
             .check_session_creation_limit("user-123")
             .await
             .unwrap();
     }
-    let item = raw_item(service.store().inner(), "user#user-123").await;
+    let item = raw_item(&table, "user#user-123").await;
     assert_eq!(
         number(&item, "session_create@3600"),
         (now_secs + 15 * 72) * 1_000_000_000
@@ -112,9 +116,9 @@ async fn one_item_per_identifier_with_a_bucket_per_limit_and_a_safe_ttl() {
     // A one-minute policy counted against the same user (another kind than
     // its own) keeps the item as long as the user's hourly bucket needs.
     let user = ratelimiter::Kind::USER;
-    let as_user = Request::new(PolicyId::LISTENER_JOIN, "user-123").kind(Some(&user));
-    service.check_request(&as_user).await.unwrap();
-    let item = raw_item(service.store().inner(), "user#user-123").await;
+    let as_user = Request::from((PolicyId::LISTENER_JOIN, "user-123")).kind(Some(&user));
+    assert!(service.decide(as_user).await.unwrap().allowed());
+    let item = raw_item(&table, "user#user-123").await;
     assert_eq!(number(&item, "ttl"), now_secs + 3600, "{item:?}");
     assert!(item.contains_key("listener_join@60"), "{item:?}");
 
@@ -127,7 +131,7 @@ async fn one_item_per_identifier_with_a_bucket_per_limit_and_a_safe_ttl() {
         .check_listener_join_limit("192.0.2.1")
         .await
         .unwrap();
-    let item = raw_item(service.store().inner(), "ip#192.0.2.1").await;
+    let item = raw_item(&table, "ip#192.0.2.1").await;
     assert_eq!(
         number(&item, "connection_attempt@60"),
         (now_secs + 3) * 1_000_000_000
@@ -161,53 +165,43 @@ async fn create_table_is_idempotent() {
 #[tokio::test]
 async fn each_kind_of_decision_makes_the_expected_calls() {
     let endpoint = dynoxide().await;
-    let a = Cached::new(store_with_table(&endpoint).await);
-    let b = Cached::new(store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await);
-    let quota = Quota::per_minute(NonZeroU32::new(2).unwrap());
-    let now = ratelimiter::Clock::now(&clock_now());
+    let clock = clock_now();
+    let a = joins(store_with_table(&endpoint).await, 2, &clock);
+    let b = joins(
+        store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await,
+        2,
+        &clock,
+    );
 
-    assert_eq!(decide(&a, "new", &quota, now).await, (true, 1), "new key");
-    assert_eq!(
-        decide(&a, "new", &quota, now).await,
-        (true, 1),
-        "busy key with a hint"
-    );
+    assert_eq!(decide(&a, "new").await, (true, 1), "new key");
+    assert_eq!(decide(&a, "new").await, (true, 1), "busy key with a hint");
     // The bucket is empty; the hint says so: a cached denial makes no call.
-    assert_eq!(
-        decide(&a, "new", &quota, now).await,
-        (false, 0),
-        "cached denial"
-    );
+    assert_eq!(decide(&a, "new").await, (false, 0), "cached denial");
     // A minute later the key is idle again and the hint says so.
-    assert_eq!(
-        decide(&a, "new", &quota, now + 60_000_000_000).await,
-        (true, 1),
-        "idle key"
-    );
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(decide(&a, "new").await, (true, 1), "idle key");
 
     // Another container takes the last token: our hint is stale, one call tells.
-    assert_eq!(decide(&a, "shared", &quota, now).await, (true, 1));
-    assert!(decide(&b, "shared", &quota, now).await.0);
-    assert_eq!(
-        decide(&a, "shared", &quota, now).await,
-        (false, 1),
-        "denial"
-    );
-    assert_eq!(
-        decide(&a, "shared", &quota, now).await,
-        (false, 0),
-        "repeated denial"
-    );
-    assert_eq!(
-        decide(&a, "shared", &quota, now + 1).await,
-        (false, 0),
-        "still cached"
-    );
-    assert!(
-        a.inner().calls() >= 5,
-        "the store counts its calls: {}",
-        a.inner().calls()
-    );
+    assert_eq!(decide(&a, "shared").await, (true, 1));
+    assert!(decide(&b, "shared").await.0);
+    assert_eq!(decide(&a, "shared").await, (false, 1), "denial");
+    assert_eq!(decide(&a, "shared").await, (false, 0), "repeated denial");
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(decide(&a, "shared").await, (false, 0), "still cached");
+}
+
+#[tokio::test]
+async fn the_store_counts_its_calls() {
+    let endpoint = dynoxide().await;
+    let store = store_with_table(&endpoint).await;
+    let (key, slot) = (Key::new(&Kind::IP, "a"), Slot::new("listener_join@60"));
+    let quota = Quota::per_minute(NonZeroU32::new(2).unwrap());
+    let now = ratelimiter::Clock::now(&clock_now());
+    let op = Op::new(&slot, quota.step(now, 1).unwrap());
+    let before = store.calls();
+    let applied = store.apply(&key, &[op], 0, &mut [0]).await;
+    assert_eq!(applied.calls, 1);
+    assert_eq!(store.calls() - before, 1);
 }
 
 #[tokio::test]
@@ -229,7 +223,8 @@ async fn a_policy_of_two_limits_costs_one_call_per_allowed_decision() {
     for round in 0..3 {
         for key in ["c1", "c2", "c3"] {
             for _ in 0..3 {
-                let verdict = service.check(id, key, 1).await.unwrap();
+                let verdict = service.decide((id, key)).await.unwrap();
+                assert!(verdict.allowed());
                 calls.push(verdict.calls);
             }
         }
@@ -239,25 +234,26 @@ async fn a_policy_of_two_limits_costs_one_call_per_allowed_decision() {
     assert!(calls.iter().all(|&n| n == 1), "{calls:?}");
     // The hour's bucket kept counting across the idle minutes: nine tokens
     // of 36 s each, three minutes of refill, four still in use.
-    let statuses = service.statuses(&Request::new(id, "c1")).await.unwrap();
+    let statuses = service.status((id, "c1")).await.unwrap();
     assert_eq!((statuses[0].count, statuses[1].count), (0, 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_race_costs_at_most_two_calls() {
     let endpoint = dynoxide().await;
-    let a = Arc::new(Cached::new(store_with_table(&endpoint).await));
-    let b = Arc::new(Cached::new(
+    let clock = clock_now();
+    let a = Arc::new(joins(store_with_table(&endpoint).await, 10, &clock));
+    let b = Arc::new(joins(
         store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await,
+        10,
+        &clock,
     ));
-    let quota = Quota::per_minute(NonZeroU32::new(10).unwrap());
-    let now = ratelimiter::Clock::now(&clock_now());
     for round in 0..10 {
         let key = format!("race-{round}");
         let (ka, kb) = (key.clone(), key.clone());
         let (sa, sb) = (a.clone(), b.clone());
-        let ta = tokio::spawn(async move { decide(&*sa, &ka, &quota, now).await });
-        let tb = tokio::spawn(async move { decide(&*sb, &kb, &quota, now).await });
+        let ta = tokio::spawn(async move { decide(&sa, &ka).await });
+        let tb = tokio::spawn(async move { decide(&sb, &kb).await });
         let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
         assert!(ra.0 && rb.0, "both allowed: {ra:?} {rb:?}");
         assert!(ra.1 <= 2 && rb.1 <= 2, "round {round}: {ra:?} {rb:?}");
@@ -267,18 +263,22 @@ async fn a_race_costs_at_most_two_calls() {
 #[tokio::test]
 async fn a_fresh_container_learns_that_keys_are_mid_window() {
     let endpoint = dynoxide().await;
-    let warm = Cached::new(store_with_table(&endpoint).await);
-    let quota = Quota::per_minute(NonZeroU32::new(10).unwrap());
-    let now = ratelimiter::Clock::now(&clock_now());
+    let clock = clock_now();
+    let warm = joins(store_with_table(&endpoint).await, 10, &clock);
     let keys: Vec<String> = (0..60).map(|i| format!("10.1.0.{i}")).collect();
     for key in &keys {
-        decide(&warm, key, &quota, now).await;
+        decide(&warm, key).await;
     }
     // A new container, no hints, meets all those keys ten seconds later.
-    let fresh = Cached::new(store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await);
+    let fresh = joins(
+        store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await,
+        10,
+        &clock,
+    );
+    clock.advance(Duration::from_secs(10));
     let mut calls = Vec::new();
     for key in &keys {
-        let (allowed, n) = decide(&fresh, key, &quota, now + 10_000_000_000).await;
+        let (allowed, n) = decide(&fresh, key).await;
         assert!(allowed);
         calls.push(n);
     }
@@ -325,13 +325,14 @@ async fn items_of_the_old_layout_are_migrated_once_and_never_misread() {
         store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await,
         &clock,
     );
+    let table = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
     // Before the migration the old items are not read: nothing misreads them.
     let status = service
-        .statuses(&Request::new(PolicyId::HEARTBEAT, "conn-1"))
+        .status((PolicyId::HEARTBEAT, "conn-1"))
         .await
         .unwrap();
     assert_eq!(status[0].count, 0);
-    let migration = migrate_legacy_items(service.store().inner(), now / 1_000_000_000, None)
+    let migration = migrate_legacy_items(&table, now / 1_000_000_000, None)
         .await
         .unwrap();
     assert_eq!(
@@ -349,13 +350,9 @@ async fn items_of_the_old_layout_are_migrated_once_and_never_misread() {
             .await
             .is_err()
     );
-    assert!(
-        !table_text(service.store().inner())
-            .await
-            .contains("heartbeat#")
-    );
+    assert!(!table_text(&table).await.contains("heartbeat#"));
     // Again: nothing left to do.
-    let again = migrate_legacy_items(service.store().inner(), now / 1_000_000_000, None)
+    let again = migrate_legacy_items(&table, now / 1_000_000_000, None)
         .await
         .unwrap();
     assert_eq!(again, Migration::default());

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ratelimiter::{Builder, Cached, PolicyId, RateLimitService, Request};
+use ratelimiter::{Builder, PolicyId, RateLimitService};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 use ratelimiter_embedded::{FILE, TIMEOUT};
 
@@ -21,7 +21,7 @@ const N: usize = 2_000;
 const ROUNDS: usize = 3;
 
 /// Both transports give the same type of service.
-type Service = RateLimitService<Cached<DynamoDbStore>>;
+type Service = RateLimitService<DynamoDbStore>;
 
 /// One workload's latencies on one transport, over every round.
 #[derive(Default)]
@@ -63,7 +63,7 @@ async fn run(service: &Service, stats: &mut [Stats; 3]) {
                 assert!(!verdict.is_degraded(), "{verdict:?}");
             } else {
                 let statuses = service
-                    .statuses(&Request::new(PolicyId::LISTENER_JOIN, &ip))
+                    .status((PolicyId::LISTENER_JOIN, &ip))
                     .await
                     .unwrap();
                 assert_eq!(statuses.len(), 1);

@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ratelimiter::Cached;
 use ratelimiter_dynamodb::DynamoDbStore;
 use ratelimiter_testing::conformance;
 
-/// An embedded store on a new data dir (kept for the test's life), behind
-/// the deny cache as `ratelimit` and `Builder::build` put it.
-async fn embedded(dir: &tempfile::TempDir) -> Cached<DynamoDbStore> {
+/// An embedded store on a new data dir (kept for the test's life), as
+/// `ratelimit` opens it.
+async fn embedded(dir: &tempfile::TempDir) -> DynamoDbStore {
     match ratelimiter_embedded::open(&dir.path().join("state"), "RateLimits").await {
-        Ok(store) => Cached::new(store),
+        Ok(store) => store,
         Err(error) => panic!("the embedded store opens: {error}"),
     }
 }
@@ -47,8 +46,7 @@ async fn keyed_digests_leave_no_raw_identifier_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     // Kept open while its files are read: closing it checkpoints and
     // removes the write-ahead log, on the store's own thread.
-    let store = std::sync::Arc::new(embedded(&dir).await);
-    let identifiers = conformance::keyed_digests(store.clone()).await;
+    let (identifiers, _open) = conformance::keyed_digests(embedded(&dir).await).await;
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir.path().join("state")).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
@@ -92,7 +90,7 @@ async fn a_decision_waits_for_another_processs_lock_past_the_stores_own_five_sec
     service.check_heartbeat_limit("warm").await.unwrap();
     let (holder, released) = hold_the_lock(&dir);
     let verdict = service
-        .decide(ratelimiter::PolicyId::HEARTBEAT, "waiting", 1)
+        .decide((ratelimiter::PolicyId::HEARTBEAT, "waiting"))
         .await
         .unwrap();
     // Decided by the table once the lock was released, not failed open.
@@ -119,7 +117,7 @@ async fn a_reset_waits_for_another_processs_lock_too() {
     service.check_heartbeat_limit("c").await.unwrap();
     let (holder, released) = hold_the_lock(&dir);
     service
-        .reset(ratelimiter::PolicyId::HEARTBEAT, "c", None)
+        .reset((ratelimiter::PolicyId::HEARTBEAT, "c"))
         .await
         .expect("the reset waits for the lock instead of failing after 5 s");
     assert!(released.load(Ordering::SeqCst));

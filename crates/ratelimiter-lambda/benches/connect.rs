@@ -66,7 +66,7 @@ fn main() {
             .into_iter()
             .enumerate()
         {
-            let calls_before = limiter.store().inner().calls();
+            let calls_before = limiter.store().calls();
             let mut latencies = Vec::with_capacity(CONNECTS);
             for i in 0..CONNECTS {
                 let ip = format!("10.{round}.{}.{}", i / 256, i % 256);
@@ -81,7 +81,7 @@ fn main() {
                 continue;
             }
             latencies.sort();
-            let calls = limiter.store().inner().calls() - calls_before;
+            let calls = limiter.store().calls() - calls_before;
             println!(
                 "{name:<10} {:>10.2} {:>10.1} {:>10.1}",
                 calls as f64 / CONNECTS as f64,

@@ -35,7 +35,7 @@ fn limiter() -> RateLimitService {
 fn ns_per_decision(service: &RateLimitService) -> f64 {
     let started = Instant::now();
     for _ in 0..DECISIONS {
-        let verdict = service.check_now(PolicyId::CONNECTION_ATTEMPT, "198.51.100.7", 1);
+        let verdict = service.decide_sync((PolicyId::CONNECTION_ATTEMPT, "198.51.100.7"));
         black_box(verdict.unwrap());
     }
     started.elapsed().as_nanos() as f64 / f64::from(DECISIONS)

@@ -20,7 +20,7 @@ use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock
 use serde_json::Value;
 
 use crate::event::{self, authorizer_field, source_ip, user_id};
-use crate::layer::{Responder, SeedResponses, logged_denial};
+use crate::layer::{Responder, SeedResponses, refusal};
 use crate::response::{internal_error_response, ok_response};
 
 /// Who is connecting, as the `$connect` handler sees it.
@@ -126,14 +126,14 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
         let ip = source_ip(request);
         let user = user_id(request);
         let tier = authorizer_field(request, self.limiter.tier_field());
-        let attempt = Request::new(PolicyId::CONNECTION_ATTEMPT, ip).tier(tier.as_deref());
+        let attempt = Request::from((PolicyId::CONNECTION_ATTEMPT, ip)).tier(tier.as_deref());
         let (second, role) = match &user {
             Some(user_id) => (
-                Request::new(PolicyId::SESSION_CREATE, user_id),
+                Request::from((PolicyId::SESSION_CREATE, user_id)),
                 Role::Speaker { user_id },
             ),
             None => (
-                Request::new(PolicyId::LISTENER_JOIN, ip),
+                Request::from((PolicyId::LISTENER_JOIN, ip)),
                 Role::Listener { ip },
             ),
         };
@@ -141,13 +141,12 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
         // A failed round trip is logged once, under the attempt's policy, and
         // refused; the second check is logged only when it was decided and
         // the attempt allowed, as two checks in a row would log them.
-        let (first, then) = match self.limiter.decide_both(&attempt, &second).await {
+        let (first, then) = match self.limiter.decide_both(attempt, second).await {
             Ok((first, then)) => (Ok(first), then),
             Err(error) => (Err(error), None),
         };
-        let refused = logged_denial(&self.limiter, attempt.policy, first).or_else(|| {
-            then.and_then(|then| logged_denial(&self.limiter, second.policy, Ok(then)))
-        });
+        let refused = refusal(&self.limiter, attempt.policy, first)
+            .or_else(|| then.and_then(|then| refusal(&self.limiter, second.policy, Ok(then))));
         if let Some(refused) = refused {
             return Ok(SeedResponses.respond(&refused));
         }

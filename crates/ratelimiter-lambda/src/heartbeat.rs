@@ -16,7 +16,7 @@ use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock
 use serde_json::{Value, json};
 
 use crate::event::{self, authorizer_field, body_json, connection_id};
-use crate::layer::{Denial, Responder, SeedResponses, check_logged, denial};
+use crate::layer::{Refusal, Responder, SeedResponses, refusal};
 use crate::management::{ConnectionSender, SendError};
 use crate::response::{internal_error_response, ok_response};
 
@@ -71,9 +71,9 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
             Err(bad) => return bad.reject("heartbeat", self.limiter.now_ms()),
         };
         let tier = authorizer_field(event, self.limiter.tier_field());
-        let request = Request::new(PolicyId::HEARTBEAT, connection).tier(tier.as_deref());
-        let checked = check_logged(&self.limiter, &request).await;
-        match denial(&self.limiter, checked) {
+        let request = Request::from((PolicyId::HEARTBEAT, connection)).tier(tier.as_deref());
+        let decided = self.limiter.decide(request).await;
+        match refusal(&self.limiter, request.policy, decided) {
             None => {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": self.limiter.now_ms()});
                 match self.send(&endpoint, connection, ack.to_string()).await {
@@ -82,17 +82,18 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 }
             }
             Some(refused) => {
-                if let Denial::Limited {
-                    retry_after,
+                if let Refusal::Limited {
+                    denied,
                     timestamp_ms,
-                } = refused
+                } = &refused
                 {
                     // The denial's one timestamp, in the message and the 429
                     // alike. The client learns retryAfter on its connection;
                     // the 429 goes back to API Gateway whatever happened to
                     // that message. A failed check posts nothing: the 500
                     // carries no detail to tell.
-                    let body = ErrorBody::rate_limited(retry_after, timestamp_ms).to_json();
+                    let body =
+                        ErrorBody::rate_limited(denied.retry_after_secs(), *timestamp_ms).to_json();
                     let _ = self.send(&endpoint, connection, body).await;
                 }
                 SeedResponses.respond(&refused)

@@ -32,7 +32,9 @@ use std::task::{Context, Poll};
 
 use aws_lambda_events::apigw::ApiGatewayProxyResponse;
 use lambda_runtime::LambdaEvent;
-use ratelimiter::{Clock, PolicyId, RateLimitError, RateLimitService, Request, Store, Verdict};
+use ratelimiter::{
+    Clock, Denied, PolicyId, RateLimitError, RateLimitService, Request, Store, Verdict,
+};
 use tower::{Layer, Service};
 
 use crate::response::{internal_error_response, rate_limit_error_response};
@@ -67,40 +69,55 @@ impl Subject {
     }
 
     fn request(&self) -> Request<'_> {
-        Request::new(self.policy, &self.identifier).tier(self.tier.as_deref())
+        Request::from((self.policy, &self.identifier)).tier(self.tier.as_deref())
     }
 }
 
-/// Why a layer answered instead of calling the handler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Denial {
-    /// Over the limit: retry after this many whole seconds (at least 1).
+/// Why a layer answered instead of calling the handler, and when.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Over the limit: the denial, which keeps the whole verdict (every
+    /// limit's numbers, `calls`, `cached`, `degraded`).
     Limited {
-        /// Whole seconds until the same request would be allowed.
-        retry_after: u64,
+        /// What was decided.
+        denied: Denied,
         /// Now, in milliseconds since the Unix epoch, by the limiter's clock.
         timestamp_ms: u64,
     },
-    /// The check itself failed (an invalid cost, an unknown policy).
+    /// No decision: the check itself failed (an invalid cost, an unknown
+    /// policy). Answered as the seed's 500, with nothing of the cause.
     Failed {
+        /// What went wrong, for the logs.
+        error: RateLimitError,
         /// Now, in milliseconds since the Unix epoch, by the limiter's clock.
         timestamp_ms: u64,
     },
+}
+
+impl Refusal {
+    /// When the refusal was made, in milliseconds since the Unix epoch.
+    pub fn timestamp_ms(&self) -> u64 {
+        match self {
+            Refusal::Limited { timestamp_ms, .. } | Refusal::Failed { timestamp_ms, .. } => {
+                *timestamp_ms
+            }
+        }
+    }
 }
 
 /// What a [`RateLimitLayer`] answers with, instead of calling the handler.
 ///
 /// The default, [`SeedResponses`], answers API Gateway proxy responses. For
 /// any other response type, give the layer a closure:
-/// `.with_responder(|denial: &Denial| -> MyResponse { ... })`.
+/// `.with_responder(|refusal: &Refusal| -> MyResponse { ... })`.
 #[diagnostic::on_unimplemented(
     message = "the rate limit layer cannot answer a refused request with a `{R}`",
     label = "this responder makes no `{R}`",
-    note = "`RateLimitLayer::new` answers with `ApiGatewayProxyResponse`; for a handler that returns `{R}`, add `.with_responder(|denial: &Denial| -> {R} {{ ... }})`"
+    note = "`RateLimitLayer::new` answers with `ApiGatewayProxyResponse`; for a handler that returns `{R}`, add `.with_responder(|refusal: &Refusal| -> {R} {{ ... }})`"
 )]
 pub trait Responder<R>: Send + Sync + 'static {
     /// The response to a refused or failed check.
-    fn respond(&self, denial: &Denial) -> R;
+    fn respond(&self, refusal: &Refusal) -> R;
 }
 
 /// The seed's responses: 429 with `Retry-After`, or 500 `INTERNAL_ERROR`.
@@ -108,23 +125,23 @@ pub trait Responder<R>: Send + Sync + 'static {
 pub struct SeedResponses;
 
 impl Responder<ApiGatewayProxyResponse> for SeedResponses {
-    fn respond(&self, denial: &Denial) -> ApiGatewayProxyResponse {
-        match *denial {
-            Denial::Limited {
-                retry_after,
+    fn respond(&self, refusal: &Refusal) -> ApiGatewayProxyResponse {
+        match refusal {
+            Refusal::Limited {
+                denied,
                 timestamp_ms,
-            } => rate_limit_error_response(retry_after, timestamp_ms),
-            Denial::Failed { timestamp_ms } => internal_error_response(timestamp_ms),
+            } => rate_limit_error_response(denied.retry_after_secs(), *timestamp_ms),
+            Refusal::Failed { timestamp_ms, .. } => internal_error_response(*timestamp_ms),
         }
     }
 }
 
 impl<R, F> Responder<R> for F
 where
-    F: Fn(&Denial) -> R + Send + Sync + 'static,
+    F: Fn(&Refusal) -> R + Send + Sync + 'static,
 {
-    fn respond(&self, denial: &Denial) -> R {
-        self(denial)
+    fn respond(&self, refusal: &Refusal) -> R {
+        self(refusal)
     }
 }
 
@@ -232,62 +249,43 @@ where
         let limiter = self.limiter.clone();
         let responder = self.responder.clone();
         Box::pin(async move {
-            if let Some(subject) = subject
-                && let Some(denial) =
-                    denial(&limiter, check_logged(&limiter, &subject.request()).await)
-            {
-                return Ok(responder.respond(&denial));
+            if let Some(subject) = subject {
+                let request = subject.request();
+                let decided = limiter.decide(request).await;
+                if let Some(refusal) = refusal(&limiter, request.policy, decided) {
+                    return Ok(responder.respond(&refusal));
+                }
             }
             inner.call(event).await
         })
     }
 }
 
-/// Why a checked request must not go on, if it must not.
-pub(crate) fn denial<S: Store, C: Clock>(
-    limiter: &RateLimitService<S, C>,
-    result: Result<Verdict, RateLimitError>,
-) -> Option<Denial> {
-    // The clock is read only for a response that carries a timestamp.
-    match result {
-        Ok(_) => None,
-        Err(RateLimitError::Exceeded { retry_after, .. }) => Some(Denial::Limited {
-            retry_after,
-            timestamp_ms: limiter.now_ms(),
-        }),
-        Err(_) => Some(Denial::Failed {
-            timestamp_ms: limiter.now_ms(),
-        }),
-    }
-}
-
-/// Checks one request and logs the decision: the one log line every
-/// handler writes per decision (never the identifier itself).
-pub(crate) async fn check_logged<S: Store, C: Clock>(
-    limiter: &RateLimitService<S, C>,
-    request: &Request<'_>,
-) -> Result<Verdict, RateLimitError> {
-    let result = limiter.check_request(request).await;
-    log_decision(limiter, request.policy, &result);
-    result
-}
-
-/// What a handler does with one decided request: turns the verdict into
-/// the seed's result (a denied verdict is [`RateLimitError::Exceeded`]),
-/// logs its line, and says why the request must not go on, if it must not.
-/// A decision that failed (`Err`) is logged and refused as it is.
+/// What a handler does with one decision: logs its line (the one line per
+/// decision, never the identifier itself), and says why the request must
+/// not go on, if it must not: a denied verdict, or a check that failed.
 ///
-/// One place for the three steps, so that a handler deciding requests
-/// itself (the `$connect` handler's two in one round trip) logs and answers
-/// exactly as [`check_logged`] and [`denial`] do.
-pub(crate) fn logged_denial<S: Store, C: Clock>(
+/// One place for both, so that every handler (the layer, the heartbeat, and
+/// `$connect` with its two decisions in one round trip) logs and answers
+/// alike.
+pub(crate) fn refusal<S: Store, C: Clock>(
     limiter: &RateLimitService<S, C>,
     policy: PolicyId,
     decided: Result<Verdict, RateLimitError>,
-) -> Option<Denial> {
-    let result = decided.and_then(|verdict| limiter.to_result(verdict));
-    log_decision(limiter, policy, &result);
-    denial(limiter, result)
+) -> Option<Refusal> {
+    log_decision(limiter, policy, &decided);
+    // The clock is read only for a response that carries a timestamp.
+    match decided.map(Verdict::into_result) {
+        Ok(Ok(_)) => None,
+        Ok(Err(denied)) => Some(Refusal::Limited {
+            denied,
+            timestamp_ms: limiter.now_ms(),
+        }),
+        Err(error) => Some(Refusal::Failed {
+            error,
+            timestamp_ms: limiter.now_ms(),
+        }),
+    }
 }
 
 /// Logs one decision's line.
@@ -305,7 +303,7 @@ pub(crate) fn log_decision<S: Store, C: Clock>(
     };
     let (operation, key_type) = (found.name(), found.kind().as_str());
     match result {
-        Ok(verdict) => tracing::info!(
+        Ok(verdict) if verdict.allowed() => tracing::info!(
             operation,
             key_type,
             decision = if verdict.would_deny() {
@@ -319,11 +317,15 @@ pub(crate) fn log_decision<S: Store, C: Clock>(
             calls = verdict.calls,
             "rate limit checked"
         ),
-        Err(RateLimitError::Exceeded { retry_after, .. }) => tracing::info!(
+        Ok(verdict) => tracing::info!(
             operation,
             key_type,
             decision = "denied",
-            retry_after,
+            retry_after = verdict.retry_after_secs(),
+            remaining = verdict.decision.remaining,
+            degraded = verdict.is_degraded(),
+            cached = verdict.cached,
+            calls = verdict.calls,
             "rate limit exceeded"
         ),
         Err(error) => tracing::error!(operation, key_type, %error, "rate limit check failed"),

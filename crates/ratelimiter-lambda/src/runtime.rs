@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ratelimiter::{Builder, Cached, RateLimitService};
+use ratelimiter::{Builder, RateLimitService};
 use ratelimiter_dynamodb::DynamoDbStore;
 
 use crate::emf::{Emf, MetricsConfig};
@@ -38,7 +38,7 @@ pub fn metrics_from_env() -> Result<Option<Emf>, lambda_runtime::Error> {
 
 /// The limiter of a function: the rate-limit service on the DynamoDB table,
 /// configured by the environment and the file `RATE_LIMIT_CONFIG` names.
-pub type Limiter = RateLimitService<Cached<DynamoDbStore>>;
+pub type Limiter = RateLimitService<DynamoDbStore>;
 
 /// The rate-limit service on the DynamoDB table, configured by the
 /// environment. A configuration error stops the container at start-up, with

@@ -9,7 +9,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::{Builder, Config, FakeClock, Kind, MemoryStore, PolicyId, RateLimitService};
 use ratelimiter_lambda::connect::{ConnectHandler, ConnectHook, Role};
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
-use ratelimiter_lambda::layer::{Denial, RateLimitLayer, Subject};
+use ratelimiter_lambda::layer::{RateLimitLayer, Refusal, Subject};
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
 use ratelimiter_testing::{Capturing, Format, Logs};
 use serde_json::{Value, json};
@@ -566,9 +566,9 @@ async fn the_layer_answers_any_response_type_through_a_responder() {
                     event.payload["c"].as_str()?,
                 ))
             })
-            .with_responder(|denial: &Denial| match denial {
-                Denial::Limited { retry_after, .. } => Reply::SlowDown(*retry_after),
-                Denial::Failed { .. } => Reply::SlowDown(0),
+            .with_responder(|refusal: &Refusal| match refusal {
+                Refusal::Limited { denied, .. } => Reply::SlowDown(denied.retry_after_secs()),
+                Refusal::Failed { .. } => Reply::SlowDown(0),
             }),
         )
         .service(service_fn(|_event: LambdaEvent<Value>| async {

@@ -291,7 +291,7 @@ async fn shadow_mode_counts_what_it_would_deny_and_denies_nothing() {
             .unwrap();
     let service = Builder::from_config(config).in_memory();
     for _ in 0..5 {
-        let verdict = service.check(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+        let verdict = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
         assert!(verdict.allowed());
     }
     emf.flush();
@@ -309,7 +309,7 @@ async fn synchronous_in_memory_decisions_are_counted_but_not_timed() {
     let (emf, _turn) = recorder().await;
     let service = Builder::new().in_memory();
     for _ in 0..3 {
-        let _ = service.check_now(PolicyId::HEARTBEAT, "s", 1);
+        let _ = service.decide_sync((PolicyId::HEARTBEAT, "s"));
     }
     emf.flush();
     assert_eq!(

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use ratelimiter::config::{CONFIG_VAR, KEY_SECRET_VAR, TIER_FIELD_VAR};
-use ratelimiter::failure::{FAILURE_MODE_VAR, SHADOW_MODE_VAR, per_policy_var};
+use ratelimiter::config::{FAILURE_MODE_VAR, SHADOW_MODE_VAR, per_policy_var};
 use ratelimiter::policy::BUILTINS;
 use ratelimiter_dynamodb::{
     CONNECT_TIMEOUT_VAR, PARTITION_KEY, TABLE_VAR, TIMEOUT_VAR, TTL_ATTRIBUTE,

@@ -21,13 +21,13 @@ pub fn clock_now() -> FakeClock {
     FakeClock::new(wall_clock() / 1_000_000_000 * 1_000_000_000)
 }
 
-/// A service with the seed's policies on `store`, without a deny cache, so
-/// that every decision reaches the store.
+/// A service with the seed's policies on `store`, behind the deny cache,
+/// as `Builder::build` makes it for a shared store.
 pub fn service<S: Store>(store: S, clock: &FakeClock) -> RateLimitService<S, FakeClock> {
-    Builder::new().clock(clock.clone()).build_uncached(store)
+    Builder::new().clock(clock.clone()).build(store)
 }
 
-/// A service configured by `file` (TOML) on `store`, without a deny cache.
+/// A service configured by `file` (TOML) on `store`, behind the deny cache.
 pub fn service_with<S: Store>(
     store: S,
     clock: &FakeClock,
@@ -37,15 +37,28 @@ pub fn service_with<S: Store>(
         .expect("the suite's configuration is valid");
     Builder::from_config(config)
         .clock(clock.clone())
-        .build_uncached(store)
+        .build(store)
 }
 
 /// The `retry_after` of a denial; panics on anything else.
 pub fn retry_after(result: Result<ratelimiter::Verdict, RateLimitError>) -> u64 {
     match result {
-        Err(RateLimitError::Exceeded { retry_after, .. }) => retry_after,
+        Err(RateLimitError::Exceeded(denied)) => denied.retry_after_secs(),
         other => panic!("expected a rate-limit denial, got {other:?}"),
     }
+}
+
+/// Decides `request`, and panics unless it was allowed.
+pub async fn allow<'r, S: Store, C: ratelimiter::Clock>(
+    service: &RateLimitService<S, C>,
+    request: impl Into<Request<'r>>,
+) -> ratelimiter::Verdict {
+    let verdict = service.decide(request).await.expect("a decision");
+    assert!(
+        verdict.allowed(),
+        "expected an allowed request, got {verdict:?}"
+    );
+    verdict
 }
 
 /// The seed's four limits with their defaults, and time healing them.
@@ -156,7 +169,7 @@ pub async fn status_and_reset<S: Store>(store: S) {
         .await
         .unwrap();
     service
-        .reset(PolicyId::LISTENER_JOIN, "192.0.2.9", None)
+        .reset((PolicyId::LISTENER_JOIN, "192.0.2.9"))
         .await
         .unwrap();
     let attempts = service
@@ -170,13 +183,13 @@ pub async fn status_and_reset<S: Store>(store: S) {
     assert_eq!((attempts.count, joins.count), (1, 0));
 
     service
-        .reset(PolicyId::SESSION_CREATE, "user-123", None)
+        .reset((PolicyId::SESSION_CREATE, "user-123"))
         .await
         .unwrap();
     assert_eq!(status(&service).await.unwrap().count, 0);
     // Resetting a key that never was is not an error.
     service
-        .reset(PolicyId::HEARTBEAT, "never-seen", None)
+        .reset((PolicyId::HEARTBEAT, "never-seen"))
         .await
         .unwrap();
     // A full hour later everything is full again whatever happened.
@@ -209,9 +222,9 @@ limits = ["8/10s", "60/min"]
     );
     let id = service.policy_id("send_message").unwrap();
     for _ in 0..4 {
-        service.check(id, "c", 1).await.unwrap();
+        allow(&service, (id, "c")).await;
     }
-    let verdict = service.decide(id, "c", 1).await.unwrap();
+    let verdict = service.decide((id, "c")).await.unwrap();
     assert!(!verdict.allowed());
     assert_eq!((verdict.decision.limit, verdict.retry_after_secs()), (4, 3));
     // The minute's bucket gave nothing to the refused request.
@@ -219,26 +232,26 @@ limits = ["8/10s", "60/min"]
     clock.advance(Duration::from_secs(10));
     // The ten seconds have refilled; the minute has given one token back.
     for _ in 0..3 {
-        service.check(id, "c", 1).await.unwrap();
+        allow(&service, (id, "c")).await;
     }
-    let verdict = service.decide(id, "c", 1).await.unwrap();
+    let verdict = service.decide((id, "c")).await.unwrap();
     assert!(!verdict.allowed());
     assert_eq!(verdict.decision.limit, 6);
     assert_eq!(verdict.retry_after_secs(), 10);
     assert_eq!(verdict.limits().len(), 2);
-    let statuses = service.statuses(&Request::new(id, "c")).await.unwrap();
+    let statuses = service.status((id, "c")).await.unwrap();
     assert_eq!(statuses.iter().map(|s| s.count).collect::<Vec<_>>(), [3, 6]);
     // The pro tier's limits, in its own buckets.
-    let pro = Request::new(id, "c").tier(Some("pro"));
+    let pro = Request::from((id, "c")).tier(Some("pro"));
     for _ in 0..8 {
-        let verdict = service.check_request(&pro).await.unwrap();
+        let verdict = allow(&service, pro).await;
         assert_eq!(
             verdict.limits().iter().map(|d| d.limit).collect::<Vec<_>>(),
             [8, 60]
         );
     }
-    assert!(service.check_request(&pro).await.is_err());
-    let statuses = service.statuses(&pro).await.unwrap();
+    assert!(!service.decide(pro).await.unwrap().allowed());
+    let statuses = service.status(pro).await.unwrap();
     assert_eq!(
         statuses
             .iter()
@@ -247,12 +260,12 @@ limits = ["8/10s", "60/min"]
         [(8, 8), (8, 60)]
     );
     // Resetting the policy empties the tier's buckets too.
-    service.reset(id, "c", None).await.unwrap();
-    service.check_request(&pro).await.unwrap();
-    service.check(id, "c", 1).await.unwrap();
+    service.reset((id, "c")).await.unwrap();
+    allow(&service, pro).await;
+    allow(&service, (id, "c")).await;
     // A cost beyond a limit's capacity is an error, not a denial.
     assert!(matches!(
-        service.decide(id, "d", 5).await,
+        service.decide(Request::from((id, "d")).cost(5)).await,
         Err(RateLimitError::InvalidCost { .. })
     ));
 }
@@ -292,16 +305,17 @@ pub async fn concurrent_decisions_never_over_admit<S: Store + 'static>(
 
 /// With a key secret, decisions, status and reset work on the raw
 /// identifier as before. Returns the identifiers the suite used, for the
-/// caller to check they never reached the store's own data.
-pub async fn keyed_digests<S: Store>(store: S) -> Vec<&'static str> {
+/// caller to check they never reached the store's own data, and the
+/// service, which keeps the store open while the caller looks.
+pub async fn keyed_digests<S: Store>(
+    store: S,
+) -> (Vec<&'static str>, RateLimitService<S, FakeClock>) {
     let clock = clock_now();
     let config = Config::from_lookup(|var| {
         (var == "RATE_LIMIT_KEY_SECRET").then(|| "conformance-secret-of-32-bytes!!".to_owned())
     })
     .expect("a 32-byte secret is valid");
-    let service = Builder::from_config(config)
-        .clock(clock)
-        .build_uncached(store);
+    let service = Builder::from_config(config).clock(clock).build(store);
     service
         .check_heartbeat_limit("conn-secret-1")
         .await
@@ -328,12 +342,15 @@ pub async fn keyed_digests<S: Store>(store: S) -> Vec<&'static str> {
         .unwrap();
     assert_eq!(status.count, 2);
     service
-        .reset(PolicyId::HEARTBEAT, "conn-secret-1", None)
+        .reset((PolicyId::HEARTBEAT, "conn-secret-1"))
         .await
         .unwrap();
     service
         .check_heartbeat_limit("conn-secret-1")
         .await
         .unwrap();
-    vec!["conn-secret-1", "198.51.100.77", "user-secret-1"]
+    (
+        vec!["conn-secret-1", "198.51.100.77", "user-secret-1"],
+        service,
+    )
 }

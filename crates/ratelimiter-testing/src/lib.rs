@@ -1,9 +1,10 @@
 //! Test support shared by the crates' tests and benches (a dev-dependency
 //! only): a real DynamoDB-API server in process, log capture that is safe
-//! when tests run in parallel, the store [`conformance`] suite, and a
-//! fault-injection proxy ([`faults`]).
+//! when tests run in parallel, the store [`conformance`] suite, stores that
+//! fail as told ([`fakes`]), and a fault-injection proxy ([`faults`]).
 
 pub mod conformance;
+pub mod fakes;
 pub mod faults;
 
 use std::cell::RefCell;

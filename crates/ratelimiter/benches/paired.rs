@@ -56,7 +56,7 @@ impl Contenders {
 
     fn ours(&self, i: usize) {
         let id = &self.ids[i % self.ids.len()];
-        let verdict = self.ours.check_now(PolicyId::CONNECTION_ATTEMPT, id, 1);
+        let verdict = self.ours.decide_sync((PolicyId::CONNECTION_ATTEMPT, id));
         assert!(black_box(verdict).is_ok());
     }
 

@@ -17,9 +17,8 @@ fn print(
     identifier: &str,
     verdict: &Verdict,
 ) {
-    let at = service.clock();
     let line = json!({
-        "t": format!("+{}s", (ratelimiter::Clock::now(at) - start) / 1_000_000_000),
+        "t": format!("+{}s", (service.now_ms() - start) / 1_000),
         "operation": service.policies()[verdict.policy].name(),
         "identifier": identifier,
         "allowed": verdict.allowed(),
@@ -32,12 +31,12 @@ fn print(
 
 async fn run(builder: Builder) -> Result<(), Box<dyn std::error::Error>> {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let start = ratelimiter::Clock::now(&clock);
+    let start = ratelimiter::Clock::now(&clock) / 1_000_000;
     let service = builder.clock(clock.clone()).in_memory();
     let decide = |policy, identifier: &'static str| {
         let service = &service;
         async move {
-            let verdict = service.decide(policy, identifier, 1).await?;
+            let verdict = service.decide((policy, identifier)).await?;
             print(service, start, identifier, &verdict);
             Ok::<_, ratelimiter::RateLimitError>(verdict)
         }

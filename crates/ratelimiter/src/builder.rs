@@ -12,22 +12,28 @@
 //! With DynamoDB, `Builder::from_env()?.build(DynamoDbStore::from_env().await?)`
 //! (crate `ratelimiter-dynamodb`); the configuration is read first, so a
 //! mistake in it stops a Lambda function before any AWS client is made.
+//!
+//! The builder is the only public way to make a [`RateLimitService`]: what a
+//! service needs besides its store (the registry's metric handles, the deny
+//! cache, the breaker) is set up here once, and nowhere else.
 
-use crate::cache::Cached;
+use crate::cache::{DEFAULT_CACHED_BUCKETS, DenyCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
-use crate::failure::{CircuitBreaker, FailureMode};
+use crate::failure::CircuitBreaker;
 use crate::memory::MemoryStore;
-use crate::policy::Policy;
+use crate::policy::{FailureMode, Policy};
 use crate::service::RateLimitService;
 use crate::store::Store;
 
-/// Builds a [`RateLimitService`]: configuration, clock and breaker, then a store.
+/// Builds a [`RateLimitService`]: configuration, clock, breaker and deny
+/// cache, then a store.
 #[derive(Debug)]
 pub struct Builder<C = SystemClock> {
     config: Config,
     clock: C,
     breaker: CircuitBreaker,
+    cached_buckets: usize,
 }
 
 impl Default for Builder {
@@ -57,6 +63,7 @@ impl Builder {
             config,
             clock: SystemClock,
             breaker: CircuitBreaker::default(),
+            cached_buckets: DEFAULT_CACHED_BUCKETS,
         }
     }
 }
@@ -73,6 +80,7 @@ impl<C: Clock> Builder<C> {
             config: self.config,
             clock,
             breaker: self.breaker,
+            cached_buckets: self.cached_buckets,
         }
     }
 
@@ -100,19 +108,32 @@ impl<C: Clock> Builder<C> {
         self
     }
 
-    /// A service on this process's memory: nothing shared with other processes.
+    /// The same builder, with a deny cache of about `buckets` buckets in
+    /// front of a shared store (10 000 by default; 0 for none). Each costs
+    /// about 40 bytes; a flood from one client costs one store call per
+    /// blocking period while its bucket is remembered.
+    #[must_use]
+    pub fn deny_cache(mut self, buckets: usize) -> Self {
+        self.cached_buckets = buckets;
+        self
+    }
+
+    /// A service on this process's memory: nothing shared with other
+    /// processes, and so no deny cache (the memory store answers as fast).
     pub fn in_memory(self) -> RateLimitService<MemoryStore, C> {
-        self.build_uncached(MemoryStore::new())
+        RateLimitService::new(
+            MemoryStore::new(),
+            self.config,
+            self.clock,
+            self.breaker,
+            None,
+        )
     }
 
     /// A service on a store shared with other processes (DynamoDB, the
     /// embedded store), behind this process's deny cache and hints.
-    pub fn build<S: Store>(self, store: S) -> RateLimitService<Cached<S>, C> {
-        self.build_uncached(Cached::new(store))
-    }
-
-    /// A service on `store` as it is, without a deny cache.
-    pub fn build_uncached<S: Store>(self, store: S) -> RateLimitService<S, C> {
-        RateLimitService::with_clock(store, self.config, self.clock).with_breaker(self.breaker)
+    pub fn build<S: Store>(self, store: S) -> RateLimitService<S, C> {
+        let cache = (self.cached_buckets > 0).then(|| DenyCache::new(self.cached_buckets));
+        RateLimitService::new(store, self.config, self.clock, self.breaker, cache)
     }
 }

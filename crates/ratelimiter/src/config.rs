@@ -45,9 +45,8 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::failure::{FAILURE_MODE_VAR, FailureMode, SHADOW_MODE_VAR, parse_bool, per_policy_var};
 use crate::key::{KeySecret, Kind, shorten};
-use crate::policy::{BUILTINS, LimitSpec, Policies, Policy};
+use crate::policy::{BUILTINS, FailureMode, LimitSpec, Policies, Policy};
 
 /// The variable naming the configuration file.
 pub const CONFIG_VAR: &str = "RATE_LIMIT_CONFIG";
@@ -57,6 +56,28 @@ pub const KEY_SECRET_VAR: &str = "RATE_LIMIT_KEY_SECRET";
 pub const TIER_FIELD_VAR: &str = "RATE_LIMIT_TIER_FIELD";
 /// The tier field when nothing sets it.
 pub const DEFAULT_TIER_FIELD: &str = "tier";
+
+/// The variable that sets the failure mode of every policy.
+pub const FAILURE_MODE_VAR: &str = "RATE_LIMIT_FAILURE_MODE";
+
+/// The variable that puts every policy in shadow mode (`true` or `false`).
+pub const SHADOW_MODE_VAR: &str = "RATE_LIMIT_SHADOW_MODE";
+
+/// `<base>_<POLICY>`, such as `RATE_LIMIT_SHADOW_MODE_SESSION_CREATE`: the
+/// variable that sets `base` for one policy.
+pub fn per_policy_var(base: &str, policy: &str) -> String {
+    format!("{base}_{}", policy.to_ascii_uppercase())
+}
+
+/// Parses a shadow-mode value: exactly `true` or `false` (surrounding white
+/// space aside).
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
 
 /// A configuration value that cannot be used. Never replaced by a default.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -511,6 +532,21 @@ mod tests {
                 .find(|(name, _)| *name == var)
                 .map(|(_, value)| (*value).to_owned())
         }
+    }
+
+    #[test]
+    fn modes_and_flags_parse_strictly() {
+        assert_eq!("open".parse(), Ok(FailureMode::Open));
+        assert_eq!(" local\n".parse(), Ok(FailureMode::Local));
+        assert!("Open".parse::<FailureMode>().is_err());
+        assert_eq!(parse_bool("true"), Some(true));
+        for bad in ["yes", "1", "", "TRUE"] {
+            assert_eq!(parse_bool(bad), None, "{bad}");
+        }
+        assert_eq!(
+            per_policy_var(FAILURE_MODE_VAR, "send_message"),
+            "RATE_LIMIT_FAILURE_MODE_SEND_MESSAGE"
+        );
     }
 
     fn file_error(text: &str) -> String {

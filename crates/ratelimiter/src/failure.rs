@@ -1,81 +1,245 @@
-//! What to do when the store fails: failure modes, and a circuit breaker
-//! that stops calling a failing store for a while.
+//! What happens when the store cannot be used: the circuit breaker that
+//! stops calling a failing store for a while, the hot keys decided in this
+//! process, and the policy's failure mode, with the local fallback limiter.
+//!
+//! The service asks [`Failures`] before each call (is the breaker open, is
+//! the key held as hot?), tells it how the call went, and lets it decide
+//! when the store cannot: by the policy's [`FailureMode`], or, for a hot
+//! key, in this process at the key's own limits.
 
-use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::gcra::Nanos;
+use crate::gcra::{Decision, Nanos, Outcome, Quota};
+use crate::key::{Key, Slot};
+use crate::memory::MemoryStore;
+use crate::policy::{FailureMode, Limit, Policy, PolicyId};
+use crate::store::{Op, StoreError};
+use crate::verdict::{Degradation, Verdict};
 
-/// How a policy behaves while its store is unavailable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum FailureMode {
-    /// Allow the request and log a warning: the seed's graceful degradation.
-    #[default]
-    Open,
-    /// Deny the request.
-    Closed,
-    /// Decide with an in-memory limiter in this process, which still stops
-    /// one abusive client while the shared store is away.
-    Local,
+/// How long a throttled or contended key is decided in this process without
+/// asking the store again: calling a throttled partition only adds to its
+/// throttling.
+pub const HOT_KEY_HOLD: Duration = Duration::from_secs(1);
+
+/// Buckets the local fallback limiter, and the hot-key list, keep at most.
+const LOCAL_FALLBACK_KEYS: usize = 10_000;
+
+/// The failure handling of one service: the breaker, the hot keys and the
+/// local fallback limiter.
+#[derive(Debug)]
+pub(crate) struct Failures {
+    pub(crate) breaker: CircuitBreaker,
+    hot_keys: HotKeys,
+    /// Decides for policies in [`FailureMode::Local`] while the store is away.
+    local: MemoryStore,
 }
 
-impl FailureMode {
-    /// The configuration name: `open`, `closed` or `local`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureMode::Open => "open",
-            FailureMode::Closed => "closed",
-            FailureMode::Local => "local",
+impl Failures {
+    pub(crate) fn new(breaker: CircuitBreaker) -> Self {
+        Self {
+            breaker,
+            hot_keys: HotKeys::new(),
+            local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
         }
     }
-}
 
-impl fmt::Display for FailureMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for FailureMode {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "open" => Ok(FailureMode::Open),
-            "closed" => Ok(FailureMode::Closed),
-            "local" => Ok(FailureMode::Local),
-            _ => Err(()),
+    /// Why a decision at `now` on `key` must not call the store, if it must
+    /// not: the breaker is open, or the key is held as hot.
+    #[inline]
+    pub(crate) fn skip(&self, key: &Key<'_>, now: Nanos) -> Option<Degradation> {
+        if self.breaker.open_until(now).is_some() {
+            Some(Degradation::BreakerOpen)
+        } else if self.hot_keys.held(key, now) {
+            // Held as hot: decided here, as the store's last answer asked.
+            Some(Degradation::Throttled)
+        } else {
+            None
         }
     }
+
+    /// Whether `key` is held as hot at `now`.
+    #[inline]
+    pub(crate) fn held(&self, key: &Key<'_>, now: Nanos) -> bool {
+        self.hot_keys.held(key, now)
+    }
+
+    /// The store answered: a success for the breaker.
+    #[inline]
+    pub(crate) fn answered(&self) {
+        if self.breaker.record_success() {
+            tracing::info!("rate-limit store answered again; circuit breaker closed");
+        }
+    }
+
+    /// Logs a store's failure on a call that started in the breaker's
+    /// `generation` with `permit`, counts it for the breaker unless it only
+    /// says the key is hot, and says why the decision is degraded.
+    pub(crate) fn failed(
+        &self,
+        policy: &Policy,
+        key: &Key<'_>,
+        error: &StoreError,
+        generation: u64,
+        permit: Permit,
+        now: Nanos,
+    ) -> Degradation {
+        let why = Degradation::from(error.kind());
+        if why.is_hot_key() {
+            if permit == Permit::Probe {
+                // A throttled or contended probe still found the store
+                // answering: that settles the probe, and closes the breaker.
+                self.answered();
+            }
+            if self.hot_keys.mark(key, now) {
+                tracing::warn!(
+                    policy = policy.name(),
+                    key_type = key.kind().as_str(),
+                    %error,
+                    "hot key: the rate-limit store refused it ({}); deciding it in this process at its own limits (reported once a minute per key)",
+                    why.as_str()
+                );
+            }
+            return why;
+        }
+        let mode = policy.failure_mode();
+        tracing::warn!(
+            policy = policy.name(),
+            key_type = key.kind().as_str(),
+            failure_mode = mode.as_str(),
+            %error,
+            "rate-limit store unavailable; deciding by the failure mode{}",
+            if mode == FailureMode::Open { " (fail open: allowed)" } else { "" }
+        );
+        if self.breaker.record_failure(generation, now) {
+            tracing::warn!(
+                cool_down_ms = self.breaker.cool_down().as_millis() as u64,
+                "circuit breaker opened: the rate-limit store is skipped until the cool-down ends"
+            );
+        }
+        why
+    }
+
+    /// The verdict when the store cannot be used, by the policy's failure
+    /// mode; `tats` holds what this process knows of the buckets.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide(
+        &self,
+        id: PolicyId,
+        policy: &Policy,
+        limits: &[Limit],
+        key: &Key<'_>,
+        ops: &[Op<'_>],
+        tats: &mut [Nanos],
+        why: Degradation,
+    ) -> Verdict {
+        let fixed = |allowed: bool, retry_after: Duration| {
+            limits
+                .iter()
+                .zip(ops)
+                .map(|(limit, op)| Decision {
+                    allowed,
+                    limit: limit.quota().limit(),
+                    remaining: if allowed {
+                        limit.quota().limit() - op.step.cost()
+                    } else {
+                        0
+                    },
+                    retry_after,
+                    reset_after: Duration::ZERO,
+                })
+                .collect::<Vec<_>>()
+        };
+        // A hot key is decided here at its own limits, whatever the mode:
+        // failing open on it would hand an attacker who makes a key hot
+        // the admissions the limit exists to refuse.
+        let mode = if why.is_hot_key() {
+            FailureMode::Local
+        } else {
+            policy.failure_mode()
+        };
+        let mut verdict = match mode {
+            FailureMode::Open => Verdict::from_decisions(id, fixed(true, Duration::ZERO)),
+            FailureMode::Closed => {
+                // Ask the client to come back once the store may be back.
+                let now = ops[0].step.now();
+                let wait = self.breaker.open_until(now).map_or(0, |until| until - now);
+                Verdict::from_decisions(
+                    id,
+                    fixed(
+                        false,
+                        Duration::from_nanos(wait).max(Duration::from_secs(1)),
+                    ),
+                )
+            }
+            FailureMode::Local => {
+                // The local limiter starts from what this process knows of
+                // the buckets (the TATs the store last reported, in `tats`),
+                // never from less: knowledge is never thrown away.
+                for (op, &tat) in ops.iter().zip(tats.iter()) {
+                    if tat > op.step.now() {
+                        self.local.record(key, op.slot, tat, op.step.now());
+                    }
+                }
+                let outcome = self.local.apply_sync(key, ops, tats);
+                Verdict::from_ops(id, limits, ops, tats, outcome)
+            }
+        };
+        verdict.degraded = Some(why);
+        verdict
+    }
 }
 
-/// The variable that sets the failure mode of every policy.
-pub const FAILURE_MODE_VAR: &str = "RATE_LIMIT_FAILURE_MODE";
-
-/// The variable that puts every policy in shadow mode (`true` or `false`).
-pub const SHADOW_MODE_VAR: &str = "RATE_LIMIT_SHADOW_MODE";
-
-/// `<base>_<POLICY>`, such as `RATE_LIMIT_SHADOW_MODE_SESSION_CREATE`: the
-/// variable that sets `base` for one policy.
-pub fn per_policy_var(base: &str, policy: &str) -> String {
-    format!("{base}_{}", policy.to_ascii_uppercase())
+/// Keys the store throttled or gave up on: until when each is decided here
+/// without asking the store, and when it was last reported. Built once, so
+/// that a decision pays one relaxed load to learn that no key is hot.
+#[derive(Debug)]
+struct HotKeys {
+    buckets: MemoryStore,
+    /// Whether any key was ever marked: the common case skips the lookup.
+    any: AtomicBool,
+    /// The bucket holding until when a key is held.
+    hold: Slot,
+    /// The bucket that lets a hot key be reported once a minute.
+    report: Slot,
+    report_quota: Quota,
 }
 
-/// Parses a shadow-mode value: exactly `true` or `false` (surrounding white
-/// space aside).
-pub fn parse_bool(value: &str) -> Option<bool> {
-    match value.trim() {
-        "true" => Some(true),
-        "false" => Some(false),
-        _ => None,
+impl HotKeys {
+    fn new() -> Self {
+        Self {
+            buckets: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
+            any: AtomicBool::new(false),
+            hold: Slot::new("hot-key-hold"),
+            report: Slot::new("hot-key-report@60"),
+            report_quota: Quota::per_minute(std::num::NonZeroU32::MIN),
+        }
+    }
+
+    /// Whether `key` is held at `now`: decided here without asking the store.
+    #[inline]
+    fn held(&self, key: &Key<'_>, now: Nanos) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self
+                .buckets
+                .get(key, &self.hold)
+                .is_some_and(|until| until > now)
+    }
+
+    /// Holds `key` for [`HOT_KEY_HOLD`] from `now`; true when it is time to
+    /// report it (once a minute per key).
+    fn mark(&self, key: &Key<'_>, now: Nanos) -> bool {
+        self.any.store(true, Ordering::Relaxed);
+        let until = now.saturating_add(HOT_KEY_HOLD.as_nanos() as Nanos);
+        self.buckets.record(key, &self.hold, until, now);
+        let step = self.report_quota.step(now, 1).expect("one token fits");
+        self.buckets.apply_step(key, &self.report, &step).0 == Outcome::Allowed
     }
 }
 
 /// What the breaker allows for one decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Permit {
+pub(crate) enum Permit {
     /// Call the store.
     Call,
     /// Call the store as the one probe after a cool-down; its result closes
@@ -164,7 +328,7 @@ impl CircuitBreaker {
 
     /// Whether a decision at `now` may call the store.
     #[inline]
-    pub fn permit(&self, now: Nanos) -> Permit {
+    pub(crate) fn permit(&self, now: Nanos) -> Permit {
         let open_until = self.open_until.load(Ordering::Acquire);
         if open_until == 0 {
             Permit::Call
@@ -204,7 +368,7 @@ impl CircuitBreaker {
 
     /// A call succeeded. Returns true if this closed an open breaker.
     #[inline]
-    pub fn record_success(&self) -> bool {
+    pub(crate) fn record_success(&self) -> bool {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -219,13 +383,13 @@ impl CircuitBreaker {
     /// The generation a call starts in: take it before calling the store,
     /// and give it to [`CircuitBreaker::record_failure`].
     #[inline]
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// A call that started in `generation` failed at `now`. Returns true if
     /// this opened the breaker.
-    pub fn record_failure(&self, generation: u64, now: Nanos) -> bool {
+    pub(crate) fn record_failure(&self, generation: u64, now: Nanos) -> bool {
         let reopen = now.saturating_add(self.cool_down);
         if self.probe_until.swap(0, Ordering::AcqRel) != 0 {
             self.open_until.store(reopen, Ordering::Release);
@@ -258,21 +422,6 @@ mod tests {
     use super::*;
 
     const SEC: Nanos = 1_000_000_000;
-
-    #[test]
-    fn modes_and_flags_parse_strictly() {
-        assert_eq!("open".parse(), Ok(FailureMode::Open));
-        assert_eq!(" local\n".parse(), Ok(FailureMode::Local));
-        assert!("Open".parse::<FailureMode>().is_err());
-        assert_eq!(parse_bool("true"), Some(true));
-        for bad in ["yes", "1", "", "TRUE"] {
-            assert_eq!(parse_bool(bad), None, "{bad}");
-        }
-        assert_eq!(
-            per_policy_var(FAILURE_MODE_VAR, "send_message"),
-            "RATE_LIMIT_FAILURE_MODE_SEND_MESSAGE"
-        );
-    }
 
     #[test]
     fn breaker_opens_after_threshold_and_probes_after_cool_down() {

@@ -14,10 +14,10 @@
 //!
 //! Stores never implement this rule themselves. A consuming request is
 //! described by a [`Step`]; a store applies it atomically to one key (with
-//! [`Step::outcome`], or with the two linear pieces [`Step::idle_target`] and
+//! [`Step::apply`], or with the two linear pieces [`Step::idle_target`] and
 //! [`Step::busy_ceiling`] when its conditional writes cannot express `max`)
-//! and reports an [`Outcome`], from which [`Quota::decision`] derives the
-//! numbers callers see.
+//! and reports an [`Outcome`] and the TAT it left, from which
+//! [`Quota::decision`] derives the numbers callers see.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -30,9 +30,11 @@ pub type Nanos = u64;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// The longest period a quota may have. Longer periods would be a
-/// configuration mistake, and the bound keeps every sum below `u64::MAX`.
-pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The longest period a quota, and so a policy's limit, may have: one day.
+/// Longer windows are better served by a quota over a shorter one (a token
+/// bucket's burst is its whole limit), and the bound keeps every sum far
+/// below `u64::MAX`.
+pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
 /// `limit` requests per `period`, with a burst capacity of `limit`.
 ///
@@ -45,9 +47,11 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
 ///
 /// let quota = Quota::per_minute(NonZeroU32::new(2).unwrap());
 /// let now = 1_700_000_000_000_000_000;
-/// let first = quota.decide(0, now, 1).unwrap();
-/// assert!(first.decision.allowed);
-/// assert_eq!(first.decision.remaining, 1);
+/// let step = quota.step(now, 1).unwrap();
+/// let (outcome, tat) = step.apply(0); // a full bucket
+/// let decision = quota.decision(&step, outcome, tat);
+/// assert!(decision.allowed);
+/// assert_eq!(decision.remaining, 1);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Quota {
@@ -64,7 +68,7 @@ pub enum QuotaError {
     #[error("a quota period must be longer than zero")]
     ZeroPeriod,
     /// The period was longer than [`MAX_PERIOD`].
-    #[error("a quota period must not exceed {} days, got {period:?}", MAX_PERIOD.as_secs() / 86_400)]
+    #[error("a quota period must not exceed one day, got {period:?}")]
     PeriodTooLong {
         /// The period that was asked for.
         period: Duration,
@@ -93,7 +97,7 @@ impl Quota {
         if period > MAX_PERIOD {
             return Err(QuotaError::PeriodTooLong { period });
         }
-        // Fits: MAX_PERIOD is about 3.2e16 ns.
+        // Fits: MAX_PERIOD is about 8.6e13 ns.
         let period_ns = period.as_nanos() as u64;
         let emission = period_ns.div_ceil(u64::from(limit.get()));
         Ok(Self {
@@ -155,18 +159,20 @@ impl Quota {
         })
     }
 
-    /// The numbers a caller sees once a store has applied `step`.
+    /// The numbers a caller sees once a store has applied `step`: its
+    /// `outcome`, and the bucket's TAT after it (new when allowed, unchanged
+    /// when denied), as [`Step::apply`] reports them.
     #[inline]
-    pub fn decision(&self, step: &Step, outcome: Outcome) -> Decision {
+    pub fn decision(&self, step: &Step, outcome: Outcome, tat: Nanos) -> Decision {
         match outcome {
-            Outcome::Allowed { tat } => Decision {
+            Outcome::Allowed => Decision {
                 allowed: true,
                 limit: self.limit(),
                 remaining: self.tokens_between(tat, step.horizon),
                 retry_after: Duration::ZERO,
                 reset_after: Duration::from_nanos(tat.saturating_sub(step.now)),
             },
-            Outcome::Denied { tat } => {
+            Outcome::Denied => {
                 let base = tat.max(step.now);
                 Decision {
                     allowed: false,
@@ -182,43 +188,14 @@ impl Quota {
         }
     }
 
-    /// Decides a request directly on a TAT: what an atomic store does, as one
-    /// pure function. Returns the decision and the TAT to store if allowed.
-    pub fn decide(
-        &self,
-        tat: Nanos,
-        now: Nanos,
-        cost: u32,
-    ) -> Result<Decided, CostExceedsCapacity> {
-        let step = self.step(now, cost)?;
-        let outcome = step.outcome(tat);
-        Ok(Decided {
-            decision: self.decision(&step, outcome),
-            new_tat: match outcome {
-                Outcome::Allowed { tat } => Some(tat),
-                Outcome::Denied { .. } => None,
-            },
-        })
-    }
-
-    /// The state of a key at `now`, without consuming anything.
-    pub fn snapshot(&self, tat: Nanos, now: Nanos) -> Snapshot {
-        let base = tat.max(now);
-        let horizon = now.saturating_add(self.capacity_ns());
-        Snapshot {
-            limit: self.limit(),
-            remaining: self.tokens_between(base, horizon),
-            reset_after: Duration::from_nanos(base - now),
-        }
-    }
-
     /// The seed's status fields for a key at `now`, without consuming anything.
     pub fn status(&self, tat: Nanos, now: Nanos) -> Status {
-        let snapshot = self.snapshot(tat, now);
+        let base = tat.max(now);
+        let horizon = now.saturating_add(self.capacity_ns());
         Status {
-            count: snapshot.limit - snapshot.remaining,
-            limit: snapshot.limit,
-            reset_in_seconds: ceil_secs(snapshot.reset_after),
+            count: self.limit() - self.tokens_between(base, horizon),
+            limit: self.limit(),
+            reset_in_seconds: ceil_secs(Duration::from_nanos(base - now)),
             window_duration: ceil_secs(self.period),
         }
     }
@@ -291,33 +268,29 @@ impl Step {
         (tat >= self.idle_target()).then(|| tat - self.increment)
     }
 
-    /// The whole rule on one TAT: what a store that can run code atomically does.
+    /// The whole rule on one TAT: what a store that can run code atomically
+    /// does. Returns the outcome and the bucket's TAT after the step: the
+    /// new one when allowed, `tat` unchanged when denied.
     #[inline]
-    pub fn outcome(&self, tat: Nanos) -> Outcome {
+    pub fn apply(&self, tat: Nanos) -> (Outcome, Nanos) {
         let base = tat.max(self.now);
         if base <= self.busy_ceiling() {
-            Outcome::Allowed {
-                tat: base + self.increment,
-            }
+            (Outcome::Allowed, base + self.increment)
         } else {
-            Outcome::Denied { tat }
+            (Outcome::Denied, tat)
         }
     }
 }
 
-/// What a store reports after applying a [`Step`] to a key.
+/// Whether a request was allowed: by one bucket ([`Step::apply`]), or by a
+/// store for all the buckets of a request at once (every step allowed, and
+/// every TAT written, or none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The request was allowed and the key's TAT is now `tat`.
-    Allowed {
-        /// The TAT after the request.
-        tat: Nanos,
-    },
-    /// The request was denied; the key's TAT, unchanged, is `tat`.
-    Denied {
-        /// The current TAT.
-        tat: Nanos,
-    },
+    /// Allowed: the request took its tokens.
+    Allowed,
+    /// Denied: nothing was taken.
+    Denied,
 }
 
 /// The result of one decision, as a caller sees it.
@@ -331,26 +304,6 @@ pub struct Decision {
     pub remaining: u32,
     /// How long until the same request would be allowed; zero when allowed.
     pub retry_after: Duration,
-    /// How long until the bucket is full again.
-    pub reset_after: Duration,
-}
-
-/// [`Quota::decide`]'s answer: the decision and, when allowed, the TAT to store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decided {
-    /// What the caller sees.
-    pub decision: Decision,
-    /// The key's new TAT, when the request was allowed.
-    pub new_tat: Option<Nanos>,
-}
-
-/// A key's state at one moment, in tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The quota's limit.
-    pub limit: u32,
-    /// Whole tokens available now.
-    pub remaining: u32,
     /// How long until the bucket is full again.
     pub reset_after: Duration,
 }
@@ -394,6 +347,34 @@ mod tests {
 
     fn per_minute(limit: u32) -> Quota {
         Quota::per_minute(NonZeroU32::new(limit).unwrap())
+    }
+
+    /// One decision on one TAT, as a store and the service make it.
+    #[derive(Debug)]
+    struct Decided {
+        decision: Decision,
+        new_tat: Option<Nanos>,
+    }
+
+    trait Decide {
+        fn decide(&self, tat: Nanos, now: Nanos, cost: u32)
+        -> Result<Decided, CostExceedsCapacity>;
+    }
+
+    impl Decide for Quota {
+        fn decide(
+            &self,
+            tat: Nanos,
+            now: Nanos,
+            cost: u32,
+        ) -> Result<Decided, CostExceedsCapacity> {
+            let step = self.step(now, cost)?;
+            let (outcome, after) = step.apply(tat);
+            Ok(Decided {
+                decision: self.decision(&step, outcome, after),
+                new_tat: (outcome == Outcome::Allowed).then_some(after),
+            })
+        }
     }
 
     /// Runs `n` requests of cost 1 at `now`, threading the TAT through.
@@ -459,13 +440,13 @@ mod tests {
         let mut tat = 0;
         spend(&quota, &mut tat, NOW, 10);
         // 6 s a token: after 18 s, three are back.
-        let snapshot = quota.snapshot(tat, NOW + 18 * SEC);
-        assert_eq!(snapshot.remaining, 3);
-        assert_eq!(snapshot.reset_after, Duration::from_secs(42));
+        let status = quota.status(tat, NOW + 18 * SEC);
+        assert_eq!(status.limit - status.count, 3);
+        assert_eq!(status.reset_in_seconds, 42);
         let d = spend(&quota, &mut tat, NOW + 18 * SEC, 4);
         assert_eq!(d.iter().filter(|d| d.allowed).count(), 3);
         // After a full period the bucket is full again whatever happened.
-        assert_eq!(quota.snapshot(tat, NOW + 78 * SEC).remaining, 10);
+        assert_eq!(quota.status(tat, NOW + 78 * SEC).count, 0);
     }
 
     #[test]
@@ -534,23 +515,14 @@ mod tests {
         let step = quota.step(NOW, 3).unwrap();
         assert_eq!(step.idle_target(), NOW + 18 * SEC);
         assert_eq!(step.busy_ceiling(), NOW + 42 * SEC);
+        assert_eq!(step.apply(0), (Outcome::Allowed, NOW + 18 * SEC));
         assert_eq!(
-            step.outcome(0),
-            Outcome::Allowed {
-                tat: NOW + 18 * SEC
-            }
+            step.apply(NOW + 42 * SEC),
+            (Outcome::Allowed, NOW + 60 * SEC)
         );
         assert_eq!(
-            step.outcome(NOW + 42 * SEC),
-            Outcome::Allowed {
-                tat: NOW + 60 * SEC
-            }
-        );
-        assert_eq!(
-            step.outcome(NOW + 42 * SEC + 1),
-            Outcome::Denied {
-                tat: NOW + 42 * SEC + 1
-            }
+            step.apply(NOW + 42 * SEC + 1),
+            (Outcome::Denied, NOW + 42 * SEC + 1)
         );
     }
 

@@ -8,10 +8,14 @@
 //! - [`config`]: the policies from a TOML file and the environment;
 //! - [`store`]: the atomic contract a backing store fulfils, and [`memory`],
 //!   an in-memory implementation;
-//! - [`cache`]: the deny cache and hints, a decorator for any store;
-//! - [`failure`]: failure modes and the circuit breaker for an unavailable store;
-//! - [`service`]: the `RateLimitService`, with the seed's API;
-//! - [`builder`]: one way to build a service from the environment;
+//! - [`verdict`]: what a decision takes and gives: requests, verdicts,
+//!   denials and errors;
+//! - [`service`]: the `RateLimitService` and its decision pipeline, with
+//!   the deny cache and hints (`cache`) and the failure handling
+//!   ([`failure`]: circuit breaker, hot keys, failure modes) beside the store;
+//! - [`pair`]: `$connect`'s two decisions in one round trip;
+//! - [`seed`]: the seed's API, a facade over the service;
+//! - [`builder`]: the one way to build a service;
 //! - [`response`]: the seed's error bodies, as plain data;
 //! - [`telemetry`]: the metrics every decision records.
 //!
@@ -25,34 +29,38 @@
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let limiter = Builder::from_env()?.in_memory();
-//! let verdict = limiter.check(PolicyId::CONNECTION_ATTEMPT, "203.0.113.7", 1).await?;
+//! let verdict = limiter.decide((PolicyId::CONNECTION_ATTEMPT, "203.0.113.7")).await?;
+//! assert!(verdict.allowed());
 //! assert_eq!(verdict.decision.remaining, 19);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
 
 pub mod builder;
-pub mod cache;
+mod cache;
 pub mod clock;
 pub mod config;
 pub mod failure;
 pub mod gcra;
 pub mod key;
 pub mod memory;
+pub mod pair;
 pub mod policy;
 pub mod response;
+pub mod seed;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod verdict;
 
 pub use builder::Builder;
-pub use cache::Cached;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{Config, ConfigError};
-pub use failure::{CircuitBreaker, FailureMode};
+pub use failure::CircuitBreaker;
 pub use gcra::{Decision, Quota, Status};
 pub use key::{Key, Kind, Slot};
 pub use memory::MemoryStore;
-pub use policy::{LimitSpec, Policies, Policy, PolicyId};
-pub use service::{Degradation, RateLimitError, RateLimitService, Request, Verdict};
+pub use policy::{FailureMode, LimitSpec, Policies, Policy, PolicyId};
+pub use service::RateLimitService;
 pub use store::{Store, StoreError, StoreErrorKind};
+pub use verdict::{Degradation, Denied, RateLimitError, Request, Verdict};

@@ -17,9 +17,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
-use crate::gcra::{self, Nanos, Step};
+use crate::gcra::{Nanos, Outcome, Step};
 use crate::key::{Key, OwnedKey, Slot};
-use crate::store::{Applied, Op, Outcome, Store, StoreError};
+use crate::store::{Applied, Op, Store, StoreError};
 
 /// How long a bucket must have been full before a sweep forgets it.
 /// The margin covers clocks of different threads that disagree slightly.
@@ -44,9 +44,9 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// let slot = Slot::new("heartbeat@60");
 /// let now = 1_700_000_000_000_000_000;
 /// let step = quota.step(now, 1).unwrap();
-/// assert!(matches!(store.apply_step(&key, &slot, &step), Outcome::Allowed { .. }));
-/// assert!(matches!(store.apply_step(&key, &slot, &step), Outcome::Allowed { .. }));
-/// assert!(matches!(store.apply_step(&key, &slot, &step), Outcome::Denied { .. }));
+/// assert_eq!(store.apply_step(&key, &slot, &step).0, Outcome::Allowed);
+/// assert_eq!(store.apply_step(&key, &slot, &step).0, Outcome::Allowed);
+/// assert_eq!(store.apply_step(&key, &slot, &step).0, Outcome::Denied);
 /// ```
 pub struct MemoryStore {
     shards: Box<[Shard]>,
@@ -158,9 +158,10 @@ impl MemoryStore {
     }
 
     /// Applies one step to one bucket: what [`Store::apply`] does for a
-    /// single op, without the future.
+    /// single op, synchronously. Returns the outcome and the bucket's TAT
+    /// after it, as [`Step::apply`] does.
     #[inline]
-    pub fn apply_step(&self, key: &Key<'_>, slot: &Slot, step: &Step) -> gcra::Outcome {
+    pub fn apply_step(&self, key: &Key<'_>, slot: &Slot, step: &Step) -> (Outcome, Nanos) {
         let place = self.place(key, slot);
         let shard = &self.shards[place.shard];
         let found = |e: &Entry| e.tag == place.tag && key.matches(&e.key);
@@ -171,27 +172,20 @@ impl MemoryStore {
         if let Some(entry) = table.entries.find(place.hash, found) {
             return apply_to(&entry.tat, step);
         }
-        let outcome = step.outcome(0);
-        if let gcra::Outcome::Allowed { tat } = outcome {
+        let (outcome, tat) = step.apply(0);
+        if outcome == Outcome::Allowed {
             self.insert(&mut table, place, key, tat, step.now());
         }
-        outcome
+        (outcome, tat)
     }
 
-    /// [`Store::apply`], without the future.
+    /// [`Store::apply`], synchronously.
     #[inline]
-    pub fn apply_now(&self, key: &Key<'_>, ops: &[Op<'_>], tats: &mut [Nanos]) -> Outcome {
+    pub fn apply_sync(&self, key: &Key<'_>, ops: &[Op<'_>], tats: &mut [Nanos]) -> Outcome {
         if let [op] = ops {
-            return match self.apply_step(key, op.slot, &op.step) {
-                gcra::Outcome::Allowed { tat } => {
-                    tats[0] = tat;
-                    Outcome::Allowed
-                }
-                gcra::Outcome::Denied { tat } => {
-                    tats[0] = tat;
-                    Outcome::Denied
-                }
-            };
+            let (outcome, tat) = self.apply_step(key, op.slot, &op.step);
+            tats[0] = tat;
+            return outcome;
         }
         let places: Vec<Place> = ops.iter().map(|op| self.place(key, op.slot)).collect();
         let mut shards: Vec<usize> = places.iter().map(|p| p.shard).collect();
@@ -213,15 +207,14 @@ impl MemoryStore {
                 .entries
                 .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
                 .map_or(0, |e| e.tat.load(Ordering::Acquire));
-            allowed &= matches!(op.step.outcome(*tat), gcra::Outcome::Allowed { .. });
+            allowed &= op.step.apply(*tat).0 == Outcome::Allowed;
         }
         if !allowed {
             return Outcome::Denied;
         }
         for ((op, place), tat) in ops.iter().zip(&places).zip(tats.iter_mut()) {
-            let gcra::Outcome::Allowed { tat: new } = op.step.outcome(*tat) else {
-                unreachable!("every step was allowed above")
-            };
+            // Every step was allowed above, on these very TATs.
+            let (_, new) = op.step.apply(*tat);
             *tat = new;
             let table = &mut *tables[at(place.shard)];
             match table
@@ -252,7 +245,7 @@ impl MemoryStore {
 
     /// The TAT of one bucket, or `None` when this store does not know it.
     #[inline]
-    pub fn get_now(&self, key: &Key<'_>, slot: &Slot) -> Option<Nanos> {
+    pub(crate) fn get(&self, key: &Key<'_>, slot: &Slot) -> Option<Nanos> {
         let place = self.place(key, slot);
         read(&self.shards[place.shard])
             .entries
@@ -260,17 +253,17 @@ impl MemoryStore {
             .map(|e| e.tat.load(Ordering::Acquire))
     }
 
-    /// [`Store::load`], without the future.
-    pub fn load_now(&self, key: &Key<'_>, slots: &[&Slot], tats: &mut [Nanos]) {
+    /// [`Store::load`], synchronously.
+    fn load_sync(&self, key: &Key<'_>, slots: &[&Slot], tats: &mut [Nanos]) {
         for (slot, tat) in slots.iter().zip(tats.iter_mut()) {
-            *tat = self.get_now(key, slot).unwrap_or(0);
+            *tat = self.get(key, slot).unwrap_or(0);
         }
     }
 
     /// Remembers that a bucket's TAT is at least `tat`, as seen at `now`:
     /// for caches of what a shared store said. A TAT only moves forward, so
     /// the larger of the known and the seen value is kept.
-    pub fn record_now(&self, key: &Key<'_>, slot: &Slot, tat: Nanos, now: Nanos) {
+    pub(crate) fn record(&self, key: &Key<'_>, slot: &Slot, tat: Nanos, now: Nanos) {
         let place = self.place(key, slot);
         let shard = &self.shards[place.shard];
         let found = |e: &Entry| e.tag == place.tag && key.matches(&e.key);
@@ -286,8 +279,8 @@ impl MemoryStore {
         self.insert(&mut table, place, key, tat, now);
     }
 
-    /// [`Store::refund`], without the future.
-    pub fn refund_now(&self, key: &Key<'_>, ops: &[Op<'_>]) {
+    /// [`Store::refund`], synchronously.
+    pub(crate) fn refund_sync(&self, key: &Key<'_>, ops: &[Op<'_>]) {
         for op in ops {
             let place = self.place(key, op.slot);
             if let Some(entry) = read(&self.shards[place.shard])
@@ -303,8 +296,8 @@ impl MemoryStore {
         }
     }
 
-    /// [`Store::remove`], without the future.
-    pub fn remove_now(&self, key: &Key<'_>, slots: &[&Slot]) {
+    /// [`Store::remove`], synchronously.
+    pub(crate) fn remove_sync(&self, key: &Key<'_>, slots: &[&Slot]) {
         for slot in slots {
             let place = self.place(key, slot);
             if let Ok(entry) = write(&self.shards[place.shard])
@@ -353,13 +346,13 @@ impl MemoryStore {
 
 /// Applies `step` to one TAT with a compare-and-swap loop.
 #[inline]
-fn apply_to(tat: &AtomicU64, step: &Step) -> gcra::Outcome {
+fn apply_to(tat: &AtomicU64, step: &Step) -> (Outcome, Nanos) {
     let mut current = tat.load(Ordering::Acquire);
     loop {
-        match step.outcome(current) {
-            gcra::Outcome::Allowed { tat: new } => {
+        match step.apply(current) {
+            (Outcome::Allowed, new) => {
                 match tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => return gcra::Outcome::Allowed { tat: new },
+                    Ok(_) => return (Outcome::Allowed, new),
                     Err(actual) => current = actual,
                 }
             }
@@ -390,7 +383,7 @@ impl Store for MemoryStore {
         tats: &mut [Nanos],
     ) -> impl Future<Output = Applied> + Send {
         std::future::ready(Applied {
-            outcome: Ok(self.apply_now(key, ops, tats)),
+            outcome: Ok(self.apply_sync(key, ops, tats)),
             calls: 1,
         })
     }
@@ -400,7 +393,7 @@ impl Store for MemoryStore {
         key: &Key<'_>,
         ops: &[Op<'_>],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.refund_now(key, ops);
+        self.refund_sync(key, ops);
         std::future::ready(Ok(()))
     }
 
@@ -410,7 +403,7 @@ impl Store for MemoryStore {
         slots: &[&Slot],
         tats: &mut [Nanos],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.load_now(key, slots, tats);
+        self.load_sync(key, slots, tats);
         std::future::ready(Ok(()))
     }
 
@@ -419,7 +412,7 @@ impl Store for MemoryStore {
         key: &Key<'_>,
         slots: &[&Slot],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.remove_now(key, slots);
+        self.remove_sync(key, slots);
         std::future::ready(Ok(()))
     }
 }
@@ -449,8 +442,8 @@ mod tests {
         Slot::new("connection_attempt@60")
     }
 
-    fn allowed(outcome: gcra::Outcome) -> bool {
-        matches!(outcome, gcra::Outcome::Allowed { .. })
+    fn allowed((outcome, _): (Outcome, Nanos)) -> bool {
+        outcome == Outcome::Allowed
     }
 
     #[test]
@@ -475,7 +468,7 @@ mod tests {
             threads.into_iter().for_each(|t| t.join().unwrap());
             assert_eq!(admitted.load(Ordering::Relaxed), 100, "round {round}");
             assert_eq!(
-                store.get_now(&ip_key("10.0.0.1"), &slot()),
+                store.get(&ip_key("10.0.0.1"), &slot()),
                 Some(NOW + round * SEC + 60 * SEC)
             );
         }
@@ -515,7 +508,7 @@ mod tests {
                             },
                         ];
                         let mut tats = [0; 2];
-                        if store.apply_now(&ip_key("x"), &ops, &mut tats) == Outcome::Allowed {
+                        if store.apply_sync(&ip_key("x"), &ops, &mut tats) == Outcome::Allowed {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -526,7 +519,7 @@ mod tests {
         // Within a millisecond of fake time the short limit decides.
         assert_eq!(admitted.load(Ordering::Relaxed), 30);
         // And both buckets moved together: 30 tokens each.
-        let tat_long = store.get_now(&ip_key("x"), &long).unwrap();
+        let tat_long = store.get(&ip_key("x"), &long).unwrap();
         assert!(tat_long >= NOW + 30 * q_long.emission_interval().as_nanos() as u64);
     }
 
@@ -551,17 +544,17 @@ mod tests {
         };
         let mut tats = [0; 2];
         assert_eq!(
-            store.apply_now(&ip_key("k"), &ops(NOW), &mut tats),
+            store.apply_sync(&ip_key("k"), &ops(NOW), &mut tats),
             Outcome::Allowed
         );
         let after_first = tats;
         assert_eq!(
-            store.apply_now(&ip_key("k"), &ops(NOW), &mut tats),
+            store.apply_sync(&ip_key("k"), &ops(NOW), &mut tats),
             Outcome::Denied
         );
         // The per-second bucket, which would have allowed, is unchanged.
         assert_eq!(tats, after_first);
-        assert_eq!(store.get_now(&ip_key("k"), &a), Some(after_first[0]));
+        assert_eq!(store.get(&ip_key("k"), &a), Some(after_first[0]));
     }
 
     #[test]
@@ -590,30 +583,30 @@ mod tests {
         let step = quota(1).step(NOW, 1).unwrap();
         store.apply_step(&ip_key("a"), &slot(), &step);
         assert!(!allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
-        store.remove_now(&ip_key("a"), &[&slot()]);
-        assert_eq!(store.get_now(&ip_key("a"), &slot()), None);
+        store.remove_sync(&ip_key("a"), &[&slot()]);
+        assert_eq!(store.get(&ip_key("a"), &slot()), None);
         assert!(allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
         let op = Op {
             slot: &slot(),
             step,
             hint: crate::store::Hint::None,
         };
-        store.refund_now(&ip_key("a"), &[op]);
+        store.refund_sync(&ip_key("a"), &[op]);
         assert!(allowed(store.apply_step(&ip_key("a"), &slot(), &step)));
-        store.remove_now(&ip_key("never seen"), &[&slot()]);
+        store.remove_sync(&ip_key("never seen"), &[&slot()]);
     }
 
     #[test]
     fn recorded_tats_only_move_forward() {
         let store = MemoryStore::new();
         let key = ip_key("r");
-        assert_eq!(store.get_now(&key, &slot()), None);
-        store.record_now(&key, &slot(), NOW + 5, NOW);
-        store.record_now(&key, &slot(), NOW + 3, NOW);
-        assert_eq!(store.get_now(&key, &slot()), Some(NOW + 5));
-        store.record_now(&key, &slot(), NOW + 9, NOW);
+        assert_eq!(store.get(&key, &slot()), None);
+        store.record(&key, &slot(), NOW + 5, NOW);
+        store.record(&key, &slot(), NOW + 3, NOW);
+        assert_eq!(store.get(&key, &slot()), Some(NOW + 5));
+        store.record(&key, &slot(), NOW + 9, NOW);
         let mut tats = [0];
-        store.load_now(&key, &[&slot()], &mut tats);
+        store.load_sync(&key, &[&slot()], &mut tats);
         assert_eq!(tats, [NOW + 9]);
     }
 
@@ -661,7 +654,7 @@ mod tests {
         }
         // The most recent key is still counted.
         assert_eq!(
-            store.get_now(&ip_key("19999"), &slot()),
+            store.get(&ip_key("19999"), &slot()),
             Some(NOW + 19_999 * 1000 + 6 * SEC)
         );
     }

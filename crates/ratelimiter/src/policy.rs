@@ -17,8 +17,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::failure::FailureMode;
-use crate::gcra::Quota;
+use crate::gcra::{MAX_PERIOD, Quota};
 use crate::key::{Kind, NameError, Slot, check_name, shorten};
 
 /// The most limits one policy (or tier) may have.
@@ -27,8 +26,48 @@ pub const MAX_LIMITS: usize = 8;
 /// The shortest period a limit may have.
 pub const MIN_PERIOD: Duration = Duration::from_secs(1);
 
-/// The longest period a limit may have.
-pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+/// How a policy behaves while its store is unavailable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FailureMode {
+    /// Allow the request and log a warning: the seed's graceful degradation.
+    #[default]
+    Open,
+    /// Deny the request.
+    Closed,
+    /// Decide with an in-memory limiter in this process, which still stops
+    /// one abusive client while the shared store is away.
+    Local,
+}
+
+impl FailureMode {
+    /// The configuration name: `open`, `closed` or `local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+            FailureMode::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FailureMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "open" => Ok(FailureMode::Open),
+            "closed" => Ok(FailureMode::Closed),
+            "local" => Ok(FailureMode::Local),
+            _ => Err(()),
+        }
+    }
+}
 
 /// The index of a policy in its [`Policies`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -8,13 +8,13 @@
 //! does that (a compare-and-swap or a lock in memory, one conditional write
 //! in DynamoDB).
 //!
-//! Caching and the failure policy are not a store's business: the deny
-//! cache ([`crate::cache::Cached`]) wraps any store, and the service applies
-//! the failure modes and the circuit breaker around whatever store it has.
+//! Caching and the failure policy are not a store's business: the service
+//! keeps the deny cache, and applies the failure modes and the circuit
+//! breaker, around whatever store it has.
 
 use std::future::Future;
 
-use crate::gcra::{Nanos, Step};
+use crate::gcra::{Nanos, Outcome, Step};
 use crate::key::{Key, Slot};
 
 /// One bucket of an item and the step a request takes on it.
@@ -69,15 +69,6 @@ pub enum Hint {
     },
 }
 
-/// Whether a store applied a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every step allowed, and every TAT written.
-    Allowed,
-    /// Some step denied, and nothing written.
-    Denied,
-}
-
 /// What a store reports for one request: the outcome, or why there is none,
 /// and how many calls to its backing service it made for it.
 #[derive(Debug)]
@@ -85,14 +76,14 @@ pub struct Applied {
     /// The outcome, or the error that prevented one.
     pub outcome: Result<Outcome, StoreError>,
     /// Calls made to the backing service (1 for one in-memory atomic
-    /// section; 0 when nothing was asked, as for a cached denial).
+    /// section).
     pub calls: u32,
 }
 
 /// Where TATs live.
 ///
 /// Implementations must be safe to call from many tasks and threads at once,
-/// and must never admit a request that [`Step::outcome`] would deny on a
+/// and must never admit a request that [`Step::apply`] would deny on a
 /// bucket's TAT at the moment of the write.
 pub trait Store: Send + Sync {
     /// The metric that counts calls to the backing service per policy
@@ -138,15 +129,6 @@ pub trait Store: Send + Sync {
         key: &Key<'_>,
         slots: &[&Slot],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Before a call: answers the request from what this process already
-    /// knows, without calling anything, when it can (only ever a denial;
-    /// `tats` then filled like [`Store::apply`] does), or else marks `ops`
-    /// with hints. Stores that keep no knowledge of their own do neither.
-    fn prepare(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> Option<Outcome> {
-        let _ = (key, ops, tats);
-        None
-    }
 }
 
 /// What went wrong in a store.
@@ -213,48 +195,5 @@ impl std::fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source.as_deref().map(|e| e as _)
-    }
-}
-
-impl<S: Store> Store for std::sync::Arc<S> {
-    const CALLS_METRIC: Option<&'static str> = S::CALLS_METRIC;
-
-    fn apply(
-        &self,
-        key: &Key<'_>,
-        ops: &[Op<'_>],
-        retention: Nanos,
-        tats: &mut [Nanos],
-    ) -> impl Future<Output = Applied> + Send {
-        (**self).apply(key, ops, retention, tats)
-    }
-
-    fn refund(
-        &self,
-        key: &Key<'_>,
-        ops: &[Op<'_>],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).refund(key, ops)
-    }
-
-    fn load(
-        &self,
-        key: &Key<'_>,
-        slots: &[&Slot],
-        tats: &mut [Nanos],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).load(key, slots, tats)
-    }
-
-    fn remove(
-        &self,
-        key: &Key<'_>,
-        slots: &[&Slot],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).remove(key, slots)
-    }
-
-    fn prepare(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> Option<Outcome> {
-        (**self).prepare(key, ops, tats)
     }
 }

@@ -11,14 +11,14 @@
 //! A service registers its metrics with the recorder in force when it is
 //! built: install the recorder first (the Lambda functions install a
 //! CloudWatch EMF one). Without a recorder, recording costs about a
-//! nanosecond. Synchronous in-memory decisions ([`RateLimitService::check_now`])
+//! nanosecond. Synchronous in-memory decisions ([`RateLimitService::decide_sync`])
 //! are counted but not timed: they take tens of nanoseconds, and reading the
 //! clock again would add a third of that.
 //!
 //! The names are CloudWatch-style; a Prometheus exporter turns them into, for
 //! example, `Allowed{Operation="heartbeat"}`.
 //!
-//! [`RateLimitService::check_now`]: crate::RateLimitService::check_now
+//! [`RateLimitService::decide_sync`]: crate::RateLimitService::decide_sync
 //!
 //! ```
 //! use ratelimiter::telemetry::{ALLOWED, OPERATION_LABEL};
@@ -30,7 +30,7 @@ use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Unit};
 
 use crate::gcra::Nanos;
 use crate::policy::{Policies, PolicyId};
-use crate::service::Verdict;
+use crate::verdict::Verdict;
 
 /// The label carrying the policy's name (`heartbeat`, …) on every metric.
 /// It keeps the name `Operation` that the seed's four policies had, so that

@@ -3,17 +3,24 @@
 //! verdicts. The seed's scenarios on every store are in the conformance
 //! suite (`conformance.rs`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ratelimiter::gcra::Nanos;
-use ratelimiter::store::{Applied, Op};
 use ratelimiter::{
     Builder, CircuitBreaker, Config, Degradation, FailureMode, FakeClock, Key, Kind, MemoryStore,
-    PolicyId, RateLimitError, RateLimitService, Request, Slot, Store, StoreError, StoreErrorKind,
+    PolicyId, RateLimitError, RateLimitService, Request, Slot, Store, StoreErrorKind, Verdict,
 };
 use ratelimiter_testing::conformance::retry_after;
+use ratelimiter_testing::fakes::Faulty;
+
+/// One decision, a denial as an error: what the seed's checks do, for any
+/// request.
+async fn check<'r, S: Store>(
+    service: &RateLimitService<S, FakeClock>,
+    request: impl Into<Request<'r>>,
+) -> Result<Verdict, RateLimitError> {
+    Ok(service.decide(request).await?.into_result()?)
+}
 
 fn service() -> (RateLimitService<MemoryStore, FakeClock>, FakeClock) {
     let clock = FakeClock::at_secs(1_700_000_000);
@@ -47,17 +54,22 @@ async fn denials_carry_the_operation_and_limit() {
     service.check_heartbeat_limit("c").await.unwrap();
     service.check_heartbeat_limit("c").await.unwrap();
     let err = service.check_heartbeat_limit("c").await.unwrap_err();
-    assert!(matches!(
-        err,
-        RateLimitError::Exceeded {
-            ref policy,
-            limit: 2,
-            retry_after: 30
-        } if &**policy == "heartbeat"
-    ));
-    assert_eq!(err.retry_after(), Some(30));
+    let denied = err.denied().expect("a denial");
+    assert_eq!(denied.policy_name(), "heartbeat");
+    assert_eq!(denied.verdict().decision.limit, 2);
+    assert_eq!(denied.retry_after_secs(), 30);
+    assert_eq!(denied.retry_after(), Duration::from_secs(30));
+    // The whole verdict is kept: how it was decided too.
+    assert_eq!(
+        (denied.verdict().calls, denied.verdict().cached),
+        (1, false)
+    );
     assert_eq!(
         err.to_string(),
+        "rate limit exceeded for heartbeat; retry after 30 seconds"
+    );
+    assert_eq!(
+        denied.to_string(),
         "rate limit exceeded for heartbeat; retry after 30 seconds"
     );
 }
@@ -68,7 +80,7 @@ async fn retry_after_is_rounded_up_and_never_zero() {
     service.check_heartbeat_limit("c").await.unwrap();
     service.check_heartbeat_limit("c").await.unwrap();
     clock.advance(Duration::from_millis(29_999));
-    let verdict = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+    let verdict = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
     assert!(!verdict.allowed());
     assert_eq!(verdict.decision.retry_after, Duration::from_millis(1));
     assert_eq!(verdict.retry_after_secs(), 1);
@@ -78,30 +90,42 @@ async fn retry_after_is_rounded_up_and_never_zero() {
 async fn cost_and_reset() {
     let (service, _) = service();
     let id = "192.0.2.1";
-    let verdict = service.check(PolicyId::LISTENER_JOIN, id, 7).await.unwrap();
+    let verdict = check(
+        &service,
+        Request::from((PolicyId::LISTENER_JOIN, id)).cost(7),
+    )
+    .await
+    .unwrap();
     assert_eq!(verdict.decision.remaining, 3);
     assert_eq!(
-        retry_after(service.check(PolicyId::LISTENER_JOIN, id, 4).await),
+        retry_after(
+            check(
+                &service,
+                Request::from((PolicyId::LISTENER_JOIN, id)).cost(4)
+            )
+            .await
+        ),
         6
     );
-    let err = service
-        .check(PolicyId::LISTENER_JOIN, id, 11)
-        .await
-        .unwrap_err();
+    let err = check(
+        &service,
+        Request::from((PolicyId::LISTENER_JOIN, id)).cost(11),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RateLimitError::InvalidCost { .. }), "{err:?}");
     assert!(
         err.to_string()
             .contains("cost of 11 exceeds the capacity of 10"),
         "{err}"
     );
-    service
-        .reset(PolicyId::LISTENER_JOIN, id, None)
-        .await
-        .unwrap();
-    let verdict = service
-        .check(PolicyId::LISTENER_JOIN, id, 10)
-        .await
-        .unwrap();
+    service.reset((PolicyId::LISTENER_JOIN, id)).await.unwrap();
+    let verdict = check(
+        &service,
+        Request::from((PolicyId::LISTENER_JOIN, id)).cost(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(verdict.decision.remaining, 0);
 }
 
@@ -110,38 +134,13 @@ async fn configured_limits_apply() {
     let config =
         Config::from_lookup(|var| (var == "RATE_LIMIT_HEARTBEATS_PER_MIN").then(|| "4".into()))
             .unwrap();
-    let service = RateLimitService::with_clock(MemoryStore::new(), config, FakeClock::at_secs(10));
+    let service = Builder::from_config(config)
+        .clock(FakeClock::at_secs(10))
+        .in_memory();
     for _ in 0..4 {
         service.check_heartbeat_limit("c").await.unwrap();
     }
     assert_eq!(retry_after(service.check_heartbeat_limit("c").await), 15);
-}
-
-#[derive(Default)]
-struct BrokenStore {
-    calls: AtomicU32,
-}
-
-impl Store for BrokenStore {
-    async fn apply(&self, _: &Key<'_>, _: &[Op<'_>], _: Nanos, _: &mut [Nanos]) -> Applied {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Applied {
-            outcome: Err(StoreError::new(
-                StoreErrorKind::Unavailable,
-                "table RateLimits not found",
-            )),
-            calls: 1,
-        }
-    }
-    async fn refund(&self, _: &Key<'_>, _: &[Op<'_>]) -> Result<(), StoreError> {
-        Err(StoreError::new(StoreErrorKind::Timeout, "no answer"))
-    }
-    async fn load(&self, _: &Key<'_>, _: &[&Slot], _: &mut [Nanos]) -> Result<(), StoreError> {
-        Err(StoreError::new(StoreErrorKind::Timeout, "no answer"))
-    }
-    async fn remove(&self, _: &Key<'_>, _: &[&Slot]) -> Result<(), StoreError> {
-        Err(StoreError::new(StoreErrorKind::Timeout, "no answer"))
-    }
 }
 
 /// Collects log output so that tests can read it.
@@ -173,18 +172,22 @@ fn with_logs(body: impl Future<Output = ()>) -> String {
     String::from_utf8(logs.0.lock().unwrap().clone()).unwrap()
 }
 
-fn broken(mode: FailureMode, clock: &FakeClock) -> RateLimitService<BrokenStore, FakeClock> {
-    Builder::new()
+/// A service on a store that fails everything, and a handle on the store.
+fn broken(mode: FailureMode, clock: &FakeClock) -> (RateLimitService<Faulty, FakeClock>, Faulty) {
+    let store = Faulty::broken();
+    let service = Builder::new()
         .clock(clock.clone())
         .failure_mode(mode)
         .breaker(CircuitBreaker::new(3, Duration::from_secs(5)))
-        .build_uncached(BrokenStore::default())
+        .deny_cache(0)
+        .build(store.clone());
+    (service, store)
 }
 
 #[test]
 fn an_unavailable_store_fails_open_with_a_warning_then_the_breaker_skips_it() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = broken(FailureMode::Open, &clock);
+    let (service, store) = broken(FailureMode::Open, &clock);
     let logs = with_logs(async {
         for _ in 0..10 {
             let verdict = service.check_heartbeat_limit("conn-1").await.unwrap();
@@ -197,7 +200,7 @@ fn an_unavailable_store_fails_open_with_a_warning_then_the_breaker_skips_it() {
         assert!(matches!(err, RateLimitError::Store(ref e) if e.kind() == StoreErrorKind::Timeout));
     });
     // Three failures open the breaker; the other seven decisions skip the store.
-    assert_eq!(service.store().calls.load(Ordering::SeqCst), 3);
+    assert_eq!(store.calls(), 3);
     assert_eq!(
         logs.matches("rate-limit store unavailable").count(),
         3,
@@ -217,16 +220,16 @@ fn an_unavailable_store_fails_open_with_a_warning_then_the_breaker_skips_it() {
         service.check_heartbeat_limit("conn-1").await.unwrap();
         service.check_heartbeat_limit("conn-1").await.unwrap();
     });
-    assert_eq!(service.store().calls.load(Ordering::SeqCst), 4);
+    assert_eq!(store.calls(), 4);
 }
 
 #[test]
 fn closed_mode_denies_until_the_breaker_may_close() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = broken(FailureMode::Closed, &clock);
+    let (service, _) = broken(FailureMode::Closed, &clock);
     with_logs(async {
         let verdict = service
-            .decide(PolicyId::LISTENER_JOIN, "a", 1)
+            .decide((PolicyId::LISTENER_JOIN, "a"))
             .await
             .unwrap();
         assert!(!verdict.allowed() && verdict.is_degraded());
@@ -234,34 +237,34 @@ fn closed_mode_denies_until_the_breaker_may_close() {
         assert_eq!(verdict.retry_after_secs(), 1);
         for _ in 0..2 {
             let verdict = service
-                .decide(PolicyId::LISTENER_JOIN, "a", 1)
+                .decide((PolicyId::LISTENER_JOIN, "a"))
                 .await
                 .unwrap();
             assert_eq!(verdict.calls, 1);
         }
         // The breaker is open for 5 s: that is how long to wait.
         let verdict = service
-            .decide(PolicyId::LISTENER_JOIN, "a", 1)
+            .decide((PolicyId::LISTENER_JOIN, "a"))
             .await
             .unwrap();
         assert_eq!(verdict.degraded, Some(Degradation::BreakerOpen));
         assert_eq!(verdict.calls, 0);
         let err = service.check_listener_join_limit("a").await.unwrap_err();
-        assert_eq!(err.retry_after(), Some(5));
+        assert_eq!(err.denied().map(|d| d.retry_after_secs()), Some(5));
     });
 }
 
 #[test]
 fn local_mode_still_stops_one_abusive_client() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = broken(FailureMode::Local, &clock);
+    let (service, _) = broken(FailureMode::Local, &clock);
     with_logs(async {
         for _ in 0..2 {
             let verdict = service.check_heartbeat_limit("flood").await.unwrap();
             assert!(verdict.is_degraded());
         }
         let err = service.check_heartbeat_limit("flood").await.unwrap_err();
-        assert_eq!(err.retry_after(), Some(30));
+        assert_eq!(err.denied().map(|d| d.retry_after_secs()), Some(30));
         // Others are not affected.
         service.check_heartbeat_limit("calm").await.unwrap();
     });
@@ -274,7 +277,9 @@ fn modes_apply_per_operation() {
         (var == "RATE_LIMIT_FAILURE_MODE_SESSION_CREATE").then(|| "closed".into())
     })
     .unwrap();
-    let service = RateLimitService::with_clock(BrokenStore::default(), config, clock);
+    let service = Builder::from_config(config)
+        .clock(clock)
+        .build(Faulty::broken());
     with_logs(async {
         assert!(service.check_heartbeat_limit("c").await.is_ok());
         assert!(service.check_session_creation_limit("u").await.is_err());
@@ -288,7 +293,7 @@ async fn shadow_mode_decides_and_counts_but_never_denies() {
         (var == "RATE_LIMIT_SHADOW_MODE_HEARTBEAT").then(|| "true".into())
     })
     .unwrap();
-    let service = RateLimitService::with_clock(MemoryStore::new(), config, clock);
+    let service = Builder::from_config(config).clock(clock).in_memory();
     let mut would_deny = 0;
     for _ in 0..5 {
         let verdict = service.check_heartbeat_limit("c").await.unwrap();
@@ -353,13 +358,13 @@ limits = ["5/min", "1000/h"]
 async fn a_two_window_policy_denies_on_the_tightest_and_reports_every_limit() {
     let (service, clock, send, _) = custom();
     for expect in [2, 1, 0] {
-        let verdict = service.check(send, "conn-1", 1).await.unwrap();
+        let verdict = check(&service, (send, "conn-1")).await.unwrap();
         assert_eq!(verdict.decision.remaining, expect);
         assert_eq!(verdict.limits().len(), 2);
         assert_eq!(verdict.limits()[1].remaining, 97 + expect);
     }
     // The fourth message within ten seconds waits for the short window.
-    let verdict = service.decide(send, "conn-1", 1).await.unwrap();
+    let verdict = service.decide((send, "conn-1")).await.unwrap();
     assert!(!verdict.allowed());
     assert_eq!(verdict.decision.limit, 3);
     assert_eq!(verdict.retry_after_secs(), 4);
@@ -367,7 +372,7 @@ async fn a_two_window_policy_denies_on_the_tightest_and_reports_every_limit() {
     assert_eq!(verdict.limits()[1].retry_after, Duration::ZERO);
     assert_eq!(verdict.limits()[1].remaining, 97);
     let statuses = service
-        .statuses(&Request::new(send, "conn-1"))
+        .status(Request::from((send, "conn-1")))
         .await
         .unwrap();
     assert_eq!(statuses.iter().map(|s| s.count).collect::<Vec<_>>(), [3, 3]);
@@ -385,7 +390,7 @@ async fn a_two_window_policy_denies_on_the_tightest_and_reports_every_limit() {
         .unwrap();
     assert_eq!((status.count, status.limit), (3, 3));
     clock.advance(Duration::from_millis(3334));
-    service.check(send, "conn-1", 1).await.unwrap();
+    check(&service, (send, "conn-1")).await.unwrap();
 }
 
 #[tokio::test]
@@ -408,7 +413,7 @@ async fn the_long_window_of_a_policy_holds_when_the_short_one_refills() {
     for _ in 0..10 {
         let mut this_second = 0;
         for _ in 0..10 {
-            let verdict = service.decide(id, "u", 1).await.unwrap();
+            let verdict = service.decide((id, "u")).await.unwrap();
             this_second += u32::from(verdict.allowed());
             last = Some(verdict);
         }
@@ -426,21 +431,21 @@ async fn the_long_window_of_a_policy_holds_when_the_short_one_refills() {
 fn tiers_get_their_limits_and_unknown_tiers_the_default_with_one_warning() {
     let (service, _, _, api) = custom();
     let logs = with_logs(async {
-        let pro = Request::new(api, "acme").tier(Some("pro"));
+        let pro = Request::from((api, "acme")).tier(Some("pro"));
         for _ in 0..5 {
-            service.check_request(&pro).await.unwrap();
+            check(&service, pro).await.unwrap();
         }
-        let verdict = service.decide_request(&pro).await.unwrap();
+        let verdict = service.decide(pro).await.unwrap();
         assert!(!verdict.allowed());
         assert_eq!(verdict.decision.limit, 5);
         // Another tenant in a tier the policy does not know: the default 2/min.
-        let odd = Request::new(api, "globex").tier(Some("platinum"));
+        let odd = Request::from((api, "globex")).tier(Some("platinum"));
         for _ in 0..2 {
-            service.check_request(&odd).await.unwrap();
+            check(&service, odd).await.unwrap();
         }
-        assert!(service.check_request(&odd).await.is_err());
+        assert!(check(&service, odd).await.is_err());
         // Each tier has its own buckets: acme on the default tier starts full.
-        service.check(api, "acme", 1).await.unwrap();
+        check(&service, (api, "acme")).await.unwrap();
     });
     assert_eq!(logs.matches("unknown tier").count(), 1, "{logs}");
     assert!(logs.contains("platinum"), "{logs}");
@@ -451,8 +456,8 @@ async fn a_key_secret_changes_keys_not_decisions() {
     let config =
         Config::from_lookup(|var| (var == "RATE_LIMIT_KEY_SECRET").then(|| "k".repeat(32)))
             .unwrap();
-    let store = std::sync::Arc::new(MemoryStore::new());
-    let service = RateLimitService::new(store.clone(), config);
+    let store = Faulty::default();
+    let service = Builder::from_config(config).build(store.clone());
     for _ in 0..2 {
         service.check_heartbeat_limit("conn-1").await.unwrap();
     }
@@ -462,8 +467,10 @@ async fn a_key_secret_changes_keys_not_decisions() {
         .slot()
         .clone();
     assert_eq!(
-        store.get_now(&Key::new(&Kind::CONNECTION, "conn-1"), &slot),
-        None
+        store
+            .tat(&Key::new(&Kind::CONNECTION, "conn-1"), &slot)
+            .await,
+        0
     );
     let status = service
         .get_rate_limit_status(PolicyId::HEARTBEAT, &Kind::CONNECTION, "conn-1")
@@ -471,7 +478,7 @@ async fn a_key_secret_changes_keys_not_decisions() {
         .unwrap();
     assert_eq!(status.count, 2);
     service
-        .reset(PolicyId::HEARTBEAT, "conn-1", None)
+        .reset((PolicyId::HEARTBEAT, "conn-1"))
         .await
         .unwrap();
     service.check_heartbeat_limit("conn-1").await.unwrap();
@@ -483,99 +490,35 @@ async fn verdicts_say_how_they_were_decided() {
     let service = Builder::new()
         .clock(clock.clone())
         .build(MemoryStore::new());
-    let first = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+    let first = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
     assert_eq!(
         (first.calls, first.cached, first.degraded),
         (1, false, None)
     );
-    service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
-    let denied = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+    service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
+    let denied = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
     // The second allowed call told the TAT: the denial needs no call.
     assert!(!denied.allowed());
     assert_eq!((denied.calls, denied.cached), (0, true));
     assert_eq!(denied.retry_after_secs(), 30);
 }
 
-/// A memory store that can be made to fail, as a table that goes away, or
-/// to throttle one key, as DynamoDB throttles a hot partition.
-#[derive(Default)]
-struct Flaky {
-    memory: MemoryStore,
-    down: std::sync::atomic::AtomicBool,
-    /// Applies each call, then loses its answer: a timeout after the write.
-    answers_lost: std::sync::atomic::AtomicBool,
-    hot: Mutex<Option<String>>,
-    calls: AtomicU32,
-}
-
-impl Store for Flaky {
-    async fn apply(
-        &self,
-        key: &Key<'_>,
-        ops: &[Op<'_>],
-        retention: Nanos,
-        tats: &mut [Nanos],
-    ) -> Applied {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.down.load(Ordering::SeqCst) {
-            return Applied {
-                outcome: Err(StoreError::new(StoreErrorKind::Timeout, "no answer")),
-                calls: 1,
-            };
-        }
-        if self.hot.lock().unwrap().as_deref() == Some(&*key.to_string()) {
-            return Applied {
-                outcome: Err(StoreError::new(
-                    StoreErrorKind::Throttled,
-                    "ThrottlingException",
-                )),
-                calls: 1,
-            };
-        }
-        let known = tats.to_vec();
-        let applied = self.memory.apply(key, ops, retention, tats).await;
-        if self.answers_lost.load(Ordering::SeqCst) {
-            // What the table did never reaches the caller.
-            tats.copy_from_slice(&known);
-            return Applied {
-                outcome: Err(StoreError::new(StoreErrorKind::Timeout, "no answer")),
-                calls: 1,
-            };
-        }
-        applied
-    }
-    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
-        self.memory.refund(key, ops).await
-    }
-    async fn load(
-        &self,
-        key: &Key<'_>,
-        slots: &[&Slot],
-        tats: &mut [Nanos],
-    ) -> Result<(), StoreError> {
-        self.memory.load(key, slots, tats).await
-    }
-    async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
-        self.memory.remove(key, slots).await
-    }
-}
-
 #[test]
 fn a_known_exhausted_key_stays_denied_and_cached_denials_leave_the_breaker_alone() {
     let clock = FakeClock::at_secs(1_700_000_000);
+    let flaky = Faulty::default();
     let service = Builder::new()
         .clock(clock.clone())
         .breaker(CircuitBreaker::new(2, Duration::from_secs(5)))
-        .build(Flaky::default());
-    let flaky = service.store().inner();
+        .build(flaky.clone());
     with_logs(async {
         service.check_heartbeat_limit("flood").await.unwrap();
         service.check_heartbeat_limit("flood").await.unwrap();
-        flaky.down.store(true, Ordering::SeqCst);
+        flaky.down(true);
         // The table is away; the flood is denied from what this process knows.
         for _ in 0..10 {
             let verdict = service
-                .decide(PolicyId::HEARTBEAT, "flood", 1)
+                .decide((PolicyId::HEARTBEAT, "flood"))
                 .await
                 .unwrap();
             assert!(!verdict.allowed());
@@ -584,21 +527,21 @@ fn a_known_exhausted_key_stays_denied_and_cached_denials_leave_the_breaker_alone
                 (true, 0, None)
             );
         }
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(flaky.calls(), 2);
         // One failure is not enough to open this breaker: cached denials did
         // not count as successes in between.
         assert!(
             service
-                .decide(PolicyId::HEARTBEAT, "a", 1)
+                .decide((PolicyId::HEARTBEAT, "a"))
                 .await
                 .unwrap()
                 .is_degraded()
         );
         service
-            .decide(PolicyId::HEARTBEAT, "flood", 1)
+            .decide((PolicyId::HEARTBEAT, "flood"))
             .await
             .unwrap();
-        let verdict = service.decide(PolicyId::HEARTBEAT, "b", 1).await.unwrap();
+        let verdict = service.decide((PolicyId::HEARTBEAT, "b")).await.unwrap();
         assert_eq!(verdict.degraded, Some(Degradation::Timeout));
         assert_eq!(
             service.breaker().state(ratelimiter::Clock::now(&clock)),
@@ -606,11 +549,11 @@ fn a_known_exhausted_key_stays_denied_and_cached_denials_leave_the_breaker_alone
         );
         // While the breaker is open, the exhausted key is still denied.
         let verdict = service
-            .decide(PolicyId::HEARTBEAT, "flood", 1)
+            .decide((PolicyId::HEARTBEAT, "flood"))
             .await
             .unwrap();
         assert!(!verdict.allowed() && verdict.cached);
-        let other = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+        let other = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
         assert_eq!(other.degraded, Some(Degradation::BreakerOpen));
     });
 }
@@ -618,8 +561,8 @@ fn a_known_exhausted_key_stays_denied_and_cached_denials_leave_the_breaker_alone
 /// A listener's `$connect`: attempts and joins count the same address.
 fn listener(ip: &str) -> (Request<'_>, Request<'_>) {
     (
-        Request::new(PolicyId::CONNECTION_ATTEMPT, ip),
-        Request::new(PolicyId::LISTENER_JOIN, ip),
+        Request::from((PolicyId::CONNECTION_ATTEMPT, ip)),
+        Request::from((PolicyId::LISTENER_JOIN, ip)),
     )
 }
 
@@ -629,18 +572,19 @@ async fn a_listeners_two_checks_take_one_call_and_keep_the_seeds_order() {
     let config =
         Config::from_lookup(|var| (var == "RATE_LIMIT_LISTENER_JOINS_PER_MIN").then(|| "2".into()))
             .unwrap();
+    let flaky = Faulty::default();
     let service = Builder::from_config(config)
         .clock(clock)
-        .build(Flaky::default());
-    let calls = || service.store().inner().calls.load(Ordering::SeqCst);
+        .build(flaky.clone());
+    let calls = || flaky.calls();
     let (attempt, join) = listener("198.51.100.1");
     for n in 1..=2 {
-        let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+        let (v1, v2) = service.decide_both(attempt, join).await.unwrap();
         assert!(v1.allowed() && v2.unwrap().allowed());
         assert_eq!((v1.calls, calls()), (1, n), "one call for both");
     }
     // The join is refused; the attempt still counts (a second call).
-    let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+    let (v1, v2) = service.decide_both(attempt, join).await.unwrap();
     assert!(v1.allowed());
     assert!(!v2.as_ref().unwrap().allowed());
     assert_eq!(v2.unwrap().retry_after_secs(), 30);
@@ -649,9 +593,9 @@ async fn a_listeners_two_checks_take_one_call_and_keep_the_seeds_order() {
     assert_eq!(status(PolicyId::LISTENER_JOIN).await.unwrap().count, 2);
     // Attempts run out: refused, and the join is not even asked.
     for _ in 0..17 {
-        service.decide_both(&attempt, &join).await.unwrap();
+        service.decide_both(attempt, join).await.unwrap();
     }
-    let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+    let (v1, v2) = service.decide_both(attempt, join).await.unwrap();
     assert!(!v1.allowed() && v2.is_none());
     assert_eq!(
         status(PolicyId::CONNECTION_ATTEMPT).await.unwrap().count,
@@ -670,12 +614,13 @@ async fn a_refused_attempt_gives_back_the_session_it_raced() {
     // Without the deny cache, so that both calls really race.
     let service = Builder::from_config(config)
         .clock(clock)
-        .build_uncached(MemoryStore::new());
-    let attempt = Request::new(PolicyId::CONNECTION_ATTEMPT, "203.0.113.5");
-    let session = Request::new(PolicyId::SESSION_CREATE, "alice");
-    let (v1, v2) = service.decide_both(&attempt, &session).await.unwrap();
+        .deny_cache(0)
+        .build(MemoryStore::new());
+    let attempt = Request::from((PolicyId::CONNECTION_ATTEMPT, "203.0.113.5"));
+    let session = Request::from((PolicyId::SESSION_CREATE, "alice"));
+    let (v1, v2) = service.decide_both(attempt, session).await.unwrap();
     assert!(v1.allowed() && v2.unwrap().allowed());
-    let (v1, v2) = service.decide_both(&attempt, &session).await.unwrap();
+    let (v1, v2) = service.decide_both(attempt, session).await.unwrap();
     assert!(!v1.allowed() && v2.is_none());
     // The refused attempt took nothing from alice's sessions.
     let sessions = service
@@ -688,26 +633,25 @@ async fn a_refused_attempt_gives_back_the_session_it_raced() {
 #[test]
 fn a_throttled_hot_key_is_decided_here_at_its_limits_and_the_breaker_stays_closed() {
     let clock = FakeClock::at_secs(1_700_000_000);
+    let flaky = Faulty::default();
     // Open on failure, and a breaker that a single failure would open.
     let service = Builder::new()
         .clock(clock.clone())
         .breaker(CircuitBreaker::new(1, Duration::from_secs(5)))
-        .build_uncached(Flaky::default());
-    *service.store().hot.lock().unwrap() = Some("connection#hot".to_owned());
+        .deny_cache(0)
+        .build(flaky.clone());
+    flaky.throttle(Some("connection#hot"));
     let logs = with_logs(async {
         let mut admitted = 0;
         for _ in 0..20 {
-            let verdict = service.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
+            let verdict = service.decide((PolicyId::HEARTBEAT, "hot")).await.unwrap();
             assert_eq!(verdict.degraded, Some(Degradation::Throttled));
             admitted += u32::from(verdict.allowed());
         }
         // At most its limit, not fail-open's twenty.
         assert_eq!(admitted, 2);
         // Other keys are exact and not degraded; the breaker never opened.
-        let cold = service
-            .decide(PolicyId::HEARTBEAT, "cold", 1)
-            .await
-            .unwrap();
+        let cold = service.decide((PolicyId::HEARTBEAT, "cold")).await.unwrap();
         assert_eq!((cold.degraded, cold.calls), (None, 1));
     });
     assert_eq!(
@@ -722,63 +666,63 @@ fn a_throttled_hot_key_is_decided_here_at_its_limits_and_the_breaker_stays_close
 #[test]
 fn the_local_fallback_starts_from_what_the_store_last_said() {
     let clock = FakeClock::at_secs(1_700_000_000);
+    let flaky = Faulty::default();
     let service = Builder::new()
         .clock(clock)
         .failure_mode(FailureMode::Local)
-        .build(Flaky::default());
+        .build(flaky.clone());
     with_logs(async {
         // One of the connection's two heartbeats is used while the store is up.
         assert!(
             service
-                .decide(PolicyId::HEARTBEAT, "c", 1)
+                .decide((PolicyId::HEARTBEAT, "c"))
                 .await
                 .unwrap()
                 .allowed()
         );
-        service.store().inner().down.store(true, Ordering::SeqCst);
+        flaky.down(true);
         // The store is down: one more, not two.
         let allowed: Vec<bool> = decide_in_turn(&service, 3).await;
         assert_eq!(allowed, [true, false, false]);
     });
 }
 
-/// A service on a [`Flaky`] store, behind the deny cache, whose breaker
-/// opens at the first failure for 5 s.
-fn flaky_with_breaker(
-    clock: &FakeClock,
-) -> RateLimitService<ratelimiter::Cached<Flaky>, FakeClock> {
-    Builder::new()
+/// A service on a [`Faulty`] store, behind the deny cache, whose breaker
+/// opens at the first failure for 5 s; and a handle on the store.
+fn flaky_with_breaker(clock: &FakeClock) -> (RateLimitService<Faulty, FakeClock>, Faulty) {
+    let flaky = Faulty::default();
+    let service = Builder::new()
         .clock(clock.clone())
         .breaker(CircuitBreaker::new(1, Duration::from_secs(5)))
-        .build(Flaky::default())
+        .build(flaky.clone());
+    (service, flaky)
 }
 
 #[test]
 fn a_cached_denial_after_the_cool_down_leaves_the_probe_to_a_call() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = flaky_with_breaker(&clock);
-    let flaky = service.store().inner();
+    let (service, flaky) = flaky_with_breaker(&clock);
     with_logs(async {
         // An address that used its 10 joins: the cache knows it is refused.
         let (attempt, join) = listener("198.51.100.7");
         for _ in 0..10 {
-            let (_, joined) = service.decide_both(&attempt, &join).await.unwrap();
+            let (_, joined) = service.decide_both(attempt, join).await.unwrap();
             assert!(joined.unwrap().allowed());
         }
         // The store fails once: the breaker opens for 5 s.
-        flaky.down.store(true, Ordering::SeqCst);
-        let failed = service.decide(PolicyId::HEARTBEAT, "a", 1).await.unwrap();
+        flaky.down(true);
+        let failed = service.decide((PolicyId::HEARTBEAT, "a")).await.unwrap();
         assert_eq!(failed.degraded, Some(Degradation::Timeout));
-        flaky.down.store(false, Ordering::SeqCst);
+        flaky.down(false);
         // The cool-down is over; the next join comes back only at 6 s.
         clock.advance(Duration::from_secs(5));
         // The first decision after the cool-down is the flooder's, refused
         // from the cache: it must not take the one probe and drop it.
-        let (attempt_verdict, joined) = service.decide_both(&attempt, &join).await.unwrap();
+        let (attempt_verdict, joined) = service.decide_both(attempt, join).await.unwrap();
         assert!(joined.is_none_or(|v| !v.allowed()), "still refused");
         // The attempt went to the store as the probe, and closed the breaker.
         assert_eq!(attempt_verdict.degraded, None, "{attempt_verdict:?}");
-        let next = service.decide(PolicyId::HEARTBEAT, "b", 1).await.unwrap();
+        let next = service.decide((PolicyId::HEARTBEAT, "b")).await.unwrap();
         assert_eq!((next.degraded, next.calls), (None, 1), "{next:?}");
     });
 }
@@ -786,18 +730,17 @@ fn a_cached_denial_after_the_cool_down_leaves_the_probe_to_a_call() {
 #[test]
 fn a_throttled_probe_closes_the_breaker() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = flaky_with_breaker(&clock);
-    let flaky = service.store().inner();
+    let (service, flaky) = flaky_with_breaker(&clock);
     with_logs(async {
-        flaky.down.store(true, Ordering::SeqCst);
-        service.decide(PolicyId::HEARTBEAT, "a", 1).await.unwrap();
-        flaky.down.store(false, Ordering::SeqCst);
+        flaky.down(true);
+        service.decide((PolicyId::HEARTBEAT, "a")).await.unwrap();
+        flaky.down(false);
         clock.advance(Duration::from_secs(6));
         // The probe finds the store answering, if only to throttle this key.
-        *flaky.hot.lock().unwrap() = Some("connection#hot".to_owned());
-        let hot = service.decide(PolicyId::HEARTBEAT, "hot", 1).await.unwrap();
+        flaky.throttle(Some("connection#hot"));
+        let hot = service.decide((PolicyId::HEARTBEAT, "hot")).await.unwrap();
         assert_eq!(hot.degraded, Some(Degradation::Throttled));
-        let next = service.decide(PolicyId::HEARTBEAT, "b", 1).await.unwrap();
+        let next = service.decide((PolicyId::HEARTBEAT, "b")).await.unwrap();
         assert_eq!((next.degraded, next.calls), (None, 1), "{next:?}");
     });
 }
@@ -805,41 +748,33 @@ fn a_throttled_probe_closes_the_breaker() {
 #[test]
 fn a_timed_out_call_that_was_applied_is_counted_by_the_local_fallback_too() {
     let clock = FakeClock::at_secs(1_700_000_000);
+    let flaky = Faulty::default();
     let service = Builder::new()
         .clock(clock)
         .failure_mode(FailureMode::Local)
-        .build(Flaky::default());
-    let flaky = service.store().inner();
+        .build(flaky.clone());
     with_logs(async {
         // The table takes the heartbeat, but its answer never arrives.
-        flaky.answers_lost.store(true, Ordering::SeqCst);
-        let lost = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+        flaky.lose_answers(true);
+        let lost = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
         assert_eq!(lost.degraded, Some(Degradation::Timeout));
         assert!(lost.allowed(), "decided here, and counted here");
-        flaky.answers_lost.store(false, Ordering::SeqCst);
-        flaky.down.store(true, Ordering::SeqCst);
+        flaky.lose_answers(false);
+        flaky.down(true);
         // Two a minute: the fallback knows one is used, so one more, not two.
         assert_eq!(decide_in_turn(&service, 2).await, [true, false]);
         // The table counted it as well: back up, it refuses the third.
-        flaky.down.store(false, Ordering::SeqCst);
-        let mut tats = [0];
-        let key = ratelimiter::Key::new(&ratelimiter::Kind::CONNECTION, "c");
-        let slot = Slot::new("heartbeat@60");
-        flaky.memory.load(&key, &[&slot], &mut tats).await.unwrap();
-        assert!(
-            tats[0] > 1_700_000_000 * 1_000_000_000,
-            "the table holds it"
-        );
+        flaky.down(false);
+        let key = Key::new(&Kind::CONNECTION, "c");
+        let tat = flaky.tat(&key, &Slot::new("heartbeat@60")).await;
+        assert!(tat > 1_700_000_000 * 1_000_000_000, "the table holds it");
     });
 }
 
-async fn decide_in_turn(
-    service: &RateLimitService<ratelimiter::Cached<Flaky>, FakeClock>,
-    n: usize,
-) -> Vec<bool> {
+async fn decide_in_turn(service: &RateLimitService<Faulty, FakeClock>, n: usize) -> Vec<bool> {
     let mut allowed = Vec::new();
     for _ in 0..n {
-        let verdict = service.decide(PolicyId::HEARTBEAT, "c", 1).await.unwrap();
+        let verdict = service.decide((PolicyId::HEARTBEAT, "c")).await.unwrap();
         assert!(verdict.is_degraded() || !verdict.allowed());
         allowed.push(verdict.allowed());
     }
@@ -849,11 +784,15 @@ async fn decide_in_turn(
 #[tokio::test]
 async fn a_hot_listener_address_is_held_for_both_of_its_checks() {
     let clock = FakeClock::at_secs(1_700_000_000);
-    let service = Builder::new().clock(clock).build_uncached(Flaky::default());
-    *service.store().hot.lock().unwrap() = Some("ip#198.51.100.99".to_owned());
+    let flaky = Faulty::default();
+    let service = Builder::new()
+        .clock(clock)
+        .deny_cache(0)
+        .build(flaky.clone());
+    flaky.throttle(Some("ip#198.51.100.99"));
     let (attempt, join) = listener("198.51.100.99");
-    let calls = || service.store().calls.load(Ordering::SeqCst);
-    let (v1, v2) = service.decide_both(&attempt, &join).await.unwrap();
+    let calls = || flaky.calls();
+    let (v1, v2) = service.decide_both(attempt, join).await.unwrap();
     assert_eq!(v1.degraded, Some(Degradation::Throttled));
     assert!(v1.allowed() && v2.unwrap().allowed());
     let after_first = calls();
@@ -861,7 +800,7 @@ async fn a_hot_listener_address_is_held_for_both_of_its_checks() {
     // are decided here at the address's own limits.
     let mut admitted = 1;
     for _ in 0..12 {
-        let (_, join) = service.decide_both(&attempt, &join).await.unwrap();
+        let (_, join) = service.decide_both(attempt, join).await.unwrap();
         admitted += u32::from(join.is_some_and(|v| v.allowed()));
     }
     assert_eq!(calls(), after_first, "no call while held");

@@ -11,12 +11,9 @@ use metrics::{
     Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use ratelimiter::gcra::Nanos;
-use ratelimiter::store::{Applied, Op};
 use ratelimiter::telemetry::{self, DECISION_LATENCY, OPERATION_LABEL};
-use ratelimiter::{
-    Config, FakeClock, MemoryStore, PolicyId, RateLimitService, Slot, Store, StoreError,
-};
+use ratelimiter::{Builder, Config, FakeClock, PolicyId, RateLimitService, Request};
+use ratelimiter_testing::fakes::{Faulty, Slow};
 
 /// Every counter and histogram sample, by `name{Operation}`, and the units described.
 #[derive(Default)]
@@ -114,42 +111,6 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
 }
 
-/// An in-memory store whose answers take `delay` of fake time.
-struct SlowStore {
-    inner: MemoryStore,
-    clock: FakeClock,
-    delay: Duration,
-}
-
-impl Store for SlowStore {
-    const CALLS_METRIC: Option<&'static str> = Some("SlowCalls");
-
-    async fn apply(
-        &self,
-        key: &ratelimiter::Key<'_>,
-        ops: &[Op<'_>],
-        retention: Nanos,
-        tats: &mut [Nanos],
-    ) -> Applied {
-        self.clock.advance(self.delay);
-        self.inner.apply(key, ops, retention, tats).await
-    }
-    async fn refund(&self, key: &ratelimiter::Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
-        self.inner.refund(key, ops).await
-    }
-    async fn load(
-        &self,
-        key: &ratelimiter::Key<'_>,
-        slots: &[&Slot],
-        tats: &mut [Nanos],
-    ) -> Result<(), StoreError> {
-        self.inner.load(key, slots, tats).await
-    }
-    async fn remove(&self, key: &ratelimiter::Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
-        self.inner.remove(key, slots).await
-    }
-}
-
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -164,12 +125,9 @@ fn each_decision_is_counted_and_timed_by_policy() {
     let _local = metrics::set_default_local_recorder(&capture);
     telemetry::describe();
     let clock = FakeClock::at_secs(1_700_000_000);
-    let store = SlowStore {
-        inner: MemoryStore::new(),
-        clock: clock.clone(),
-        delay: Duration::from_micros(2_500),
-    };
-    let service = RateLimitService::with_clock(store, Config::default(), clock);
+    let store = Slow::new(clock.clone(), Duration::from_micros(2_500));
+    // No deny cache: every decision reaches the slow store.
+    let service = Builder::new().clock(clock).deny_cache(0).build(store);
 
     block_on(async {
         for _ in 0..3 {
@@ -211,16 +169,140 @@ fn each_decision_is_counted_and_timed_by_policy() {
 
 #[test]
 fn a_service_built_before_the_recorder_records_nowhere() {
-    let service = RateLimitService::in_memory(Config::default());
+    let service = Builder::new().in_memory();
     let capture = Capture::default();
     let _local = metrics::set_default_local_recorder(&capture);
-    service.check_now(PolicyId::HEARTBEAT, "c", 1).unwrap();
+    service.decide_sync((PolicyId::HEARTBEAT, "c")).unwrap();
     assert_eq!(capture.counts(), counts(&[]));
     // A service built now records.
-    let service = RateLimitService::in_memory(Config::default());
-    service.check_now(PolicyId::HEARTBEAT, "c", 1).unwrap();
+    let service = Builder::new().in_memory();
+    service.decide_sync((PolicyId::HEARTBEAT, "c")).unwrap();
     assert_eq!(
         capture.counts(),
         counts(&[("Allowed{Operation=heartbeat}", 1)])
+    );
+}
+
+/// A service on a store whose calls take 2.5 ms of fake time, without a
+/// deny cache, configured by `vars`.
+fn slow_service(
+    vars: &'static [(&'static str, &'static str)],
+) -> RateLimitService<Slow, FakeClock> {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let config = Config::from_lookup(|var| {
+        vars.iter()
+            .find(|(name, _)| *name == var)
+            .map(|(_, value)| (*value).to_owned())
+    })
+    .unwrap();
+    let store = Slow::new(clock.clone(), Duration::from_micros(2_500));
+    Builder::from_config(config)
+        .clock(clock)
+        .deny_cache(0)
+        .build(store)
+}
+
+const ATTEMPT: &str = "connection_attempt";
+
+#[test]
+fn a_listeners_connect_counts_each_decision_once_even_when_the_join_is_refused() {
+    let capture = Capture::default();
+    let _local = metrics::set_default_local_recorder(&capture);
+    let service = slow_service(&[("RATE_LIMIT_LISTENER_JOINS_PER_MIN", "1")]);
+    let attempt = (PolicyId::CONNECTION_ATTEMPT, "198.51.100.1");
+    let join = (PolicyId::LISTENER_JOIN, "198.51.100.1");
+    block_on(async {
+        // Both allowed, in one call.
+        let (_, joined) = service.decide_both(attempt, join).await.unwrap();
+        assert!(joined.unwrap().allowed());
+        // The join is refused: the attempt counts again, in a call of its own.
+        let (first, joined) = service.decide_both(attempt, join).await.unwrap();
+        assert!(first.allowed() && !joined.unwrap().allowed());
+        assert_eq!(first.calls, 2);
+    });
+    assert_eq!(
+        capture.counts(),
+        counts(&[
+            ("Allowed{Operation=connection_attempt}", 2),
+            ("Allowed{Operation=listener_join}", 1),
+            ("Denied{Operation=listener_join}", 1),
+            ("SlowCalls{Operation=connection_attempt}", 3),
+        ])
+    );
+    // One latency per decision: one call, then two.
+    let latency = |policy: &str| capture.samples(&format!("DecisionLatency{{Operation={policy}}}"));
+    assert_eq!(latency(ATTEMPT), [2.5, 5.0]);
+    assert_eq!(latency("listener_join"), [2.5, 5.0]);
+}
+
+#[test]
+fn a_refused_attempt_counts_once_and_its_given_back_session_not_at_all() {
+    let capture = Capture::default();
+    let _local = metrics::set_default_local_recorder(&capture);
+    let service = slow_service(&[("RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN", "1")]);
+    let attempt = (PolicyId::CONNECTION_ATTEMPT, "203.0.113.5");
+    let session = (PolicyId::SESSION_CREATE, "alice");
+    block_on(async {
+        service.decide_both(attempt, session).await.unwrap();
+        // Refused: the session decided at the same time is given back.
+        let (first, second) = service.decide_both(attempt, session).await.unwrap();
+        assert!(!first.allowed() && second.is_none());
+        // The attempt's call, the session's, and the refund.
+        assert_eq!(first.calls, 3);
+    });
+    assert_eq!(
+        capture.counts(),
+        counts(&[
+            ("Allowed{Operation=connection_attempt}", 1),
+            ("Allowed{Operation=session_create}", 1),
+            ("Denied{Operation=connection_attempt}", 1),
+            ("SlowCalls{Operation=connection_attempt}", 4),
+            ("SlowCalls{Operation=session_create}", 1),
+        ])
+    );
+    assert_eq!(
+        capture.samples("DecisionLatency{Operation=connection_attempt}"),
+        [5.0, 7.5]
+    );
+    assert_eq!(
+        capture.samples("DecisionLatency{Operation=session_create}"),
+        [5.0]
+    );
+}
+
+#[test]
+fn a_connect_the_store_failed_is_counted_and_timed_once_per_decision() {
+    let capture = Capture::default();
+    let _local = metrics::set_default_local_recorder(&capture);
+    let service = Builder::new()
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .build(Faulty::broken());
+    let ip = "198.51.100.2";
+    block_on(async {
+        let (first, second) = service
+            .decide_both(
+                (PolicyId::CONNECTION_ATTEMPT, ip),
+                Request::from((PolicyId::LISTENER_JOIN, ip)),
+            )
+            .await
+            .unwrap();
+        assert!(first.is_degraded() && second.unwrap().is_degraded());
+    });
+    assert_eq!(
+        capture.counts(),
+        counts(&[
+            ("Allowed{Operation=connection_attempt}", 1),
+            ("Allowed{Operation=listener_join}", 1),
+            ("Degraded{Operation=connection_attempt}", 1),
+            ("Degraded{Operation=listener_join}", 1),
+        ])
+    );
+    assert_eq!(
+        capture.samples("DecisionLatency{Operation=connection_attempt}"),
+        [0.0]
+    );
+    assert_eq!(
+        capture.samples("DecisionLatency{Operation=listener_join}"),
+        [0.0]
     );
 }

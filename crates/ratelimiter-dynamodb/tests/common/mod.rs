@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use ratelimiter::gcra::Quota;
-use ratelimiter::key::{Key, Kind, Slot};
-use ratelimiter::store::{Op, Outcome, Store};
-use ratelimiter::{Builder, Cached, FailureMode, FakeClock, RateLimitService};
+use ratelimiter::{Builder, Config, FailureMode, FakeClock, PolicyId, RateLimitService};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 
 pub use ratelimiter_testing::conformance::clock_now;
@@ -36,7 +33,7 @@ pub async fn store_with_table(endpoint: &str) -> DynamoDbStore {
 pub fn service(
     store: DynamoDbStore,
     clock: &FakeClock,
-) -> RateLimitService<Cached<DynamoDbStore>, FakeClock> {
+) -> RateLimitService<DynamoDbStore, FakeClock> {
     Builder::new().clock(clock.clone()).build(store)
 }
 
@@ -45,28 +42,35 @@ pub fn service_in(
     store: DynamoDbStore,
     clock: &FakeClock,
     mode: FailureMode,
-) -> RateLimitService<Cached<DynamoDbStore>, FakeClock> {
+) -> RateLimitService<DynamoDbStore, FakeClock> {
     Builder::new()
         .clock(clock.clone())
         .failure_mode(mode)
         .build(store)
 }
 
-/// The bucket the tests' raw decisions use.
-pub fn slot() -> Slot {
-    Slot::new("listener_join@60")
+/// A service on `store`, behind the deny cache, whose listener-join policy
+/// allows `per_minute`: what the tests of calls per decision use.
+pub fn joins(
+    store: DynamoDbStore,
+    per_minute: u32,
+    clock: &FakeClock,
+) -> RateLimitService<DynamoDbStore, FakeClock> {
+    let limit = per_minute.to_string();
+    let config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_LISTENER_JOINS_PER_MIN").then(|| limit.clone())
+    })
+    .expect("a positive limit is valid");
+    Builder::from_config(config)
+        .clock(clock.clone())
+        .build(store)
 }
 
-/// One decision of `quota` on the item of IP `key`, as the service makes
-/// it (the cache first); whether it was allowed and the calls it made.
-pub async fn decide<S: Store>(store: &S, key: &str, quota: &Quota, now: u64) -> (bool, u32) {
-    let key = Key::new(&Kind::IP, key);
-    let slot = slot();
-    let mut ops = [Op::new(&slot, quota.step(now, 1).unwrap())];
-    let mut tats = [0];
-    if let Some(outcome) = store.prepare(&key, &mut ops, &mut tats) {
-        return (outcome == Outcome::Allowed, 0);
-    }
-    let applied = store.apply(&key, &ops, 0, &mut tats).await;
-    (applied.outcome.unwrap() == Outcome::Allowed, applied.calls)
+/// One listener join from `ip`: whether it was allowed, and the calls it made.
+pub async fn decide(service: &RateLimitService<DynamoDbStore, FakeClock>, ip: &str) -> (bool, u32) {
+    let verdict = service
+        .decide((PolicyId::LISTENER_JOIN, ip))
+        .await
+        .expect("a decision");
+    (verdict.allowed(), verdict.calls)
 }

@@ -1,0 +1,272 @@
+//! Two decisions in a row, in one round trip: `$connect`'s connection
+//! attempt, then its session creation or listener join.
+//!
+//! [`RateLimitService::decide_both`] has the result of two checks in a row (a
+//! refused second still counts the first; a refused first takes nothing from
+//! the second) at the cost of one round trip when both are allowed: one store
+//! call when both count the same identifier (their buckets share an item),
+//! else two calls at once, the second's tokens given back if the first was
+//! refused. Whatever the path, each verdict returned is recorded once, and a
+//! decision made and given back is not recorded at all: only its store calls
+//! count, under the first request.
+
+use crate::clock::Clock;
+use crate::failure::Permit;
+use crate::gcra::{Nanos, Outcome};
+use crate::policy::Limit;
+use crate::service::{RateLimitService, Resolved};
+use crate::store::{Op, Store};
+use crate::verdict::{RateLimitError, Request, Verdict};
+
+/// A request made ready, with one op per limit.
+struct Plan<'s> {
+    resolved: Resolved<'s>,
+    ops: Vec<Op<'s>>,
+}
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// Decides `first`, and `second` only if `first` is allowed, with the
+    /// result of two decisions in a row: a refused `second` still counts
+    /// `first`, and a refused `first` takes nothing from `second` (whose
+    /// verdict is then `None`).
+    ///
+    /// ```
+    /// use ratelimiter::{Builder, PolicyId};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let limiter = Builder::new().in_memory();
+    /// let attempt = (PolicyId::CONNECTION_ATTEMPT, "203.0.113.7");
+    /// let join = (PolicyId::LISTENER_JOIN, "203.0.113.7");
+    /// for _ in 0..10 {
+    ///     let (first, second) = limiter.decide_both(attempt, join).await?;
+    ///     assert!(first.allowed() && second.is_some_and(|v| v.allowed()));
+    /// }
+    /// // The 11th join is refused; its attempt still counts.
+    /// let (first, second) = limiter.decide_both(attempt, join).await?;
+    /// assert_eq!(first.decision.remaining, 9);
+    /// assert!(!second.unwrap().allowed());
+    /// # Ok::<(), ratelimiter::RateLimitError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn decide_both<'a, 'b>(
+        &self,
+        first: impl Into<Request<'a>>,
+        second: impl Into<Request<'b>>,
+    ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
+        let (first, second) = (first.into(), second.into());
+        let started = self.clock.now();
+        let (v1, v2) = self.pair(&first, &second, started).await?;
+        let v1 = self.record(v1, Some(started));
+        Ok((v1, v2.map(|v2| self.record(v2, Some(started)))))
+    }
+
+    /// [`RateLimitService::decide_both`] at `now`, not yet recorded.
+    async fn pair(
+        &self,
+        first: &Request<'_>,
+        second: &Request<'_>,
+        now: Nanos,
+    ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
+        // Both planned before anything is asked: a bad request takes nothing.
+        let plan1 = self.plan(first, now)?;
+        let plan2 = self.plan(second, now)?;
+        if plan1.resolved.key != plan2.resolved.key {
+            return self.pair_apart(first, plan1, second, plan2, now).await;
+        }
+        let (r1, r2) = (&plan1.resolved, &plan2.resolved);
+        let key = &r1.key;
+        let n1 = plan1.ops.len();
+        let mut ops = plan1.ops.clone();
+        ops.extend(plan2.ops.iter().copied());
+        let mut tats = vec![0; ops.len()];
+        let known_denied = self
+            .cache
+            .as_ref()
+            .is_some_and(|cache| cache.check(key, &mut ops, &mut tats).is_some());
+        // The breaker last: when it hands out its one probe, the store must
+        // be called, and a cached denial or a held key would not call it.
+        let permit = if known_denied || self.failures.held(key, now) {
+            Permit::Skip
+        } else {
+            self.failures.breaker.permit(now)
+        };
+        if permit == Permit::Skip {
+            // Not the common case: decide them one after the other, each
+            // with the cache, the breaker and the failure modes.
+            return self.pair_in_turn(first, second, now).await;
+        }
+        let retention = r1.retention.max(r2.retention);
+        let generation = self.failures.breaker.generation();
+        let applied = self.store.apply(key, &ops, retention, &mut tats).await;
+        if let Ok(outcome) = applied.outcome {
+            self.answered(key, &ops, outcome, &tats);
+        }
+        let (ops1, ops2) = ops.split_at(n1);
+        let (tats1, tats2) = tats.split_at_mut(n1);
+        let outcome = match applied.outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // Perhaps written, perhaps not: never call again for it.
+                let failed = self.clock.now();
+                let why = self
+                    .failures
+                    .failed(r1.policy, key, &error, generation, permit, failed);
+                let v1 = self
+                    .failures
+                    .decide(r1.id, r1.policy, r1.limits, key, ops1, tats1, why);
+                let mut v1 = self.settle(v1, r1.policy);
+                v1.calls = applied.calls;
+                if !v1.allowed() {
+                    return Ok((v1, None));
+                }
+                let v2 = self
+                    .failures
+                    .decide(r2.id, r2.policy, r2.limits, key, ops2, tats2, why);
+                return Ok((v1, Some(self.settle(v2, r2.policy))));
+            }
+        };
+        if outcome == Outcome::Allowed {
+            // One call decided both; it is counted under the first.
+            let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Allowed);
+            v1.calls = applied.calls;
+            let v2 = self.verdict(r2, ops2, tats2, Outcome::Allowed);
+            return Ok((v1, Some(v2)));
+        }
+        let first_alone = ops1
+            .iter()
+            .zip(tats1.iter())
+            .all(|(op, &tat)| op.step.apply(tat).0 == Outcome::Allowed);
+        if !first_alone {
+            let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Denied);
+            v1.calls = applied.calls;
+            if !v1.allowed() {
+                return Ok((v1, None));
+            }
+            // Denied in shadow mode: let through, so the second is decided
+            // as it would be after it.
+            return Ok((v1, Some(self.decide_at(second, now).await?)));
+        }
+        // Only `second` refused: `first` still counts, in a call of its own.
+        let v2 = self.verdict(r2, ops2, tats2, Outcome::Denied);
+        let mut v1 = self.decide_at(first, now).await?;
+        v1.calls += applied.calls;
+        if !v1.allowed() {
+            return Ok((v1, None));
+        }
+        Ok((v1, Some(v2)))
+    }
+
+    /// The two decisions one after the other, each on its own.
+    async fn pair_in_turn(
+        &self,
+        first: &Request<'_>,
+        second: &Request<'_>,
+        now: Nanos,
+    ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
+        let v1 = self.decide_at(first, now).await?;
+        if !v1.allowed() {
+            return Ok((v1, None));
+        }
+        Ok((v1, Some(self.decide_at(second, now).await?)))
+    }
+
+    /// The two decisions on two items, with their plans: both at once, then
+    /// `second`'s tokens given back if `first` was refused.
+    async fn pair_apart(
+        &self,
+        first: &Request<'_>,
+        mut plan1: Plan<'_>,
+        second: &Request<'_>,
+        plan2: Plan<'_>,
+        now: Nanos,
+    ) -> Result<(Verdict, Option<Verdict>), RateLimitError> {
+        // Already known to refuse `first`: `second` is not asked at all.
+        let mut tats = vec![0; plan1.ops.len()];
+        if let Some(cache) = &self.cache
+            && cache
+                .check(&plan1.resolved.key, &mut plan1.ops, &mut tats)
+                .is_some()
+        {
+            return self.pair_in_turn(first, second, now).await;
+        }
+        let (v1, v2) = join(self.decide_at(first, now), self.decide_at(second, now)).await;
+        let (mut v1, v2) = (v1?, v2?);
+        if v1.allowed() {
+            return Ok((v1, Some(v2)));
+        }
+        // The second's decision is not reported (a refused first takes
+        // nothing from it), but its calls were made for this one.
+        v1.calls += v2.calls;
+        if v2.decision.allowed && v2.degraded.is_none() {
+            let key = &plan2.resolved.key;
+            if let Some(cache) = &self.cache {
+                cache.refund(key, &plan2.ops);
+            }
+            v1.calls += 1;
+            if let Err(error) = self.store.refund(key, &plan2.ops).await {
+                // The tokens stay taken: stricter, never looser.
+                tracing::warn!(
+                    policy = plan2.resolved.policy.name(),
+                    %error,
+                    "could not give back a refused request's tokens"
+                );
+            }
+        }
+        Ok((v1, None))
+    }
+
+    /// The verdict on a store's answer, with the policy's shadow mode.
+    fn verdict(
+        &self,
+        r: &Resolved<'_>,
+        ops: &[Op<'_>],
+        tats: &[Nanos],
+        outcome: Outcome,
+    ) -> Verdict {
+        self.settle(
+            Verdict::from_ops(r.id, r.limits, ops, tats, outcome),
+            r.policy,
+        )
+    }
+
+    /// The resolved request and its ops at `now`, in a vector.
+    fn plan<'s>(&'s self, request: &Request<'s>, now: Nanos) -> Result<Plan<'s>, RateLimitError> {
+        let resolved = self.prepare(request)?;
+        let ops = resolved
+            .limits
+            .iter()
+            .map(|limit: &Limit| {
+                Ok(Op::new(
+                    limit.slot(),
+                    self.step(resolved.policy, limit, now, request.cost)?,
+                ))
+            })
+            .collect::<Result<_, RateLimitError>>()?;
+        Ok(Plan { resolved, ops })
+    }
+}
+
+/// Polls two futures until both are done: `$connect`'s two decisions at once.
+async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none()
+            && let std::task::Poll::Ready(out) = a.as_mut().poll(cx)
+        {
+            ra = Some(out);
+        }
+        if rb.is_none()
+            && let std::task::Poll::Ready(out) = b.as_mut().poll(cx)
+        {
+            rb = Some(out);
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready((ra.take().expect("set"), rb.take().expect("set")))
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
