@@ -1,9 +1,10 @@
 //! The `connect` and `heartbeat` binaries under a stand-in for the Lambda
 //! Runtime API, with their table in dynoxide and their `PostToConnection`
-//! calls answered by the stand-in: one allowed and one limited invocation each.
+//! calls answered by the stand-in: one allowed and one limited invocation each;
+//! and all three binaries stopping at start-up on a configuration error.
 
 use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,13 +126,7 @@ impl Harness {
     }
 
     fn spawn(&self, binary: &str) -> Child {
-        let mut command = Command::new(binary);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {
-                command.env_remove(name);
-            }
-        }
-        command
+        command(binary)
             .env("AWS_LAMBDA_RUNTIME_API", &self.address)
             .env("AWS_LAMBDA_FUNCTION_NAME", "test")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
@@ -173,6 +168,98 @@ impl Harness {
             .unwrap()
     }
 }
+
+/// `binary`, without the `RATE_LIMIT_*` and `AWS_*` variables of whoever
+/// runs the tests, so that a test sets all the configuration it means.
+fn command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// How a binary that was meant to stop at start-up ended.
+struct Stopped {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Stopped {
+    /// Everything it printed, stdout then stderr.
+    fn printed(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// The fields of the JSON error lines it logged on stdout (where Lambda
+    /// sends the logs to CloudWatch).
+    fn logged_errors(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["level"] == "ERROR")
+            .map(|line| line["fields"].clone())
+            .collect()
+    }
+}
+
+/// Runs `binary` with `vars` (and no other `RATE_LIMIT_*` or `AWS_*`
+/// variable) until it exits, which it must do at start-up, within
+/// [`START_UP`] (else it is killed and the test fails). Nothing answers at
+/// its Runtime API address: a binary that gets past its configuration fails
+/// there, without the message the test looks for.
+fn start_up(binary: &str, vars: &[(&str, &str)]) -> Stopped {
+    use std::io::Read;
+    let mut child = command(binary)
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    // Read as it writes, so that a full pipe cannot keep it from exiting.
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            pipe.read_to_end(&mut text).unwrap();
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + START_UP;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break (status, false);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break (child.wait().unwrap(), true);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stopped = Stopped {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    assert!(
+        !timed_out,
+        "{binary} with {vars:?} was still running after {START_UP:?}; it printed:\n{}",
+        stopped.printed()
+    );
+    stopped
+}
+
+/// How long a binary may take to stop at start-up: it reads its
+/// configuration and exits, in milliseconds; the margin is for a loaded
+/// machine building and testing in parallel.
+const START_UP: Duration = Duration::from_secs(10);
 
 fn event(route: &str, body: Option<&str>) -> Value {
     json!({
@@ -360,20 +447,9 @@ fn a_bad_configuration_stops_the_container_at_start_up() {
             "RATE_LIMIT_METRICS_NAMESPACE must be a CloudWatch namespace",
         ),
     ] {
-        // The binary must fail before it asks the Runtime API for an event, so
-        // no Runtime API is needed: the address is never contacted.
-        let output = Command::new(env!("CARGO_BIN_EXE_connect"))
-            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
-            .env(var, value)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "{var}={value}");
-        let printed = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stopped = start_up(env!("CARGO_BIN_EXE_connect"), &[(var, value)]);
+        assert!(!stopped.status.success(), "{var}={value}");
+        let printed = stopped.printed();
         assert!(printed.contains(expected), "{printed}");
         match var {
             // Files are named, not quoted; secrets are never printed.
@@ -398,25 +474,15 @@ fn the_authorizer_binary_reads_the_configuration_file_at_start_up() {
     let file = dir.join("limits.toml");
     std::fs::write(&file, "failure_mode = \"open\"\ntier_field = \"\"\n").unwrap();
     let file = file.to_str().unwrap().to_owned();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_authorizer"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("RATE_LIMIT_") {
-            command.env_remove(name);
-        }
-    }
-    let output = command
-        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
-        .env("RATE_LIMIT_JWKS_URL", "http://127.0.0.1:9/jwks")
-        .env("RATE_LIMIT_CONFIG", &file)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let stopped = start_up(
+        env!("CARGO_BIN_EXE_authorizer"),
+        &[
+            ("RATE_LIMIT_JWKS_URL", "http://127.0.0.1:9/jwks"),
+            ("RATE_LIMIT_CONFIG", &file),
+        ],
     );
+    assert!(!stopped.status.success());
+    let printed = stopped.printed();
     assert!(
         printed.contains(&format!(
             "{file}:2: tier_field must be the name of an authorizer-context field"
@@ -425,4 +491,75 @@ fn the_authorizer_binary_reads_the_configuration_file_at_start_up() {
     );
     assert!(!printed.contains("cannot fetch"), "{printed}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The three binaries, for what they all do at start-up.
+const BINARIES: [&str; 3] = [
+    env!("CARGO_BIN_EXE_connect"),
+    env!("CARGO_BIN_EXE_heartbeat"),
+    env!("CARGO_BIN_EXE_authorizer"),
+];
+
+#[test]
+fn an_invalid_log_level_stops_every_binary_at_start_up() {
+    for binary in BINARIES {
+        let stopped = start_up(
+            binary,
+            &[
+                ("RATE_LIMIT_LOG_LEVEL", "verbose"),
+                // All else valid as far as it is read before the first event
+                // (the JWKS is fetched at start-up; nothing answers there, so
+                // an authorizer that got that far would say so).
+                ("RATE_LIMIT_JWKS_URL", "http://127.0.0.1:9/jwks"),
+            ],
+        );
+        assert!(!stopped.status.success(), "{binary}: {}", stopped.printed());
+        // Logged in words, as a JSON line on stdout like every configuration
+        // error, although the level meant for the logs is the wrong one.
+        let errors = stopped.logged_errors();
+        assert_eq!(
+            errors.first().and_then(|fields| fields["error"].as_str()),
+            Some(
+                r#"RATE_LIMIT_LOG_LEVEL must be one of error, warn, info, debug or trace, got "verbose""#
+            ),
+            "{binary}: {}",
+            stopped.printed()
+        );
+        assert_eq!(
+            errors[0]["message"], "configuration error: the function cannot start",
+            "{binary}"
+        );
+    }
+}
+
+#[test]
+fn a_level_in_any_case_with_white_space_around_is_valid() {
+    // Each binary then stops at the next mistake, a missing configuration
+    // file, which it would not reach if it refused the level.
+    let missing = std::env::temp_dir()
+        .join(format!("ratelimiter-runtime-level-{}", std::process::id()))
+        .join("limits.toml");
+    let missing = missing.to_str().unwrap();
+    for binary in BINARIES {
+        let stopped = start_up(
+            binary,
+            &[
+                ("RATE_LIMIT_LOG_LEVEL", " Debug "),
+                ("RATE_LIMIT_JWKS_URL", "http://127.0.0.1:9/jwks"),
+                ("RATE_LIMIT_CONFIG", missing),
+            ],
+        );
+        assert!(!stopped.status.success(), "{binary}");
+        let printed = stopped.printed();
+        assert!(
+            !printed.contains("RATE_LIMIT_LOG_LEVEL"),
+            "{binary}: {printed}"
+        );
+        let errors = stopped.logged_errors();
+        let error = errors.first().and_then(|fields| fields["error"].as_str());
+        assert!(
+            error.is_some_and(|error| error.contains("cannot read the configuration file")),
+            "{binary}: {printed}"
+        );
+    }
 }

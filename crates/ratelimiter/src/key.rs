@@ -48,8 +48,13 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
 )]
 pub struct NameError(pub String);
 
-/// At most 80 characters of `text`, for messages that quote user input.
-pub(crate) fn shorten(text: &str) -> String {
+/// At most 80 characters of `text` (then `...`), for messages that quote
+/// user input: a pasted blob never fills the line that quotes it.
+///
+/// ```
+/// assert_eq!(ratelimiter::key::shorten(&"x".repeat(100)), format!("{}...", "x".repeat(80)));
+/// ```
+pub fn shorten(text: &str) -> String {
     const MAX: usize = 80;
     match text.char_indices().nth(MAX) {
         None => text.to_owned(),

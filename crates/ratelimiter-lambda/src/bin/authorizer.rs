@@ -1,20 +1,18 @@
 //! The `$connect` authorizer Lambda function.
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
-use ratelimiter::Clock;
+use lambda_runtime::{Error, LambdaEvent};
+use ratelimiter::{Clock, SystemClock};
 use ratelimiter_lambda::authorizer::Authorizer;
-use ratelimiter_lambda::runtime::init_logging;
+use ratelimiter_lambda::runtime::{self, Metrics};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_logging();
-    let authorizer = Authorizer::from_env().await.inspect_err(|error| {
-        tracing::error!(%error, "configuration error: the function cannot start");
-    })?;
-    let clock = ratelimiter::SystemClock;
-    let service = service_fn(|event: LambdaEvent<_>| {
-        let response = authorizer.authorize(&event.payload, clock.now() / 1_000_000_000);
-        async move { Ok::<_, Error>(response) }
-    });
-    lambda_runtime::run(service).await
+    runtime::run(
+        Metrics::Unused,
+        async || Ok(Authorizer::from_env().await?),
+        async |authorizer: &Authorizer, event: LambdaEvent<_>| {
+            Ok(authorizer.authorize(&event.payload, SystemClock.now() / 1_000_000_000))
+        },
+    )
+    .await
 }
