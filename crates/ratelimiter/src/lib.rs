@@ -14,6 +14,7 @@
 //!   the deny cache and hints (`cache`) and the failure handling
 //!   ([`failure`]: circuit breaker, hot keys, failure modes) beside the store;
 //! - [`pair`]: `$connect`'s two decisions in one round trip;
+//! - [`state`]: a key's status and reset, consuming nothing;
 //! - [`seed`]: the seed's API, a facade over the service;
 //! - [`builder`]: the one way to build a service;
 //! - [`response`]: the seed's error bodies, as plain data;
@@ -49,6 +50,7 @@ pub mod policy;
 pub mod response;
 pub mod seed;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod verdict;

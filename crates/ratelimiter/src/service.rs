@@ -16,7 +16,7 @@ use crate::cache::DenyCache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::failure::{CircuitBreaker, Failures, Permit};
-use crate::gcra::{self, Nanos, Outcome, Status, ceil_secs};
+use crate::gcra::{self, Nanos, Outcome, ceil_secs};
 use crate::key::{Key, KeySecret, shorten};
 use crate::memory::MemoryStore;
 use crate::policy::{Limit, MAX_LIMITS, Policies, Policy, PolicyId};
@@ -131,75 +131,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let started = self.clock.now();
         let verdict = self.decide_at(&request, started).await?;
         Ok(self.record(verdict, Some(started)))
-    }
-
-    /// The status of every limit of the request's policy (or tier) for its
-    /// identifier, in the order of the limits, consuming nothing. The
-    /// request's cost does not matter.
-    ///
-    /// ```
-    /// use ratelimiter::{Builder, PolicyId};
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let limiter = Builder::new().in_memory();
-    /// limiter.decide((PolicyId::HEARTBEAT, "conn-1")).await?;
-    /// let status = limiter.status((PolicyId::HEARTBEAT, "conn-1")).await?;
-    /// assert_eq!((status[0].count, status[0].limit, status[0].window_duration), (1, 2, 60));
-    /// # Ok::<(), ratelimiter::RateLimitError>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn status<'r>(
-        &self,
-        request: impl Into<Request<'r>>,
-    ) -> Result<Vec<Status>, RateLimitError> {
-        let request = request.into();
-        let (policy, limits) = self.resolve(&request)?;
-        let key = self.key(&request, policy);
-        let slots: Vec<_> = limits.iter().map(Limit::slot).collect();
-        let mut tats = vec![0; slots.len()];
-        self.store.load(&key, &slots, &mut tats).await?;
-        let now = self.clock.now();
-        Ok(limits
-            .iter()
-            .zip(tats)
-            .map(|(limit, tat)| limit.quota().status(tat, now))
-            .collect())
-    }
-
-    /// Forgets the identifier's usage of the request's policy (every limit
-    /// and every tier), so that its buckets are full again. Other policies
-    /// sharing the item keep theirs; the request's tier and cost do not
-    /// matter.
-    ///
-    /// ```
-    /// use ratelimiter::{Builder, PolicyId};
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let limiter = Builder::new().in_memory();
-    /// for _ in 0..3 {
-    ///     limiter.decide((PolicyId::HEARTBEAT, "conn-1")).await?;
-    /// }
-    /// limiter.reset((PolicyId::HEARTBEAT, "conn-1")).await?;
-    /// assert!(limiter.decide((PolicyId::HEARTBEAT, "conn-1")).await?.allowed());
-    /// # Ok::<(), ratelimiter::RateLimitError>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn reset<'r>(&self, request: impl Into<Request<'r>>) -> Result<(), RateLimitError> {
-        let request = request.into();
-        let policy = self.policy(request.policy)?;
-        let key = self.key(&request, policy);
-        let mut slots: Vec<_> = policy.limits().iter().map(Limit::slot).collect();
-        for (_, limits) in policy.tiers() {
-            for limit in limits {
-                if !slots.contains(&limit.slot()) {
-                    slots.push(limit.slot());
-                }
-            }
-        }
-        if let Some(cache) = &self.cache {
-            cache.forget(&key, &slots);
-        }
-        Ok(self.store.remove(&key, &slots).await?)
     }
 
     /// The policies in force.
@@ -422,7 +353,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// The item `request` counts in: its identifier as the request's kind,
     /// else the policy's.
     #[inline]
-    fn key<'s>(&'s self, request: &Request<'s>, policy: &'s Policy) -> Key<'s> {
+    pub(crate) fn key<'s>(&'s self, request: &Request<'s>, policy: &'s Policy) -> Key<'s> {
         let kind = request.kind.unwrap_or(policy.kind());
         Key::with_secret(kind, request.identifier, self.secret.as_ref())
     }
@@ -439,7 +370,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 
     #[inline]
-    fn policy(&self, id: PolicyId) -> Result<&Policy, RateLimitError> {
+    pub(crate) fn policy(&self, id: PolicyId) -> Result<&Policy, RateLimitError> {
         self.policies
             .get(id)
             .ok_or(RateLimitError::UnknownPolicy(id))
@@ -447,7 +378,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
 
     /// The policy and the limits that apply to `request`.
     #[inline]
-    fn resolve(&self, request: &Request<'_>) -> Result<(&Policy, &[Limit]), RateLimitError> {
+    pub(crate) fn resolve(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<(&Policy, &[Limit]), RateLimitError> {
         let policy = self.policy(request.policy)?;
         if let Some(tier) = request.tier
             && policy.tier(tier).is_none()

@@ -39,14 +39,15 @@
 //! # Ok::<(), ratelimiter::ConfigError>(())
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
-use toml::Spanned;
+use crate::key::{KeySecret, shorten};
+use crate::policy::{BUILTINS, FailureMode, LimitSpec, Policies};
 
-use crate::key::{KeySecret, Kind, shorten};
-use crate::policy::{BUILTINS, FailureMode, LimitSpec, Policies, Policy};
+mod file;
+
+use file::FileSource;
+use toml::Spanned;
 
 /// The variable naming the configuration file.
 pub const CONFIG_VAR: &str = "RATE_LIMIT_CONFIG";
@@ -376,153 +377,12 @@ fn read_one_of<T>(
         .transpose()
 }
 
-/// The file as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSpec {
-    failure_mode: Option<FailureMode>,
-    shadow: Option<bool>,
-    tier_field: Option<Spanned<String>>,
-    #[serde(default)]
-    policy: BTreeMap<Spanned<String>, Spanned<PolicySpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicySpec {
-    key: Option<Spanned<String>>,
-    limits: Option<Spanned<Vec<LimitSpec>>>,
-    failure_mode: Option<FailureMode>,
-    shadow: Option<bool>,
-    #[serde(default)]
-    tier: BTreeMap<Spanned<String>, Spanned<TierSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TierSpec {
-    limits: Spanned<Vec<LimitSpec>>,
-}
-
-impl<'de> Deserialize<'de> for LimitSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Read as written in the file; toml points at the line of a bad value.
-impl<'de> Deserialize<'de> for FailureMode {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(|()| {
-            serde::de::Error::custom(format!(
-                "failure_mode must be one of {FAILURE_MODES}, got {:?}",
-                shorten(&text)
-            ))
-        })
-    }
-}
-
-/// A parsed file and what is needed to point at its lines.
-struct FileSource<'a> {
-    path: &'a str,
-    text: &'a str,
-    spec: FileSpec,
-}
-
-impl<'a> FileSource<'a> {
-    fn parse(path: &'a str, text: &'a str) -> Result<Self, ConfigError> {
-        let spec: FileSpec = toml::from_str(text).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            line: e.span().map_or(1, |span| line_of(text, span.start)),
-            message: e.message().trim().to_owned(),
-        })?;
-        Ok(Self { path, text, spec })
-    }
-
-    fn error(&self, span: std::ops::Range<usize>, message: impl std::fmt::Display) -> ConfigError {
-        ConfigError::File {
-            path: self.path.to_owned(),
-            line: line_of(self.text, span.start),
-            message: message.to_string(),
-        }
-    }
-
-    /// The policy `name` as the file sets it: a new one, or a built-in with
-    /// the file's changes.
-    fn policy(
-        &self,
-        name: &Spanned<String>,
-        spec: &Spanned<PolicySpec>,
-        policies: &Policies,
-    ) -> Result<Policy, ConfigError> {
-        let at = |span: std::ops::Range<usize>, message: String| {
-            self.error(
-                span,
-                format!("policy {:?}: {message}", shorten(name.get_ref())),
-            )
-        };
-        let builtin = policies.id(name.get_ref()).map(|id| &policies[id]);
-        let fields = spec.get_ref();
-        let kind = match (&fields.key, builtin) {
-            (Some(key), _) => {
-                Kind::new(key.get_ref()).map_err(|e| at(key.span(), format!("key: {e}")))?
-            }
-            (None, Some(builtin)) => builtin.kind().clone(),
-            (None, None) => {
-                return Err(at(
-                    spec.span(),
-                    "missing `key` (user, ip, connection or a name of your own)".to_owned(),
-                ));
-            }
-        };
-        let limits = match (&fields.limits, builtin) {
-            (Some(limits), _) => limits.get_ref().clone(),
-            (None, Some(builtin)) => builtin.limits().iter().map(|l| l.spec()).collect(),
-            (None, None) => {
-                return Err(at(
-                    spec.span(),
-                    "missing `limits` (such as limits = [\"100/min\"])".to_owned(),
-                ));
-            }
-        };
-        let limits_span = fields.limits.as_ref().map_or(spec.span(), Spanned::span);
-        let mut policy = Policy::new(name.get_ref(), kind, &limits).map_err(|e| {
-            let span = match e {
-                crate::policy::PolicyError::Name(_) => name.span(),
-                _ => limits_span.clone(),
-            };
-            at(span, e.to_string())
-        })?;
-        for (tier, tier_spec) in &fields.tier {
-            policy = policy
-                .with_tier(tier.get_ref(), tier_spec.get_ref().limits.get_ref())
-                .map_err(|e| {
-                    let span = match e {
-                        crate::policy::PolicyError::Tier(_) => tier.span(),
-                        _ => tier_spec.get_ref().limits.span(),
-                    };
-                    at(span, format!("tier {:?}: {e}", shorten(tier.get_ref())))
-                })?;
-        }
-        Ok(policy)
-    }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::key::Kind;
     use crate::policy::PolicyId;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {

@@ -1,0 +1,80 @@
+//! A key's state, read or forgotten without consuming anything: the status
+//! of every limit of a request's policy, and its reset.
+
+use crate::clock::Clock;
+use crate::gcra::Status;
+use crate::policy::Limit;
+use crate::service::RateLimitService;
+use crate::store::Store;
+use crate::verdict::{RateLimitError, Request};
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// The status of every limit of the request's policy (or tier) for its
+    /// identifier, in the order of the limits, consuming nothing. The
+    /// request's cost does not matter.
+    ///
+    /// ```
+    /// use ratelimiter::{Builder, PolicyId};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let limiter = Builder::new().in_memory();
+    /// limiter.decide((PolicyId::HEARTBEAT, "conn-1")).await?;
+    /// let status = limiter.status((PolicyId::HEARTBEAT, "conn-1")).await?;
+    /// assert_eq!((status[0].count, status[0].limit, status[0].window_duration), (1, 2, 60));
+    /// # Ok::<(), ratelimiter::RateLimitError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn status<'r>(
+        &self,
+        request: impl Into<Request<'r>>,
+    ) -> Result<Vec<Status>, RateLimitError> {
+        let request = request.into();
+        let (policy, limits) = self.resolve(&request)?;
+        let key = self.key(&request, policy);
+        let slots: Vec<_> = limits.iter().map(Limit::slot).collect();
+        let mut tats = vec![0; slots.len()];
+        self.store.load(&key, &slots, &mut tats).await?;
+        let now = self.clock.now();
+        Ok(limits
+            .iter()
+            .zip(tats)
+            .map(|(limit, tat)| limit.quota().status(tat, now))
+            .collect())
+    }
+
+    /// Forgets the identifier's usage of the request's policy (every limit
+    /// and every tier), so that its buckets are full again. Other policies
+    /// sharing the item keep theirs; the request's tier and cost do not
+    /// matter.
+    ///
+    /// ```
+    /// use ratelimiter::{Builder, PolicyId};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let limiter = Builder::new().in_memory();
+    /// for _ in 0..3 {
+    ///     limiter.decide((PolicyId::HEARTBEAT, "conn-1")).await?;
+    /// }
+    /// limiter.reset((PolicyId::HEARTBEAT, "conn-1")).await?;
+    /// assert!(limiter.decide((PolicyId::HEARTBEAT, "conn-1")).await?.allowed());
+    /// # Ok::<(), ratelimiter::RateLimitError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn reset<'r>(&self, request: impl Into<Request<'r>>) -> Result<(), RateLimitError> {
+        let request = request.into();
+        let policy = self.policy(request.policy)?;
+        let key = self.key(&request, policy);
+        let mut slots: Vec<_> = policy.limits().iter().map(Limit::slot).collect();
+        for (_, limits) in policy.tiers() {
+            for limit in limits {
+                if !slots.contains(&limit.slot()) {
+                    slots.push(limit.slot());
+                }
+            }
+        }
+        if let Some(cache) = &self.cache {
+            cache.forget(&key, &slots);
+        }
+        Ok(self.store.remove(&key, &slots).await?)
+    }
+}
