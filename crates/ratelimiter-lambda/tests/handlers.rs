@@ -551,6 +551,72 @@ async fn heartbeat_logs_its_decisions_like_connect_and_never_the_connection_id()
 }
 
 #[tokio::test]
+async fn a_denial_line_says_how_it_was_decided_as_an_allowed_one_does() {
+    // Behind the deny cache, as on a shared store: the second allowed call
+    // tells the TAT, so the denials after it make no call.
+    let limiter = Arc::new(
+        Builder::new()
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .build(MemoryStore::new()),
+    );
+    let handler = HeartbeatHandler::new(limiter, Arc::new(Recorder::default()));
+    let (logs, _guard) = capture_logs();
+    for expected in [200, 200, 429, 429] {
+        let beat = invoke(heartbeat_event("conn-1=", r#"{"action":"heartbeat"}"#));
+        assert_eq!(handler.handle(beat).await.unwrap().status_code, expected);
+    }
+    let fields: Vec<Value> = logs
+        .text()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["fields"].clone())
+        .filter(|fields| !fields["decision"].is_null())
+        .collect();
+    let how = |f: &Value| {
+        (
+            f["decision"].clone(),
+            f["remaining"].clone(),
+            f["degraded"].clone(),
+            f["cached"].clone(),
+            f["calls"].clone(),
+        )
+    };
+    assert_eq!(
+        fields.iter().map(how).collect::<Vec<_>>(),
+        [
+            (
+                json!("allowed"),
+                json!(1),
+                json!(false),
+                json!(false),
+                json!(1)
+            ),
+            (
+                json!("allowed"),
+                json!(0),
+                json!(false),
+                json!(false),
+                json!(1)
+            ),
+            (
+                json!("denied"),
+                json!(0),
+                json!(false),
+                json!(true),
+                json!(0)
+            ),
+            (
+                json!("denied"),
+                json!(0),
+                json!(false),
+                json!(true),
+                json!(0)
+            ),
+        ]
+    );
+    assert_eq!(fields[2]["retry_after"], 30);
+}
+
+#[tokio::test]
 async fn the_layer_answers_any_response_type_through_a_responder() {
     #[derive(Debug, PartialEq)]
     enum Reply {

@@ -605,6 +605,35 @@ async fn a_listeners_two_checks_take_one_call_and_keep_the_seeds_order() {
 }
 
 #[tokio::test]
+async fn an_attempt_shadow_mode_lets_through_still_leads_to_the_join() {
+    let config = Config::from_lookup(|var| match var {
+        "RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN" => Some("1".into()),
+        "RATE_LIMIT_SHADOW_MODE_CONNECTION_ATTEMPT" => Some("true".into()),
+        _ => None,
+    })
+    .unwrap();
+    // With the deny cache (decided in turn) and without (one call for both).
+    for cached_buckets in [10_000, 0] {
+        let service = Builder::from_config(config.clone())
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .deny_cache(cached_buckets)
+            .build(MemoryStore::new());
+        let (attempt, join) = listener("198.51.100.3");
+        service.decide_both(attempt, join).await.unwrap();
+        // The attempt is over its limit, but only in shadow mode: let
+        // through, and the join is decided (and counted) as after it.
+        let (first, second) = service.decide_both(attempt, join).await.unwrap();
+        assert!(first.would_deny() && first.allowed(), "{first:?}");
+        assert!(second.expect("the join is decided").allowed());
+        let joins = service
+            .get_rate_limit_status(PolicyId::LISTENER_JOIN, &Kind::IP, "198.51.100.3")
+            .await
+            .unwrap();
+        assert_eq!(joins.count, 2, "deny cache of {cached_buckets}");
+    }
+}
+
+#[tokio::test]
 async fn a_refused_attempt_gives_back_the_session_it_raced() {
     let clock = FakeClock::at_secs(1_700_000_000);
     let config = Config::from_lookup(|var| {
