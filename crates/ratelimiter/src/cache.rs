@@ -53,16 +53,11 @@ impl DenyCache {
         &self.votes[slot.fingerprint() as usize % VOTES]
     }
 
-    /// Before a call: `Denied` when what this process saw last already
-    /// denies the request (then `tats` holds those TATs, as a store's
-    /// denial would); otherwise marks each op with a hint, and fills `tats`
-    /// with what is known (0 for unseen buckets).
-    pub(crate) fn check(
-        &self,
-        key: &Key<'_>,
-        ops: &mut [Op<'_>],
-        tats: &mut [Nanos],
-    ) -> Option<Outcome> {
+    /// Before a call: whether what this process saw last already denies
+    /// the request (then `tats` holds those TATs, as a store's denial
+    /// would). Either way, marks each op with a hint, and fills `tats` with
+    /// what is known (0 for unseen buckets).
+    pub(crate) fn denies(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> bool {
         let mut denied = false;
         for (op, tat) in ops.iter_mut().zip(tats.iter_mut()) {
             match self.seen.get(key, op.slot) {
@@ -80,7 +75,7 @@ impl DenyCache {
                 }
             }
         }
-        denied.then_some(Outcome::Denied)
+        denied
     }
 
     /// After a call: remembers the TATs the store reported, and for buckets
@@ -151,8 +146,8 @@ mod tests {
         fn decide(&mut self, key: &Key<'_>, slot: &Slot, quota: &Quota, now: Nanos) -> Outcome {
             let mut ops = [Op::new(slot, quota.step(now, 1).unwrap())];
             let mut tats = [0];
-            if let Some(outcome) = self.cache.check(key, &mut ops, &mut tats) {
-                return outcome;
+            if self.cache.denies(key, &mut ops, &mut tats) {
+                return Outcome::Denied;
             }
             self.calls += 1;
             self.busy_hints += ops.iter().filter(|op| op.likely_busy()).count() as u32;

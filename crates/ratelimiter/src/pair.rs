@@ -73,16 +73,23 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if plan1.resolved.key != plan2.resolved.key {
             return self.pair_apart(first, plan1, second, plan2, now).await;
         }
-        let (r1, r2) = (&plan1.resolved, &plan2.resolved);
+        let Plan {
+            resolved: r1,
+            mut ops,
+        } = plan1;
+        let Plan {
+            resolved: r2,
+            ops: ops2,
+        } = plan2;
+        let (r1, r2) = (&r1, &r2);
         let key = &r1.key;
-        let n1 = plan1.ops.len();
-        let mut ops = plan1.ops.clone();
-        ops.extend(plan2.ops.iter().copied());
+        let n1 = ops.len();
+        ops.extend(ops2);
         let mut tats = vec![0; ops.len()];
         let known_denied = self
             .cache
             .as_ref()
-            .is_some_and(|cache| cache.check(key, &mut ops, &mut tats).is_some());
+            .is_some_and(|cache| cache.denies(key, &mut ops, &mut tats));
         // The breaker last: when it hands out its one probe, the store must
         // be called, and a cached denial or a held key would not call it.
         let permit = if known_denied || self.failures.held(key, now) {
@@ -183,9 +190,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // Already known to refuse `first`: `second` is not asked at all.
         let mut tats = vec![0; plan1.ops.len()];
         if let Some(cache) = &self.cache
-            && cache
-                .check(&plan1.resolved.key, &mut plan1.ops, &mut tats)
-                .is_some()
+            && cache.denies(&plan1.resolved.key, &mut plan1.ops, &mut tats)
         {
             return self.pair_in_turn(first, second, now).await;
         }

@@ -229,7 +229,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Verdict {
         // 1. The deny cache: a key this process knows to be exhausted.
         if let Some(cache) = &self.cache
-            && cache.check(&r.key, ops, tats).is_some()
+            && cache.denies(&r.key, ops, tats)
         {
             let mut verdict = Verdict::from_ops(r.id, r.limits, ops, tats, Outcome::Denied);
             verdict.cached = true;
