@@ -7,8 +7,9 @@
 //! (metrics, latency, the shadow-mode line) once, by
 //! [`RateLimitService::record`], whatever path decided it.
 //!
-//! `$connect`'s two decisions in one round trip are in [`crate::pair`]; the
-//! seed's API is a thin facade in [`crate::seed`].
+//! `$connect`'s two decisions in one round trip are in the `pair` module,
+//! status and reset in `state`, and the seed's API, a thin facade, in
+//! `seed`: each adds methods to [`RateLimitService`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
