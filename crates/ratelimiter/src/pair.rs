@@ -73,18 +73,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if plan1.resolved.key != plan2.resolved.key {
             return self.pair_apart(first, plan1, second, plan2, now).await;
         }
-        let Plan {
-            resolved: r1,
-            mut ops,
-        } = plan1;
-        let Plan {
-            resolved: r2,
-            ops: ops2,
-        } = plan2;
-        let (r1, r2) = (&r1, &r2);
+        let (r1, r2) = (&plan1.resolved, &plan2.resolved);
         let key = &r1.key;
-        let n1 = ops.len();
-        ops.extend(ops2);
+        let n1 = plan1.ops.len();
+        let mut ops = plan1.ops;
+        ops.extend(plan2.ops);
         let mut tats = vec![0; ops.len()];
         let known_denied = self
             .cache
