@@ -94,17 +94,6 @@ pub enum Refusal {
     },
 }
 
-impl Refusal {
-    /// When the refusal was made, in milliseconds since the Unix epoch.
-    pub fn timestamp_ms(&self) -> u64 {
-        match self {
-            Refusal::Limited { timestamp_ms, .. } | Refusal::Failed { timestamp_ms, .. } => {
-                *timestamp_ms
-            }
-        }
-    }
-}
-
 /// What a [`RateLimitLayer`] answers with, instead of calling the handler.
 ///
 /// The default, [`SeedResponses`], answers API Gateway proxy responses. For

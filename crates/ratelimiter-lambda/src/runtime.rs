@@ -7,8 +7,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use ratelimiter::config::ConfigError;
-use ratelimiter::key::shorten;
+use ratelimiter::config::{ConfigError, read_one_of};
 use ratelimiter::{Builder, RateLimitService};
 use ratelimiter_dynamodb::DynamoDbStore;
 use serde::Serialize;
@@ -146,20 +145,20 @@ pub fn init_logging() -> Result<(), ConfigError> {
 pub fn log_level_from_lookup(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Level, ConfigError> {
-    let Some(value) = lookup(LOG_LEVEL_VAR) else {
-        return Ok(Level::INFO);
-    };
     // Names only: `tracing` would also take the digits 1 to 5, which nobody
     // reading the configuration would recognise as levels.
-    LOG_LEVELS
-        .iter()
-        .find(|(name, _)| value.trim().eq_ignore_ascii_case(name))
-        .map(|&(_, level)| level)
-        .ok_or_else(|| ConfigError::NotOneOf {
-            var: LOG_LEVEL_VAR.to_owned(),
-            value: shorten(&value),
-            expected: "error, warn, info, debug or trace",
-        })
+    let level = read_one_of(
+        &lookup,
+        LOG_LEVEL_VAR,
+        "error, warn, info, debug or trace",
+        |value| {
+            LOG_LEVELS
+                .iter()
+                .find(|(name, _)| value.trim().eq_ignore_ascii_case(name))
+                .map(|&(_, level)| level)
+        },
+    )?;
+    Ok(level.unwrap_or(Level::INFO))
 }
 
 /// The CloudWatch EMF recorder, unless `RATE_LIMIT_METRICS=off`. Install it

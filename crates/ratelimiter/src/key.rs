@@ -50,11 +50,7 @@ pub struct NameError(pub String);
 
 /// At most 80 characters of `text` (then `...`), for messages that quote
 /// user input: a pasted blob never fills the line that quotes it.
-///
-/// ```
-/// assert_eq!(ratelimiter::key::shorten(&"x".repeat(100)), format!("{}...", "x".repeat(80)));
-/// ```
-pub fn shorten(text: &str) -> String {
+pub(crate) fn shorten(text: &str) -> String {
     const MAX: usize = 80;
     match text.char_indices().nth(MAX) {
         None => text.to_owned(),

@@ -111,18 +111,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 let why = self
                     .failures
                     .failed(r1.policy, key, &error, generation, permit, failed);
-                let v1 = self
-                    .failures
-                    .decide(r1.id, r1.policy, r1.limits, key, ops1, tats1, why);
-                let mut v1 = self.settle(v1, r1.policy);
+                let mut v1 = self.degraded(r1, ops1, tats1, why);
                 v1.calls = applied.calls;
                 if !v1.allowed() {
                     return Ok((v1, None));
                 }
-                let v2 = self
-                    .failures
-                    .decide(r2.id, r2.policy, r2.limits, key, ops2, tats2, why);
-                return Ok((v1, Some(self.settle(v2, r2.policy))));
+                return Ok((v1, Some(self.degraded(r2, ops2, tats2, why))));
             }
         };
         if outcome == Outcome::Allowed {

@@ -292,7 +292,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 
     /// The failure mode's verdict, without calling the store.
-    fn degraded(
+    pub(crate) fn degraded(
         &self,
         r: &Resolved<'_>,
         ops: &[Op<'_>],

@@ -359,8 +359,18 @@ fn read_flag(
 }
 
 /// `var` read by `parse`, if set; a value it refuses is an error naming
-/// the values `expected`.
-fn read_one_of<T>(
+/// the variable, the value (shortened) and the values `expected`. Every
+/// variable with a fixed set of values is read through it, so that they all
+/// refuse alike.
+///
+/// ```
+/// use ratelimiter::config::read_one_of;
+///
+/// let lookup = |_: &str| Some("maybe".to_owned());
+/// let err = read_one_of(&lookup, "FLAG", "yes or no", |v| (v == "yes").then_some(true)).unwrap_err();
+/// assert_eq!(err.to_string(), r#"FLAG must be one of yes or no, got "maybe""#);
+/// ```
+pub fn read_one_of<T>(
     lookup: &dyn Fn(&str) -> Option<String>,
     var: &str,
     expected: &'static str,
