@@ -83,17 +83,18 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
             }
             Some(refused) => {
                 if let Refusal::Limited {
-                    denied,
+                    report,
                     timestamp_ms,
+                    ..
                 } = &refused
                 {
                     // The denial's one timestamp, in the message and the 429
-                    // alike. The client learns retryAfter on its connection;
-                    // the 429 goes back to API Gateway whatever happened to
-                    // that message. A failed check posts nothing: the 500
-                    // carries no detail to tell.
-                    let body =
-                        ErrorBody::rate_limited(denied.retry_after_secs(), *timestamp_ms).to_json();
+                    // alike. The client learns retryAfter and the numbers of
+                    // the RateLimit fields on its connection, where no header
+                    // reaches; the 429 goes back to API Gateway whatever
+                    // happened to that message. A failed check posts
+                    // nothing: the 500 carries no detail to tell.
+                    let body = ErrorBody::limited(report, *timestamp_ms).to_json();
                     let _ = self.send(&endpoint, connection, body).await;
                 }
                 SeedResponses.respond(&refused)

@@ -31,13 +31,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use aws_lambda_events::apigw::ApiGatewayProxyResponse;
-use lambda_runtime::LambdaEvent;
+use aws_lambda_events::http;
 use ratelimiter::{
-    Clock, Denied, PolicyId, RateLimitError, RateLimitService, Request, Store, Verdict,
+    Clock, Denied, PolicyId, QuotaReport, RateLimitError, RateLimitService, Request, Store, Verdict,
 };
 use tower::{Layer, Service};
 
-use crate::response::{internal_error_response, rate_limit_error_response};
+use crate::response::{
+    insert_fields, internal_error_http_response, internal_error_response, limited_http_response,
+    limited_response,
+};
 
 /// What one request is counted against: a policy, an identifier, and the
 /// caller's tier if it has one.
@@ -81,6 +84,9 @@ pub enum Refusal {
     Limited {
         /// What was decided.
         denied: Denied,
+        /// What the client may be told: the `RateLimit` fields, and the
+        /// numbers of a WebSocket error body.
+        report: QuotaReport,
         /// Now, in milliseconds since the Unix epoch, by the limiter's clock.
         timestamp_ms: u64,
     },
@@ -96,20 +102,31 @@ pub enum Refusal {
 
 /// What a [`RateLimitLayer`] answers with, instead of calling the handler.
 ///
-/// The default, [`SeedResponses`], answers API Gateway proxy responses. For
-/// any other response type, give the layer a closure:
+/// The default, [`SeedResponses`], answers API Gateway proxy responses and
+/// `http::Response`s (`lambda_http`'s). For any other response type, give
+/// the layer a closure:
 /// `.with_responder(|refusal: &Refusal| -> MyResponse { ... })`.
 #[diagnostic::on_unimplemented(
     message = "the rate limit layer cannot answer a refused request with a `{R}`",
     label = "this responder makes no `{R}`",
-    note = "`RateLimitLayer::new` answers with `ApiGatewayProxyResponse`; for a handler that returns `{R}`, add `.with_responder(|refusal: &Refusal| -> {R} {{ ... }})`"
+    note = "`RateLimitLayer::new` answers with `ApiGatewayProxyResponse` or `http::Response`; for a handler that returns `{R}`, add `.with_responder(|refusal: &Refusal| -> {R} {{ ... }})`"
 )]
 pub trait Responder<R>: Send + Sync + 'static {
     /// The response to a refused or failed check.
     fn respond(&self, refusal: &Refusal) -> R;
+
+    /// Adds what the client may know of its quotas to the handler's
+    /// response to an allowed request. [`SeedResponses`] adds the standard
+    /// `RateLimit-Policy` and `RateLimit` fields; a closure adds nothing,
+    /// since its response type may have no place for them.
+    fn annotate(&self, response: &mut R, report: &QuotaReport) {
+        let _ = (response, report);
+    }
 }
 
-/// The seed's responses: 429 with `Retry-After`, or 500 `INTERNAL_ERROR`.
+/// The seed's responses: 429 with `Retry-After`, or 500 `INTERNAL_ERROR`,
+/// each with the standard `RateLimit-Policy` and `RateLimit` fields, which
+/// it also adds to every allowed response.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SeedResponses;
 
@@ -117,11 +134,33 @@ impl Responder<ApiGatewayProxyResponse> for SeedResponses {
     fn respond(&self, refusal: &Refusal) -> ApiGatewayProxyResponse {
         match refusal {
             Refusal::Limited {
-                denied,
+                report,
                 timestamp_ms,
-            } => rate_limit_error_response(denied.retry_after_secs(), *timestamp_ms),
+                ..
+            } => limited_response(report, *timestamp_ms),
             Refusal::Failed { timestamp_ms, .. } => internal_error_response(*timestamp_ms),
         }
+    }
+
+    fn annotate(&self, response: &mut ApiGatewayProxyResponse, report: &QuotaReport) {
+        insert_fields(&mut response.headers, report);
+    }
+}
+
+impl<B: From<String> + 'static> Responder<http::Response<B>> for SeedResponses {
+    fn respond(&self, refusal: &Refusal) -> http::Response<B> {
+        match refusal {
+            Refusal::Limited {
+                report,
+                timestamp_ms,
+                ..
+            } => limited_http_response(report, *timestamp_ms),
+            Refusal::Failed { timestamp_ms, .. } => internal_error_http_response(*timestamp_ms),
+        }
+    }
+
+    fn annotate(&self, response: &mut http::Response<B>, report: &QuotaReport) {
+        insert_fields(response.headers_mut(), report);
     }
 }
 
@@ -211,15 +250,15 @@ impl<Inner: Clone, S, C, F, R> Clone for RateLimit<Inner, S, C, F, R> {
     }
 }
 
-impl<Inner, E, S, C, F, R> Service<LambdaEvent<E>> for RateLimit<Inner, S, C, F, R>
+impl<Inner, Event, S, C, F, R> Service<Event> for RateLimit<Inner, S, C, F, R>
 where
-    Inner: Service<LambdaEvent<E>> + Clone + Send + 'static,
+    Inner: Service<Event> + Clone + Send + 'static,
     Inner::Future: Send,
     Inner::Response: Send + 'static,
-    E: Send + 'static,
+    Event: Send + 'static,
     S: Store + 'static,
     C: Clock + 'static,
-    F: Fn(&LambdaEvent<E>) -> Option<Subject> + Send + Sync + 'static,
+    F: Fn(&Event) -> Option<Subject> + Send + Sync + 'static,
     R: Responder<Inner::Response>,
 {
     type Response = Inner::Response;
@@ -230,7 +269,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, event: LambdaEvent<E>) -> Self::Future {
+    fn call(&mut self, event: Event) -> Self::Future {
         // The clone takes the place of the service that was made ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -238,14 +277,24 @@ where
         let limiter = self.limiter.clone();
         let responder = self.responder.clone();
         Box::pin(async move {
-            if let Some(subject) = subject {
-                let request = subject.request();
-                let decided = limiter.decide(request).await;
-                if let Some(refusal) = refusal(&limiter, request.policy, decided) {
-                    return Ok(responder.respond(&refusal));
-                }
+            let Some(subject) = subject else {
+                return inner.call(event).await;
+            };
+            let request = subject.request();
+            let decided = limiter.decide(request).await;
+            // A denial's report is made with its refusal.
+            let report = match &decided {
+                Ok(verdict) if verdict.allowed() => limiter.report(verdict).ok(),
+                _ => None,
+            };
+            if let Some(refusal) = refusal(&limiter, request.policy, decided) {
+                return Ok(responder.respond(&refusal));
             }
-            inner.call(event).await
+            let mut response = inner.call(event).await?;
+            if let Some(report) = report {
+                responder.annotate(&mut response, &report);
+            }
+            Ok(response)
         })
     }
 }
@@ -266,10 +315,17 @@ pub(crate) fn refusal<S: Store, C: Clock>(
     // The clock is read only for a response that carries a timestamp.
     match decided.map(Verdict::into_result) {
         Ok(Ok(_)) => None,
-        Ok(Err(denied)) => Some(Refusal::Limited {
-            denied,
-            timestamp_ms: limiter.now_ms(),
-        }),
+        Ok(Err(denied)) => match limiter.report(denied.verdict()) {
+            Ok(report) => Some(Refusal::Limited {
+                denied,
+                report,
+                timestamp_ms: limiter.now_ms(),
+            }),
+            Err(error) => Some(Refusal::Failed {
+                error,
+                timestamp_ms: limiter.now_ms(),
+            }),
+        },
         Err(error) => Some(Refusal::Failed {
             error,
             timestamp_ms: limiter.now_ms(),

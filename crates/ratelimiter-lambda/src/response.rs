@@ -6,7 +6,8 @@
 
 use aws_lambda_events::apigw::ApiGatewayProxyResponse;
 use aws_lambda_events::encodings::Body;
-use aws_lambda_events::http::{HeaderMap, HeaderValue, header};
+use aws_lambda_events::http::{self, HeaderMap, HeaderName, HeaderValue, header};
+use ratelimiter::QuotaReport;
 use ratelimiter::response::{ErrorBody, INTERNAL_ERROR};
 
 /// The 200 response that accepts a connection or a message.
@@ -29,6 +30,59 @@ pub fn rate_limit_error_response(retry_after: u64, timestamp_ms: u64) -> ApiGate
         .headers
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     response
+}
+
+/// The seed's 429 for a denial, with its standard fields: `Retry-After`,
+/// `RateLimit-Policy` and `RateLimit` (see [`ratelimiter::headers`]). The
+/// body is the seed's exactly; the numbers are in the fields.
+pub fn limited_response(report: &QuotaReport, timestamp_ms: u64) -> ApiGatewayProxyResponse {
+    let retry_after = report.retry_after().unwrap_or(1);
+    let mut response = json_response(429, &ErrorBody::rate_limited(retry_after, timestamp_ms));
+    insert_fields(&mut response.headers, report);
+    response
+}
+
+/// The same 429 as an `http::Response`, for `lambda_http` and other HTTP
+/// services.
+pub fn limited_http_response<B: From<String>>(
+    report: &QuotaReport,
+    timestamp_ms: u64,
+) -> http::Response<B> {
+    let retry_after = report.retry_after().unwrap_or(1);
+    let mut response = http_json_response(429, &ErrorBody::rate_limited(retry_after, timestamp_ms));
+    insert_fields(response.headers_mut(), report);
+    response
+}
+
+/// The seed's 500 as an `http::Response`.
+pub fn internal_error_http_response<B: From<String>>(timestamp_ms: u64) -> http::Response<B> {
+    http_json_response(
+        500,
+        &ErrorBody::new(INTERNAL_ERROR, "Internal server error", timestamp_ms),
+    )
+}
+
+fn http_json_response<B: From<String>>(status: u16, body: &ErrorBody) -> http::Response<B> {
+    let mut response = http::Response::new(B::from(body.to_json()));
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).expect("the seed's statuses are valid");
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Adds the report's fields to `headers` (`RateLimit-Policy`, `RateLimit`,
+/// and `Retry-After` for a denial), replacing any already there.
+pub fn insert_fields(headers: &mut HeaderMap, report: &QuotaReport) {
+    for (name, value) in report.fields() {
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("the fields' names are valid");
+        // The values are printable ASCII: numbers and quoted policy names.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// The seed's 500 response: `INTERNAL_ERROR`, "Internal server error", and
@@ -106,6 +160,50 @@ mod tests {
             body_json(&response),
             json!({"type": "error", "code": "INTERNAL_ERROR", "message": "Internal server error", "timestamp": 7})
         );
+    }
+
+    async fn denied_report() -> QuotaReport {
+        let limiter = ratelimiter::Builder::new().in_memory();
+        let attempt = (ratelimiter::PolicyId::CONNECTION_ATTEMPT, "203.0.113.7");
+        let mut verdict = limiter.decide(attempt).await.unwrap();
+        while verdict.allowed() {
+            verdict = limiter.decide(attempt).await.unwrap();
+        }
+        limiter.report(&verdict).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_429_carries_the_standard_fields_beside_retry_after() {
+        let report = denied_report().await;
+        let response = limited_response(&report, 1_699_500_123_456);
+        assert_eq!(response.status_code, 429);
+        assert_eq!(
+            response.headers["ratelimit-policy"],
+            r#""connection_attempt";q=20;w=60"#
+        );
+        assert_eq!(
+            response.headers["ratelimit"],
+            r#""connection_attempt";r=0;t=3"#
+        );
+        assert_eq!(response.headers[header::RETRY_AFTER], "3");
+        // The body stays the seed's exactly.
+        assert_eq!(
+            body_json(&response),
+            json!({
+                "type": "error",
+                "code": "RATE_LIMIT_EXCEEDED",
+                "message": "Rate limit exceeded. Retry after 3 seconds.",
+                "timestamp": 1_699_500_123_456u64,
+                "details": {"retryAfter": 3}
+            })
+        );
+        let http: http::Response<String> = limited_http_response(&report, 1);
+        assert_eq!(http.status(), 429);
+        assert_eq!(
+            http.headers()["ratelimit"],
+            r#""connection_attempt";r=0;t=3"#
+        );
+        assert_eq!(http.headers()[header::CONTENT_TYPE], "application/json");
     }
 
     #[test]

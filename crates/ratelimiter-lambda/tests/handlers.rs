@@ -115,8 +115,15 @@ fn assert_rate_limited(response: &ApiGatewayProxyResponse, retry_after: u64) {
         body["message"],
         format!("Rate limit exceeded. Retry after {retry_after} seconds.")
     );
-    assert_eq!(body["details"]["retryAfter"], retry_after);
+    // The seed's body exactly: the numbers are in the standard fields.
+    assert_eq!(body["details"], json!({"retryAfter": retry_after}));
     assert!(body["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+    let state = response.headers["ratelimit"].to_str().unwrap();
+    assert!(
+        state.ends_with(&format!(";r=0;t={retry_after}")),
+        "RateLimit: {state}"
+    );
+    assert!(response.headers.contains_key("ratelimit-policy"));
 }
 
 #[tokio::test]
@@ -134,6 +141,11 @@ async fn the_eleventh_listener_from_one_ip_is_refused() {
         .await
         .unwrap();
     assert_rate_limited(&response, 6);
+    assert_eq!(
+        response.headers["ratelimit-policy"],
+        r#""listener_join";q=10;w=60"#
+    );
+    assert_eq!(response.headers["ratelimit"], r#""listener_join";r=0;t=6"#);
     // Another IP is not affected.
     let response = handler
         .handle(invoke(connect_event(Some("198.51.100.2"), None)))
@@ -363,11 +375,13 @@ async fn heartbeats_are_acked_then_limited_with_the_error_on_the_connection() {
     }
     assert_eq!(posts[0].2["type"], "heartbeat_ack");
     assert!(posts[0].2["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
-    assert_eq!(
-        posts[2].2,
-        body(&limited),
-        "the client gets the same error body"
-    );
+    // The client gets the same error body, with the numbers of the
+    // RateLimit fields in its details, since no header reaches it.
+    let mut expected = body(&limited);
+    expected["details"]["policy"] = json!("heartbeat");
+    expected["details"]["limits"] =
+        json!([{"name": "heartbeat", "quota": 2, "window": 60, "remaining": 0, "reset": 30}]);
+    assert_eq!(posts[2].2, expected);
 }
 
 #[tokio::test]

@@ -140,6 +140,7 @@ impl Failures {
                 .map(|(limit, op)| Decision {
                     allowed,
                     limit: limit.quota().limit(),
+                    window: limit.quota().period(),
                     remaining: if allowed {
                         limit.quota().limit() - op.step.cost()
                     } else {

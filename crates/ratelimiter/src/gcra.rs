@@ -168,6 +168,7 @@ impl Quota {
             Outcome::Allowed => Decision {
                 allowed: true,
                 limit: self.limit(),
+                window: self.period,
                 remaining: self.tokens_between(tat, step.horizon),
                 retry_after: Duration::ZERO,
                 reset_after: Duration::from_nanos(tat.saturating_sub(step.now)),
@@ -177,6 +178,7 @@ impl Quota {
                 Decision {
                     allowed: false,
                     limit: self.limit(),
+                    window: self.period,
                     remaining: self.tokens_between(base, step.horizon),
                     retry_after: Duration::from_nanos(
                         base.saturating_add(step.increment)
@@ -300,6 +302,8 @@ pub struct Decision {
     pub allowed: bool,
     /// The quota's limit (also the burst capacity).
     pub limit: u32,
+    /// The quota's period: `limit` tokens come back over this long.
+    pub window: Duration,
     /// Whole tokens left after this decision.
     pub remaining: u32,
     /// How long until the same request would be allowed; zero when allowed.

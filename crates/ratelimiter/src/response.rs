@@ -7,8 +7,20 @@
 //! {"type":"error","code":"RATE_LIMIT_EXCEEDED","message":"Rate limit exceeded. Retry after 45 seconds.",
 //!  "timestamp":1699500123456,"details":{"retryAfter":45}}
 //! ```
+//!
+//! A body sent on a WebSocket connection, where no header can go, also
+//! carries the numbers of the `RateLimit` fields in `details`
+//! ([`ErrorBody::limited`]), keeping `retryAfter`:
+//!
+//! ```json
+//! {"type":"error","code":"RATE_LIMIT_EXCEEDED","message":"Rate limit exceeded. Retry after 30 seconds.",
+//!  "timestamp":1699500123456,"details":{"retryAfter":30,"policy":"heartbeat",
+//!  "limits":[{"name":"heartbeat","quota":2,"window":60,"remaining":0,"reset":30}]}}
+//! ```
 
 use serde::{Deserialize, Serialize};
+
+use crate::headers::{LimitReport, QuotaReport};
 
 /// The code of a rate-limit denial.
 pub const RATE_LIMIT_EXCEEDED: &str = "RATE_LIMIT_EXCEEDED";
@@ -34,11 +46,17 @@ pub struct ErrorBody {
 }
 
 /// The `details` of a rate-limit denial.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetails {
     /// Whole seconds to wait before retrying.
     #[serde(rename = "retryAfter")]
     pub retry_after: u64,
+    /// The policy that refused, where the body reports its numbers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub policy: Option<String>,
+    /// Each of the policy's limits, as the `RateLimit` fields state them.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub limits: Vec<LimitReport>,
 }
 
 impl ErrorBody {
@@ -49,8 +67,24 @@ impl ErrorBody {
             code: RATE_LIMIT_EXCEEDED.to_owned(),
             message: format!("Rate limit exceeded. Retry after {retry_after} seconds."),
             timestamp: timestamp_ms,
-            details: Some(ErrorDetails { retry_after }),
+            details: Some(ErrorDetails {
+                retry_after,
+                policy: None,
+                limits: Vec::new(),
+            }),
         }
+    }
+
+    /// The body of a rate-limit denial with its numbers in `details`: what
+    /// a WebSocket connection receives, since a header cannot reach it.
+    /// `retryAfter` is the report's (at least 1).
+    pub fn limited(report: &QuotaReport, timestamp_ms: u64) -> Self {
+        let mut body = Self::rate_limited(report.retry_after().unwrap_or(1), timestamp_ms);
+        if let Some(details) = &mut body.details {
+            details.policy = Some(report.policy.clone());
+            details.limits = report.limits.clone();
+        }
+        body
     }
 
     /// The body of any other error.
@@ -89,6 +123,32 @@ mod tests {
                 "message": "Rate limit exceeded. Retry after 45 seconds.",
                 "timestamp": 1_699_500_123_456u64,
                 "details": {"retryAfter": 45}
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_websocket_body_adds_the_numbers_and_keeps_retry_after() {
+        let limiter = crate::Builder::new().in_memory();
+        let id = crate::PolicyId::HEARTBEAT;
+        for _ in 0..2 {
+            assert!(limiter.decide((id, "c")).await.unwrap().allowed());
+        }
+        let denied = limiter.decide((id, "c")).await.unwrap();
+        let report = limiter.report(&denied).unwrap();
+        let body: Value = serde_json::from_str(&ErrorBody::limited(&report, 9).to_json()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "type": "error",
+                "code": "RATE_LIMIT_EXCEEDED",
+                "message": "Rate limit exceeded. Retry after 30 seconds.",
+                "timestamp": 9,
+                "details": {
+                    "retryAfter": 30,
+                    "policy": "heartbeat",
+                    "limits": [{"name": "heartbeat", "quota": 2, "window": 60, "remaining": 0, "reset": 30}]
+                }
             })
         );
     }

@@ -29,6 +29,42 @@ pub const MAX_LIMITS: usize = 8;
 /// The shortest period a limit may have.
 pub const MIN_PERIOD: Duration = Duration::from_secs(1);
 
+/// What one token of a policy stands for: what a request's cost counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// One request (the cost is 1 unless the caller says otherwise).
+    #[default]
+    Requests,
+    /// One byte of the request's content: a route handler charges a
+    /// message's size, so a quota bounds bandwidth instead of counts.
+    Bytes,
+}
+
+impl Unit {
+    /// The name in configuration: `requests` or `bytes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Bytes => "bytes",
+        }
+    }
+}
+
+impl std::str::FromStr for Unit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "requests" => Ok(Unit::Requests),
+            "bytes" => Ok(Unit::Bytes),
+            other => Err(format!(
+                "unknown unit {:?}: use \"requests\" or \"bytes\"",
+                shorten(other)
+            )),
+        }
+    }
+}
+
 /// How a policy behaves while its store is unavailable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum FailureMode {
@@ -227,6 +263,7 @@ pub struct Policy {
     tiers: Vec<(Box<str>, Box<[Limit]>)>,
     failure_mode: FailureMode,
     shadow: bool,
+    unit: Unit,
 }
 
 /// Why a policy could not be built.
@@ -272,6 +309,7 @@ impl Policy {
             tiers: Vec::new(),
             failure_mode: FailureMode::default(),
             shadow: false,
+            unit: Unit::Requests,
         })
     }
 
@@ -362,6 +400,19 @@ impl Policy {
     #[must_use]
     pub fn with_shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
+        self
+    }
+
+    /// What one token stands for.
+    #[inline]
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// The same policy, counting `unit`s.
+    #[must_use]
+    pub fn with_unit(mut self, unit: Unit) -> Self {
+        self.unit = unit;
         self
     }
 
