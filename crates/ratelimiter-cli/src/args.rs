@@ -136,6 +136,8 @@ pub enum HandlerKind {
     Connect,
     /// The `heartbeat` handler.
     Heartbeat,
+    /// The `message` handler: every route the configuration limits.
+    Message,
 }
 
 /// One key: a policy and an identifier.

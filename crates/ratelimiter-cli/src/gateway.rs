@@ -9,8 +9,14 @@
 //!   **Development only**: any client can claim any user id or tier here.
 //! - A refused `$connect` is answered with the handler's status, headers and
 //!   body instead of the upgrade.
-//! - Text messages are routed on `$request.body.action`; `heartbeat` goes to
-//!   the heartbeat handler. Other actions get API Gateway's "Forbidden" message.
+//! - Messages are routed on `$request.body.action`: `heartbeat` goes to the
+//!   heartbeat handler; an action the configuration limits (`[route.*]`),
+//!   or any other when it limits `$default`, goes to the message handler as
+//!   the `$default` route, as the template deploys it. An allowed message
+//!   there has no backend and gets no reply, as API Gateway gives with no
+//!   integration response. Other messages get API Gateway's "Forbidden",
+//!   as with no `$default` route. A binary message is passed base64
+//!   encoded, so a byte quota counts it.
 //! - `POST /{stage}/@connections/{connectionId}` is the Management API: the
 //!   handlers' unchanged `PostToConnection` calls reach the client; an
 //!   unknown connection gets 410. `DELETE` closes the connection.
@@ -33,12 +39,15 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
 use lambda_runtime::{Context, LambdaEvent};
+use ratelimiter::policy::DEFAULT_ROUTE;
 use ratelimiter::{RateLimitService, Store};
 use ratelimiter_lambda::connect::ConnectHandler;
 use ratelimiter_lambda::event;
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::management::ManagementApi;
+use ratelimiter_lambda::message::MessageHandler;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -67,8 +76,12 @@ enum EventKind<'a> {
         headers: &'a HeaderMap,
         query: &'a HashMap<String, String>,
     },
-    /// A message routed to `route`.
-    Message { route: &'a str, body: &'a str },
+    /// A message routed to `route`; `binary` when `body` is base64.
+    Message {
+        route: &'a str,
+        body: &'a str,
+        binary: bool,
+    },
 }
 
 /// What API Gateway knows about a connection.
@@ -86,6 +99,7 @@ struct Connection {
 struct Gateway<S> {
     connect: ConnectHandler<S>,
     heartbeat: HeartbeatHandler<S, ManagementApi>,
+    message: MessageHandler<S, ManagementApi>,
     domain: String,
     connections: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
     ids: AtomicU64,
@@ -105,10 +119,13 @@ pub async fn serve<S: Store + 'static>(
         .map_err(|e| CliError::Store(e.to_string()))?;
     let limiter = Arc::new(limiter);
     // The handlers post to this very server, unchanged, through the SDK.
-    let management = ManagementApi::local(format!("http://{address}/{DEFAULT_STAGE}"));
+    let management = Arc::new(ManagementApi::local(format!(
+        "http://{address}/{DEFAULT_STAGE}"
+    )));
     let gateway = Arc::new(Gateway {
         connect: ConnectHandler::new(limiter.clone()),
-        heartbeat: HeartbeatHandler::new(limiter, Arc::new(management)),
+        heartbeat: HeartbeatHandler::new(limiter.clone(), management.clone()),
+        message: MessageHandler::new(limiter, management),
         domain: address.to_string(),
         connections: Mutex::default(),
         ids: AtomicU64::new(0),
@@ -276,7 +293,10 @@ impl<S: Store + 'static> Gateway<S> {
                     event["queryStringParameters"] = json!(query);
                 }
             }
-            EventKind::Message { body, .. } => event["body"] = json!(body),
+            EventKind::Message { body, binary, .. } => {
+                event["body"] = json!(body);
+                event["isBase64Encoded"] = json!(binary);
+            }
         }
         event
     }
@@ -288,8 +308,11 @@ impl<S: Store + 'static> Gateway<S> {
         loop {
             tokio::select! {
                 incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Text(text))) => self.route(&connection, text.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => self.route(&connection, "").await,
+                    Some(Ok(Message::Text(text))) => self.route(&connection, text.as_str(), false).await,
+                    Some(Ok(Message::Binary(data))) => {
+                        let body = base64::engine::general_purpose::STANDARD.encode(&data);
+                        self.route(&connection, &body, true).await;
+                    }
                     Some(Err(error)) if error.to_string().contains("Space limit exceeded") => {
                         // What API Gateway does with a frame over 32 KB or a
                         // message over 128 KB: close with 1009.
@@ -322,27 +345,16 @@ impl<S: Store + 'static> Gateway<S> {
     }
 
     /// Routes one message on `$request.body.action`.
-    async fn route(&self, connection: &Connection, body: &str) {
-        let action = serde_json::from_str::<Value>(body)
-            .ok()
+    async fn route(&self, connection: &Connection, body: &str, binary: bool) {
+        let action = (!binary)
+            .then(|| serde_json::from_str::<Value>(body).ok())
+            .flatten()
             .and_then(|v| v.get("action")?.as_str().map(str::to_owned));
-        match action.as_deref() {
-            Some("heartbeat") => {
-                let payload = self.event(
-                    connection,
-                    EventKind::Message {
-                        route: "heartbeat",
-                        body,
-                    },
-                );
-                match event::parse(payload) {
-                    Ok(request) => {
-                        let response = self.heartbeat.handle_event(&request).await;
-                        tracing::info!("heartbeat {} -> {}", connection.id, response.status_code);
-                    }
-                    Err(bad) => tracing::error!(%bad, "the gateway built a bad event"),
-                }
-            }
+        let policies = self.message.limiter().policies();
+        let route = match action.as_deref() {
+            Some("heartbeat") => "heartbeat",
+            Some(action) if policies.route(action).is_some() => DEFAULT_ROUTE,
+            _ if policies.route(DEFAULT_ROUTE).is_some() => DEFAULT_ROUTE,
             other => {
                 tracing::info!(
                     "message  {} with no route (action {other:?})",
@@ -351,8 +363,40 @@ impl<S: Store + 'static> Gateway<S> {
                 // What API Gateway answers when no route matches and there is no $default.
                 let answer = json!({"message": "Forbidden", "connectionId": connection.id, "requestId": format!("{:x}", self.now_ms())});
                 self.send(&connection.id, Outgoing::Text(answer.to_string()));
+                return;
             }
-        }
+        };
+        let payload = self.event(
+            connection,
+            EventKind::Message {
+                route,
+                body,
+                binary,
+            },
+        );
+        let request = match event::parse(payload) {
+            Ok(request) => request,
+            Err(bad) => {
+                tracing::error!(%bad, "the gateway built a bad event");
+                return;
+            }
+        };
+        let status = if route == "heartbeat" {
+            self.heartbeat.handle_event(&request).await.status_code
+        } else {
+            match self.message.handle_event(&request).await {
+                Ok(response) => response.status_code,
+                Err(error) => {
+                    tracing::error!(%error, "the message handler failed");
+                    500
+                }
+            }
+        };
+        tracing::info!(
+            "{} {} -> {status}",
+            action.as_deref().unwrap_or(route),
+            connection.id
+        );
     }
 
     fn send(&self, id: &str, message: Outgoing) -> bool {

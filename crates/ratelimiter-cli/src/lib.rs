@@ -119,6 +119,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 "file": file.display().to_string(),
                 "valid": true,
                 "policies": policies_json(&config.policies)["policies"],
+                "routes": policies_json(&config.policies)["routes"],
             }));
             Ok(ExitCode::SUCCESS)
         }
@@ -251,13 +252,21 @@ fn policies_json(policies: &Policies) -> Value {
                 "key": policy.kind().as_str(),
                 "limits": limits(policy.limits()),
                 "tiers": tiers,
+                "unit": policy.unit().as_str(),
                 "failure_mode": policy.failure_mode().as_str(),
                 "shadow": policy.shadow(),
                 "builtin": id.index() < ratelimiter::policy::BUILTINS.len(),
             })
         })
         .collect();
-    json!({ "policies": list })
+    let routes: serde_json::Map<String, Value> = policies
+        .routes()
+        .map(|(action, ids)| {
+            let names: Vec<&str> = ids.iter().map(|&id| policies[id].name()).collect();
+            (action.to_owned(), json!(names))
+        })
+        .collect();
+    json!({ "policies": list, "routes": routes })
 }
 
 /// Runs one handler on the event in `path` (or standard input) and prints its response.
@@ -294,6 +303,14 @@ async fn invoke<S: Store + 'static>(
                 ratelimiter_lambda::management::ManagementApi::from_env().await,
             );
             ratelimiter_lambda::heartbeat::HeartbeatHandler::new(limiter, sender)
+                .handle(event)
+                .await
+        }
+        HandlerKind::Message => {
+            let sender = std::sync::Arc::new(
+                ratelimiter_lambda::management::ManagementApi::from_env().await,
+            );
+            ratelimiter_lambda::message::MessageHandler::new(limiter, sender)
                 .handle(event)
                 .await
         }

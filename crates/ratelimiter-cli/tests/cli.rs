@@ -476,6 +476,9 @@ limits = ["2/min"]
 
 [policy.api_calls.tier.pro]
 limits = ["5/min"]
+
+[route.sendMessage]
+policies = ["send_message"]
 "#;
 
 #[test]
@@ -510,6 +513,11 @@ fn policies_from_a_file_are_checked_listed_and_enforced() {
     assert_eq!(send["key"], "connection");
     assert_eq!(send["limits"], serde_json::json!(["3/10s", "100/min"]));
     assert_eq!(policies[4]["tiers"]["pro"], serde_json::json!(["5/min"]));
+    assert_eq!(send["unit"], "requests");
+    assert_eq!(
+        json(&listed)["routes"],
+        serde_json::json!({"sendMessage": ["send_message"]})
+    );
 
     // Two limits: the check reports the tightest and every limit.
     let output = with_config(&["check", "send-message", "conn-1", "--cost", "3"]);

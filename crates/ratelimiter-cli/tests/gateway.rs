@@ -350,3 +350,57 @@ async fn a_decision_waiting_for_the_stores_lock_does_not_stop_other_connections(
     holder.execute_batch("ROLLBACK").unwrap();
     assert!(waiting.await.unwrap(), "the waiting connect went through");
 }
+
+#[tokio::test]
+async fn a_byte_quota_on_a_route_refuses_text_and_binary_alike() {
+    let server = Server::start_with(
+        &[("RATE_LIMIT_CONFIG", "limits.toml")],
+        &[(
+            "limits.toml",
+            "[policy.message_bytes]\nkey = \"connection\"\nunit = \"bytes\"\nlimits = [\"100/min\"]\n\
+             [route.sendMessage]\npolicies = [\"message_bytes\"]\n",
+        )],
+    );
+    let mut socket = server.connect("127.0.0.41", None).await.unwrap();
+    // 60 bytes: allowed, and with no backend the client gets no reply.
+    let sixty = format!(r#"{{"action":"sendMessage","t":"{}"}}"#, "x".repeat(29));
+    assert_eq!(sixty.len(), 60);
+    send(&mut socket, &sixty).await;
+    // Another 60 do not fit in the 40 left: the seed's body, with numbers.
+    send(&mut socket, &sixty).await;
+    let refused = next_json(&mut socket).await;
+    assert_eq!(refused["code"], "RATE_LIMIT_EXCEEDED", "{refused}");
+    assert_eq!(refused["details"]["retryAfter"], 12);
+    assert_eq!(refused["details"]["policy"], "message_bytes");
+    assert_eq!(refused["details"]["limits"][0]["remaining"], 40);
+    // A binary message has no action: with no `$default` limit, it gets
+    // API Gateway's answer for a message no route takes.
+    use futures_util::SinkExt;
+    socket.send(Message::binary(vec![0u8; 50])).await.unwrap();
+    assert_eq!(next_json(&mut socket).await["message"], "Forbidden");
+    // Any action the configuration does not limit, likewise.
+    send(&mut socket, r#"{"action":"dance"}"#).await;
+    assert_eq!(next_json(&mut socket).await["message"], "Forbidden");
+}
+
+#[tokio::test]
+async fn default_route_limits_binary_messages_by_their_size() {
+    let server = Server::start_with(
+        &[("RATE_LIMIT_CONFIG", "limits.toml")],
+        &[(
+            "limits.toml",
+            "[policy.message_bytes]\nkey = \"connection\"\nunit = \"bytes\"\nlimits = [\"100/min\"]\n\
+             [route.\"$default\"]\npolicies = [\"message_bytes\"]\n",
+        )],
+    );
+    let mut socket = server.connect("127.0.0.42", None).await.unwrap();
+    use futures_util::SinkExt;
+    socket.send(Message::binary(vec![7u8; 90])).await.unwrap();
+    socket.send(Message::binary(vec![7u8; 20])).await.unwrap();
+    let refused = next_json(&mut socket).await;
+    assert_eq!(refused["code"], "RATE_LIMIT_EXCEEDED", "{refused}");
+    assert_eq!(refused["details"]["limits"][0]["remaining"], 10);
+    // A message larger than the whole quota can never pass: 413's body.
+    socket.send(Message::binary(vec![7u8; 101])).await.unwrap();
+    assert_eq!(next_json(&mut socket).await["code"], "MESSAGE_TOO_LARGE");
+}

@@ -55,6 +55,12 @@ async fn conformance_seed_scenarios() {
 }
 
 #[tokio::test]
+async fn conformance_route_policies() {
+    let endpoint = dynoxide().await;
+    conformance::route_policies(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test]
 async fn conformance_status_and_reset() {
     let endpoint = dynoxide().await;
     conformance::status_and_reset(store_with_table(&endpoint).await).await;

@@ -23,6 +23,12 @@ async fn seed_scenarios() {
 }
 
 #[tokio::test]
+async fn route_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::route_policies(embedded(&dir).await).await;
+}
+
+#[tokio::test]
 async fn status_and_reset() {
     let dir = tempfile::tempdir().unwrap();
     conformance::status_and_reset(embedded(&dir).await).await;

@@ -57,6 +57,7 @@ fn main() {
     for (name, built) in [
         ("connect", env!("CARGO_BIN_EXE_connect")),
         ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
+        ("message", env!("CARGO_BIN_EXE_message")),
     ] {
         // Relative to the workspace, where the command is documented to run.
         let binary = match &dir {

@@ -6,6 +6,8 @@
 //!   listeners, JWT-verified speakers);
 //! - [`connect::ConnectHandler`]: `$connect`, with a pluggable [`connect::ConnectHook`];
 //! - [`heartbeat::HeartbeatHandler`]: the `heartbeat` route;
+//! - [`message::MessageHandler`]: every other route (`[route.*]`), with a
+//!   pluggable [`message::MessageHook`];
 //! - [`layer::RateLimitLayer`]: any policy around any handler;
 //! - [`response`]: the seed's responses as API Gateway proxy responses;
 //! - [`emf`]: CloudWatch metrics, flushed after each invocation;
@@ -22,6 +24,7 @@ pub mod event;
 pub mod heartbeat;
 pub mod layer;
 pub mod management;
+pub mod message;
 pub mod response;
 pub mod runtime;
 

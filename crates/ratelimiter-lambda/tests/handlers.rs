@@ -11,6 +11,7 @@ use ratelimiter_lambda::connect::{ConnectHandler, ConnectHook, Role};
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::layer::{RateLimitLayer, Refusal, Subject};
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
+use ratelimiter_lambda::message::{MessageHandler, MessageHook};
 use ratelimiter_testing::{Capturing, Format, Logs};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -120,7 +121,7 @@ fn assert_rate_limited(response: &ApiGatewayProxyResponse, retry_after: u64) {
     assert!(body["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
     let state = response.headers["ratelimit"].to_str().unwrap();
     assert!(
-        state.ends_with(&format!(";r=0;t={retry_after}")),
+        state.ends_with(&format!(";t={retry_after}")),
         "RateLimit: {state}"
     );
     assert!(response.headers.contains_key("ratelimit-policy"));
@@ -795,4 +796,167 @@ async fn a_post_that_fails_with_a_5xx_is_never_sent_again() {
             "one post per heartbeat"
         );
     }
+}
+
+/// A limiter with a `sendMessage` route (a count and a byte quota per
+/// connection, a count per user) and `$default` (a count per connection).
+fn routed_limiter() -> Limiter {
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.messages]\nkey = \"connection\"\nlimits = [\"3/s\"]\n\
+         [policy.message_bytes]\nkey = \"connection\"\nunit = \"bytes\"\nlimits = [\"100/min\"]\n\
+         [policy.user_messages]\nkey = \"user\"\nlimits = [\"1/min\"]\n\
+         [policy.other_messages]\nkey = \"connection\"\nlimits = [\"1/min\"]\n\
+         [route.sendMessage]\npolicies = [\"messages\", \"message_bytes\", \"user_messages\"]\n\
+         [route.\"$default\"]\npolicies = [\"other_messages\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    Arc::new(
+        Builder::from_config(config)
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .in_memory(),
+    )
+}
+
+/// A message on `route` from `connection`, by `user` if given.
+fn message_event(route: &str, connection: &str, user: Option<&str>, body: &str) -> Value {
+    let mut event = heartbeat_event(connection, body);
+    event["requestContext"]["routeKey"] = json!(route);
+    if let Some(user) = user {
+        event["requestContext"]["authorizer"] = json!({"userId": user});
+    }
+    event
+}
+
+/// Counts the messages that reach the application.
+#[derive(Clone, Default)]
+struct Backend(Arc<AtomicU32>);
+
+impl MessageHook for Backend {
+    async fn on_message(
+        &self,
+        _: &ApiGatewayWebsocketProxyRequest,
+    ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(ratelimiter_lambda::ok_response())
+    }
+}
+
+#[tokio::test]
+async fn a_routes_messages_are_counted_and_sized_and_a_denied_one_never_reaches_the_app() {
+    let sender = Arc::new(Recorder::default());
+    let backend = Backend::default();
+    let handler = MessageHandler::new(routed_limiter(), sender.clone()).with_hook(backend.clone());
+    let send = |body: &str| invoke(message_event("sendMessage", "conn-1", None, body));
+    let forty = format!(r#"{{"action":"sendMessage","text":"{}"}}"#, "x".repeat(6));
+    assert_eq!(forty.len(), 40);
+    for _ in 0..2 {
+        assert_eq!(handler.handle(send(&forty)).await.unwrap().status_code, 200);
+    }
+    assert_eq!(backend.0.load(Ordering::SeqCst), 2);
+    assert!(
+        sender.posts.lock().unwrap().is_empty(),
+        "nothing posted when allowed"
+    );
+    // 80 of 100 bytes used: another 40 is refused by the byte quota until
+    // 20 more come back, at 100/min.
+    let refused = handler.handle(send(&forty)).await.unwrap();
+    assert_rate_limited(&refused, 12);
+    assert_eq!(backend.0.load(Ordering::SeqCst), 2, "never reached the app");
+    let posts = sender.posts.lock().unwrap().clone();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].1, "conn-1");
+    assert_eq!(posts[0].2["details"]["retryAfter"], 12);
+    assert_eq!(posts[0].2["details"]["policy"], "message_bytes");
+    assert_eq!(
+        posts[0].2["details"]["limits"],
+        json!([{"name": "message_bytes", "quota": 100, "window": 60, "unit": "bytes", "remaining": 20, "reset": 12}])
+    );
+    // A small one still fits, and the refused one took no message token
+    // (3/s: this is the third).
+    assert_eq!(handler.handle(send("{}")).await.unwrap().status_code, 200);
+    assert_eq!(handler.handle(send("{}")).await.unwrap().status_code, 429);
+}
+
+#[tokio::test]
+async fn a_message_larger_than_its_byte_quota_is_refused_without_a_call() {
+    let sender = Arc::new(Recorder::default());
+    let handler = MessageHandler::new(routed_limiter(), sender.clone());
+    let big = format!(
+        r#"{{"action":"sendMessage","text":"{}"}}"#,
+        "x".repeat(128 * 1024)
+    );
+    let response = handler
+        .handle(invoke(message_event("sendMessage", "conn-2", None, &big)))
+        .await
+        .unwrap();
+    assert_eq!(response.status_code, 413);
+    let body = body(&response);
+    assert_eq!(body["code"], "MESSAGE_TOO_LARGE");
+    assert_eq!(
+        body["message"],
+        format!(
+            "Message of {} bytes exceeds the 100 bytes message_bytes allows at once.",
+            big.len()
+        )
+    );
+    let posts = sender.posts.lock().unwrap().clone();
+    assert_eq!(posts[0].2["code"], "MESSAGE_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn a_user_policy_counts_speakers_only_and_default_routes_by_action() {
+    let sender = Arc::new(Recorder::default());
+    let backend = Backend::default();
+    let handler = MessageHandler::new(routed_limiter(), sender.clone()).with_hook(backend.clone());
+    let small = r#"{"action":"sendMessage"}"#;
+    // alice's 1/min holds across her connections.
+    let alice = |connection| {
+        invoke(message_event(
+            "sendMessage",
+            connection,
+            Some("alice"),
+            small,
+        ))
+    };
+    assert_eq!(handler.handle(alice("a")).await.unwrap().status_code, 200);
+    assert_eq!(handler.handle(alice("b")).await.unwrap().status_code, 429);
+    // A listener has no user: only the per-connection policies count it.
+    let listener = || invoke(message_event("sendMessage", "c", None, small));
+    assert_eq!(handler.handle(listener()).await.unwrap().status_code, 200);
+    assert_eq!(handler.handle(listener()).await.unwrap().status_code, 200);
+    // Through $default, a configured action keeps its route's policies...
+    let via_default = |connection, body| invoke(message_event("$default", connection, None, body));
+    for _ in 0..3 {
+        let response = handler.handle(via_default("d", small)).await.unwrap();
+        assert_eq!(response.status_code, 200);
+    }
+    assert_eq!(
+        handler
+            .handle(via_default("d", small))
+            .await
+            .unwrap()
+            .status_code,
+        429
+    );
+    // ...and anything else gets $default's.
+    let other = r#"{"action":"unknown"}"#;
+    assert_eq!(
+        handler
+            .handle(via_default("e", other))
+            .await
+            .unwrap()
+            .status_code,
+        200
+    );
+    assert_eq!(
+        handler
+            .handle(via_default("e", "not json"))
+            .await
+            .unwrap()
+            .status_code,
+        429
+    );
+    assert_eq!(backend.0.load(Ordering::SeqCst), 7);
 }

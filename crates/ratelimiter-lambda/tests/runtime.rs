@@ -126,7 +126,13 @@ impl Harness {
     }
 
     fn spawn(&self, binary: &str) -> Child {
+        self.spawn_with(binary, &[])
+    }
+
+    /// [`Harness::spawn`] with more variables.
+    fn spawn_with(&self, binary: &str, env: &[(&str, &str)]) -> Child {
         command(binary)
+            .envs(env.iter().copied())
             .env("AWS_LAMBDA_RUNTIME_API", &self.address)
             .env("AWS_LAMBDA_FUNCTION_NAME", "test")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
@@ -402,6 +408,61 @@ async fn the_heartbeat_binary_acks_then_limits() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_binary_limits_a_configured_route_on_dynamodb() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.toml");
+    std::fs::write(
+        &file,
+        "[policy.chat]\nkey = \"connection\"\nlimits = [\"1/min\"]\n\
+         [policy.chat_bytes]\nkey = \"connection\"\nunit = \"bytes\"\nlimits = [\"1000/min\"]\n\
+         [route.chat]\npolicies = [\"chat\", \"chat_bytes\"]\n",
+    )
+    .unwrap();
+    let mut harness = Harness::start().await;
+    let child = harness.spawn_with(
+        env!("CARGO_BIN_EXE_message"),
+        &[("RATE_LIMIT_CONFIG", file.to_str().unwrap())],
+    );
+    // Through $default, by its action.
+    let chat = || event("$default", Some(r#"{"action":"chat","text":"hi"}"#));
+    harness.invoke("1", chat());
+    let (id, kind, response) = harness.receive().await;
+    assert_eq!((id.as_str(), kind.as_str()), ("1", "response"));
+    assert_eq!(response["statusCode"], 200, "{response}");
+    harness.invoke("2", chat());
+    let (connection, kind, posted) = harness.receive().await;
+    assert_eq!((connection.as_str(), kind.as_str()), ("conn-1", "posted"));
+    assert_eq!(posted["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(posted["details"]["policy"], "chat");
+    let (id, _, response) = harness.receive().await;
+    assert_eq!(id, "2");
+    assert_eq!(response["statusCode"], 429, "{response}");
+    // Both policies share the connection's item: one call for the allowed
+    // message, counted once; none for the denial, which the first call's
+    // answer already told.
+    let metrics = emf_documents(child);
+    let calls: Vec<_> = metrics
+        .iter()
+        .map(|d| {
+            (
+                d["Operation"].as_str().unwrap(),
+                d["DynamoDbCalls"].as_u64(),
+                d["Denied"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("chat", Some(1), None),
+            ("chat_bytes", None, None),
+            ("chat", None, Some(1))
+        ],
+        "{metrics:#?}"
+    );
+}
+
 #[test]
 fn a_bad_configuration_stops_the_container_at_start_up() {
     let dir = std::env::temp_dir().join(format!("ratelimiter-runtime-{}", std::process::id()));
@@ -493,10 +554,11 @@ fn the_authorizer_binary_reads_the_configuration_file_at_start_up() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The three binaries, for what they all do at start-up.
-const BINARIES: [&str; 3] = [
+/// The four binaries, for what they all do at start-up.
+const BINARIES: [&str; 4] = [
     env!("CARGO_BIN_EXE_connect"),
     env!("CARGO_BIN_EXE_heartbeat"),
+    env!("CARGO_BIN_EXE_message"),
     env!("CARGO_BIN_EXE_authorizer"),
 ];
 

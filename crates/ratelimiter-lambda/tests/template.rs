@@ -105,9 +105,10 @@ fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
         "{KEY_SECRET_VAR} is not set from the generated secret"
     );
     assert!(template.contains("Type: AWS::SecretsManager::Secret"));
-    // Given to the two functions that build keys, and to no other.
+    // Given to the three functions that build keys (connect, heartbeat,
+    // message), and to no other.
     let secret_line = format!("{KEY_SECRET_VAR}: !Sub");
-    assert_eq!(template.matches(&secret_line).count(), 2);
+    assert_eq!(template.matches(&secret_line).count(), 3);
     let globals = template
         .split("\nGlobals:\n")
         .nth(1)
@@ -141,6 +142,7 @@ fn the_functions_are_the_binaries_this_crate_builds() {
     for (name, path) in [
         ("connect", env!("CARGO_BIN_EXE_connect")),
         ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
+        ("message", env!("CARGO_BIN_EXE_message")),
         ("authorizer", env!("CARGO_BIN_EXE_authorizer")),
     ] {
         assert!(path.ends_with(name), "{path}");
@@ -149,7 +151,10 @@ fn the_functions_are_the_binaries_this_crate_builds() {
             "no function builds {name}"
         );
     }
-    assert_eq!(template.matches("BuildMethod: rust-cargolambda").count(), 3);
+    assert_eq!(template.matches("BuildMethod: rust-cargolambda").count(), 4);
+    // Every message no other route takes reaches the message function.
+    assert!(template.contains("RouteKey: $default\n"));
+    assert!(template.contains("${MessageFunction.Arn}/invocations"));
 }
 
 #[test]
@@ -232,6 +237,7 @@ fn a_flood_is_bounded_before_the_functions_run() {
         "StageBurstLimit",
         "ConnectConcurrency",
         "HeartbeatConcurrency",
+        "MessageConcurrency",
     ] {
         assert!(parameters.contains(name), "{name} is not a parameter");
     }
@@ -239,6 +245,7 @@ fn a_flood_is_bounded_before_the_functions_run() {
     assert!(template.contains("ThrottlingBurstLimit: !Ref StageBurstLimit"));
     assert!(template.contains("ReservedConcurrentExecutions: !Ref ConnectConcurrency"));
     assert!(template.contains("ReservedConcurrentExecutions: !Ref HeartbeatConcurrency"));
+    assert!(template.contains("ReservedConcurrentExecutions: !Ref MessageConcurrency"));
 }
 
 #[test]

@@ -354,3 +354,45 @@ pub async fn keyed_digests<S: Store>(
         service,
     )
 }
+
+/// A route's two policies on one item (a count and a byte quota per
+/// connection) in one call; all or nothing.
+pub async fn route_policies<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service_with(
+        store,
+        &clock,
+        "[policy.messages]\nkey = \"connection\"\nlimits = [\"3/s\"]\n\
+         [policy.message_bytes]\nkey = \"connection\"\nunit = \"bytes\"\nlimits = [\"100/min\"]\n",
+    );
+    let (messages, bytes) = (
+        service.policy_id("messages").unwrap(),
+        service.policy_id("message_bytes").unwrap(),
+    );
+    let send = |size| {
+        [
+            Request::from((messages, "conn-r")),
+            Request::from((bytes, "conn-r")).cost(size),
+        ]
+    };
+    for remaining in [2, 1] {
+        let verdicts = service.decide_all(&send(30)).await.unwrap();
+        assert!(verdicts.iter().all(|v| v.allowed()), "{verdicts:?}");
+        assert_eq!(verdicts[0].decision.remaining, remaining);
+        let calls: u32 = verdicts.iter().map(|v| v.calls).sum();
+        assert_eq!(calls, 1, "two policies on one item take one call");
+    }
+    // 60 bytes do not fit in the 40 left: refused, and nothing counted.
+    let refused = service.decide_all(&send(60)).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].policy, bytes);
+    assert!(!refused[0].allowed());
+    let counted = service
+        .status(Request::from((messages, "conn-r")))
+        .await
+        .unwrap();
+    assert_eq!(counted[0].count, 2, "the refused message took nothing");
+    let verdicts = service.decide_all(&send(40)).await.unwrap();
+    assert!(verdicts.iter().all(|v| v.allowed()));
+    assert_eq!(verdicts[1].decision.remaining, 0);
+}

@@ -37,6 +37,7 @@
 //! # }).unwrap();
 //! ```
 
+mod all;
 pub mod builder;
 mod cache;
 pub mod clock;

@@ -19,9 +19,9 @@ use crate::store::{Op, Store};
 use crate::verdict::{RateLimitError, Request, Verdict};
 
 /// A request made ready, with one op per limit.
-struct Plan<'s> {
-    resolved: Resolved<'s>,
-    ops: Vec<Op<'s>>,
+pub(crate) struct Plan<'s> {
+    pub(crate) resolved: Resolved<'s>,
+    pub(crate) ops: Vec<Op<'s>>,
 }
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
@@ -208,7 +208,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 
     /// The verdict on a store's answer, with the policy's shadow mode.
-    fn verdict(
+    pub(crate) fn verdict(
         &self,
         r: &Resolved<'_>,
         ops: &[Op<'_>],
@@ -222,7 +222,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 
     /// The resolved request and its ops at `now`, in a vector.
-    fn plan<'s>(&'s self, request: &Request<'s>, now: Nanos) -> Result<Plan<'s>, RateLimitError> {
+    pub(crate) fn plan<'s>(
+        &'s self,
+        request: &Request<'s>,
+        now: Nanos,
+    ) -> Result<Plan<'s>, RateLimitError> {
         let resolved = self.prepare(request)?;
         let ops = resolved
             .limits

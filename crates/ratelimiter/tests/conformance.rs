@@ -11,6 +11,11 @@ async fn seed_scenarios() {
 }
 
 #[tokio::test]
+async fn route_policies() {
+    conformance::route_policies(MemoryStore::new()).await;
+}
+
+#[tokio::test]
 async fn status_and_reset() {
     conformance::status_and_reset(MemoryStore::new()).await;
 }

@@ -835,3 +835,136 @@ async fn a_hot_listener_address_is_held_for_both_of_its_checks() {
     assert_eq!(calls(), after_first, "no call while held");
     assert_eq!(admitted, 10, "the listener limit, decided here");
 }
+
+/// A route's policies: messages and bytes per connection, messages per user.
+fn route_config(shadow_bytes: bool) -> Config {
+    Config::from_file_text(
+        "limits.toml",
+        &format!(
+            "[policy.messages]\nkey = \"connection\"\nlimits = [\"3/s\"]\n\
+             [policy.message_bytes]\nkey = \"connection\"\nunit = \"bytes\"\nlimits = [\"100/min\"]\nshadow = {shadow_bytes}\n\
+             [policy.user_messages]\nkey = \"user\"\nlimits = [\"4/min\"]\n"
+        ),
+        |_| None,
+    )
+    .unwrap()
+}
+
+fn route_requests<'a>(
+    service: &RateLimitService<Faulty, FakeClock>,
+    connection: &'a str,
+    user: Option<&'a str>,
+    size: u32,
+) -> Vec<Request<'a>> {
+    let id = |name| service.policy_id(name).unwrap();
+    let mut requests = vec![
+        Request::from((id("messages"), connection)),
+        Request::from((id("message_bytes"), connection)).cost(size),
+    ];
+    if let Some(user) = user {
+        requests.push(Request::from((id("user_messages"), user)));
+    }
+    requests
+}
+
+#[tokio::test]
+async fn a_routes_policies_on_one_item_take_one_call_and_all_or_nothing() {
+    let flaky = Faulty::default();
+    let service = Builder::from_config(route_config(false))
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .build(flaky.clone());
+    let send = |size| route_requests(&service, "conn-1", None, size);
+    let verdicts = service.decide_all(&send(60)).await.unwrap();
+    assert_eq!(verdicts.len(), 2);
+    assert!(verdicts.iter().all(Verdict::allowed));
+    assert_eq!(
+        verdicts[0].calls + verdicts[1].calls,
+        1,
+        "one call for both"
+    );
+    assert_eq!(verdicts[1].decision.remaining, 40);
+    assert_eq!(flaky.calls(), 1);
+    // 60 more bytes do not fit: refused by the byte quota alone, and the
+    // message is not counted either. The first call's answer already says
+    // so: no call.
+    let refused = service.decide_all(&send(60)).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].policy,
+        service.policy_id("message_bytes").unwrap()
+    );
+    assert!(!refused[0].allowed());
+    assert_eq!(
+        refused[0].retry_after_secs(),
+        12,
+        "20 bytes back at 100/min"
+    );
+    assert!(refused[0].cached);
+    assert_eq!((refused[0].calls, flaky.calls()), (0, 1));
+    let verdicts = service.decide_all(&send(10)).await.unwrap();
+    assert_eq!(
+        verdicts[0].decision.remaining, 1,
+        "the refused ones took nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_on_one_item_gives_back_what_the_other_took() {
+    let service = Builder::from_config(route_config(false))
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .deny_cache(0)
+        .build(Faulty::default());
+    // alice's 4/min runs out over two connections.
+    for connection in ["a", "a", "b", "b"] {
+        let verdicts = service
+            .decide_all(&route_requests(&service, connection, Some("alice"), 1))
+            .await
+            .unwrap();
+        assert_eq!(verdicts.len(), 3);
+        assert!(verdicts.iter().all(Verdict::allowed));
+    }
+    let refused = service
+        .decide_all(&route_requests(&service, "c", Some("alice"), 1))
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].policy,
+        service.policy_id("user_messages").unwrap()
+    );
+    // Two items at once, then the connection's share given back: 3 calls.
+    assert_eq!(refused[0].calls, 3);
+    let status = service
+        .status(Request::from((service.policy_id("messages").unwrap(), "c")))
+        .await
+        .unwrap();
+    assert_eq!(status[0].count, 0, "connection c's message was given back");
+}
+
+#[tokio::test]
+async fn a_shadow_policy_on_a_route_never_stops_the_others() {
+    let service = Builder::from_config(route_config(true))
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .build(Faulty::default());
+    let send = || route_requests(&service, "conn-1", None, 60);
+    service.decide_all(&send()).await.unwrap();
+    let verdicts = service.decide_all(&send()).await.unwrap();
+    assert_eq!(verdicts.len(), 2);
+    assert!(verdicts.iter().all(Verdict::allowed));
+    assert!(verdicts[1].would_deny(), "{:?}", verdicts[1]);
+    assert_eq!(verdicts[0].decision.remaining, 1, "the message counted");
+}
+
+#[tokio::test]
+async fn a_route_with_a_store_down_follows_each_policys_failure_mode() {
+    let flaky = Faulty::default();
+    let service = Builder::from_config(route_config(false))
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .build(flaky.clone());
+    flaky.down(true);
+    let verdicts = service
+        .decide_all(&route_requests(&service, "conn-1", None, 10))
+        .await
+        .unwrap();
+    assert!(verdicts.iter().all(|v| v.allowed() && v.degraded.is_some()));
+}

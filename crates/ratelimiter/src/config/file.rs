@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{ConfigError, FAILURE_MODES};
 use crate::key::{Kind, shorten};
-use crate::policy::{FailureMode, LimitSpec, Policies, Policy};
+use crate::policy::{FailureMode, LimitSpec, Policies, Policy, PolicyId, Unit};
 
 /// The file as written. The fields are read by the precedence rules in
 /// `config` (the file against the environment).
@@ -20,6 +20,15 @@ pub(super) struct FileSpec {
     pub(super) tier_field: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) policy: BTreeMap<Spanned<String>, Spanned<PolicySpec>>,
+    #[serde(default)]
+    pub(super) route: BTreeMap<Spanned<String>, Spanned<RouteSpec>>,
+}
+
+/// `[route.ACTION]`: the policies of the messages on one route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteSpec {
+    pub(super) policies: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +38,7 @@ pub(super) struct PolicySpec {
     pub(super) limits: Option<Spanned<Vec<LimitSpec>>>,
     pub(super) failure_mode: Option<FailureMode>,
     pub(super) shadow: Option<bool>,
+    pub(super) unit: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) tier: BTreeMap<Spanned<String>, Spanned<TierSpec>>,
 }
@@ -134,6 +144,15 @@ impl<'a> FileSource<'a> {
             };
             at(span, e.to_string())
         })?;
+        let unit = match (&fields.unit, builtin) {
+            (Some(unit), _) => unit
+                .get_ref()
+                .parse::<Unit>()
+                .map_err(|e| at(unit.span(), format!("unit: {e}")))?,
+            (None, Some(builtin)) => builtin.unit(),
+            (None, None) => Unit::Requests,
+        };
+        policy = policy.with_unit(unit);
         for (tier, tier_spec) in &fields.tier {
             policy = policy
                 .with_tier(tier.get_ref(), tier_spec.get_ref().limits.get_ref())
@@ -146,6 +165,42 @@ impl<'a> FileSource<'a> {
                 })?;
         }
         Ok(policy)
+    }
+}
+
+impl FileSource<'_> {
+    /// Sets every `[route.*]` of the file on `policies`, which hold the
+    /// file's policies already.
+    pub(super) fn routes(&self, policies: &mut Policies) -> Result<(), ConfigError> {
+        for (action, spec) in &self.spec.route {
+            let at = |span: std::ops::Range<usize>, message: String| {
+                self.error(
+                    span,
+                    format!("route {:?}: {message}", shorten(action.get_ref())),
+                )
+            };
+            let mut ids: Vec<PolicyId> = Vec::new();
+            for name in spec.get_ref().policies.get_ref() {
+                let id = policies
+                    .find(name.get_ref())
+                    .map_err(|e| at(name.span(), e.to_string()))?;
+                if ids.contains(&id) {
+                    return Err(at(
+                        name.span(),
+                        format!("policy {:?} is listed twice", shorten(name.get_ref())),
+                    ));
+                }
+                ids.push(id);
+            }
+            policies.set_route(action.get_ref(), &ids).map_err(|e| {
+                let span = match e {
+                    crate::policy::RouteError::Count(_) => spec.get_ref().policies.span(),
+                    _ => action.span(),
+                };
+                at(span, e.to_string())
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -237,6 +237,7 @@ impl Config {
             for (name, spec) in &file.spec.policy {
                 policies.insert(file.policy(name, spec, &policies)?);
             }
+            file.routes(&mut policies)?;
         }
         apply_seed_variables(&mut policies, lookup)?;
 
@@ -629,6 +630,46 @@ limits = ["10/min", "100/h"]
                 "from 1s to 1d",
             ),
             ("shadow = \"yes\"\n", 1, ""),
+            (
+                "[policy.a]\nkey = \"ip\"\nunit = \"tokens\"\nlimits = [\"1/s\"]\n",
+                3,
+                "unit: unknown unit \"tokens\"",
+            ),
+            (
+                "[route.send]\npolicies = [\"heartbeat\", \"nope\"]\n",
+                2,
+                "route \"send\": unknown policy \"nope\"",
+            ),
+            (
+                "[route.send]\npolicies = [\"heartbeat\", \"heartbeat\"]\n",
+                2,
+                "listed twice",
+            ),
+            (
+                "\n[route.send]\npolicies = []\n",
+                3,
+                "1 to 8 policies, got 0",
+            ),
+            (
+                "[route.heartbeat]\npolicies = [\"heartbeat\"]\n",
+                1,
+                "limited by the heartbeat policy",
+            ),
+            (
+                "[route.\"$connect\"]\npolicies = [\"heartbeat\"]\n",
+                1,
+                "[connect]",
+            ),
+            (
+                "[route.\"a b\"]\npolicies = [\"heartbeat\"]\n",
+                1,
+                "is not a route",
+            ),
+            (
+                "[route.send]\npolicy = [\"heartbeat\"]\n",
+                2,
+                "unknown field",
+            ),
         ] {
             let err = file_error(text);
             assert!(
@@ -637,6 +678,29 @@ limits = ["10/min", "100/h"]
             );
             assert!(err.contains(expect), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn routes_name_their_policies_and_a_policy_may_count_bytes() {
+        let config = Config::from_file_text(
+            "limits.toml",
+            "[policy.messages]\nkey = \"connection\"\nlimits = [\"5/s\"]\n\
+             [policy.message_bytes]\nkey = \"connection\"\nunit = \"bytes\"\nlimits = [\"64000/min\"]\n\
+             [route.sendMessage]\npolicies = [\"messages\", \"message_bytes\"]\n\
+             [route.\"$default\"]\npolicies = [\"messages\"]\n",
+            |_| None,
+        )
+        .unwrap();
+        let policies = &config.policies;
+        let (messages, bytes) = (
+            policies.id("messages").unwrap(),
+            policies.id("message_bytes").unwrap(),
+        );
+        assert_eq!(policies[bytes].unit(), crate::policy::Unit::Bytes);
+        assert_eq!(policies[messages].unit(), crate::policy::Unit::Requests);
+        assert_eq!(policies.route("sendMessage"), Some(&[messages, bytes][..]));
+        assert_eq!(policies.route("$default"), Some(&[messages][..]));
+        assert_eq!(policies.route("other"), None);
     }
 
     #[test]

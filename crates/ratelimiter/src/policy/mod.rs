@@ -21,7 +21,9 @@ use crate::key::{Kind, NameError, Slot, check_name, shorten};
 
 mod registry;
 
-pub use registry::{BUILTINS, Builtin, Policies, UnknownPolicy};
+pub use registry::{
+    BUILTINS, Builtin, DEFAULT_ROUTE, MAX_ROUTE_POLICIES, Policies, RouteError, UnknownPolicy,
+};
 
 /// The most limits one policy (or tier) may have.
 pub const MAX_LIMITS: usize = 8;

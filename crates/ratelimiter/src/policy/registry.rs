@@ -89,6 +89,8 @@ impl Builtin {
 pub struct Policies {
     list: Vec<Policy>,
     by_name: HashMap<PolicyName, PolicyId>,
+    /// Each limited route's action and its policies, in the order set.
+    routes: Vec<(Box<str>, Box<[PolicyId]>)>,
 }
 
 impl Default for Policies {
@@ -103,6 +105,7 @@ impl Policies {
         let mut policies = Self {
             list: Vec::new(),
             by_name: HashMap::new(),
+            routes: Vec::new(),
         };
         for builtin in &BUILTINS {
             policies.insert(builtin.policy());
@@ -181,6 +184,120 @@ impl Policies {
             .map(Policy::capacity)
             .max()
             .unwrap_or_default()
+    }
+}
+
+/// The route a message without a matching action takes: API Gateway's
+/// `$default`.
+pub const DEFAULT_ROUTE: &str = "$default";
+
+/// The most policies one route may have.
+pub const MAX_ROUTE_POLICIES: usize = 8;
+
+/// Routes with a behaviour of their own, which `[route.*]` cannot limit.
+const RESERVED_ROUTES: [(&str, &str); 3] = [
+    ("$connect", "limit $connect with [connect] instead"),
+    (
+        "$disconnect",
+        "$disconnect is never limited: it gives back what $connect took",
+    ),
+    (
+        "heartbeat",
+        "the heartbeat route is limited by the heartbeat policy",
+    ),
+];
+
+/// Why a route could not be set.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The action is not a route key API Gateway can select.
+    #[error(
+        "{0:?} is not a route: use $default or an action of 1 to 128 ASCII letters, digits and _-.:"
+    )]
+    Name(String),
+    /// The route has a behaviour of its own.
+    #[error("route {route:?} cannot be limited here: {why}")]
+    Reserved {
+        /// The route.
+        route: String,
+        /// What to do instead.
+        why: &'static str,
+    },
+    /// No policies, or too many.
+    #[error("a route needs 1 to {MAX_ROUTE_POLICIES} policies, got {0}")]
+    Count(usize),
+    /// A policy twice.
+    #[error("policy {0:?} is listed twice")]
+    Duplicate(String),
+    /// An id this registry does not have.
+    #[error("no policy with id {0:?}")]
+    Unknown(PolicyId),
+}
+
+impl Policies {
+    /// Limits the route `action` (a message's `action`, or
+    /// [`DEFAULT_ROUTE`]) by `policies`, replacing what it had: a message on
+    /// it is allowed only if every one of them allows it.
+    ///
+    /// ```
+    /// use ratelimiter::policy::{Policies, Policy};
+    /// use ratelimiter::Kind;
+    ///
+    /// let mut policies = Policies::builtin();
+    /// let messages = policies.insert(Policy::new("messages", Kind::CONNECTION, &["5/s".parse()?])?);
+    /// policies.set_route("sendMessage", &[messages])?;
+    /// assert_eq!(policies.route("sendMessage"), Some(&[messages][..]));
+    /// assert_eq!(policies.route("$default"), None);
+    /// assert!(policies.set_route("heartbeat", &[messages]).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_route(&mut self, action: &str, policies: &[PolicyId]) -> Result<(), RouteError> {
+        check_route(action)?;
+        if policies.is_empty() || policies.len() > MAX_ROUTE_POLICIES {
+            return Err(RouteError::Count(policies.len()));
+        }
+        for (i, &id) in policies.iter().enumerate() {
+            let policy = self.get(id).ok_or(RouteError::Unknown(id))?;
+            if policies[..i].contains(&id) {
+                return Err(RouteError::Duplicate(policy.name().to_owned()));
+            }
+        }
+        self.routes.retain(|(name, _)| &**name != action);
+        self.routes.push((action.into(), policies.into()));
+        Ok(())
+    }
+
+    /// The policies of the route `action`, if it is limited.
+    pub fn route(&self, action: &str) -> Option<&[PolicyId]> {
+        self.routes
+            .iter()
+            .find(|(name, _)| &**name == action)
+            .map(|(_, ids)| &**ids)
+    }
+
+    /// Every limited route with its policies, in the order they were set.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &[PolicyId])> {
+        self.routes.iter().map(|(name, ids)| (&**name, &**ids))
+    }
+}
+
+/// Whether `action` is a route `[route.*]` may limit.
+fn check_route(action: &str) -> Result<(), RouteError> {
+    if let Some((_, why)) = RESERVED_ROUTES.iter().find(|(name, _)| *name == action) {
+        return Err(RouteError::Reserved {
+            route: action.to_owned(),
+            why,
+        });
+    }
+    let valid = action == DEFAULT_ROUTE
+        || ((1..=128).contains(&action.len())
+            && action
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b)));
+    if valid {
+        Ok(())
+    } else {
+        Err(RouteError::Name(shorten(action)))
     }
 }
 

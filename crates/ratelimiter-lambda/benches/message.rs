@@ -1,0 +1,156 @@
+//! What one message on a limited route costs on DynamoDB: calls and
+//! latency, through the real `MessageHandler` and the DynamoDB store on a
+//! release-built dynoxide over loopback.
+//!
+//! `cargo bench -p ratelimiter-lambda --bench message`
+//!
+//! - `one policy`: a count per connection;
+//! - `two, one item`: a count and a byte quota per connection;
+//! - `two items`: a count per connection and one per user;
+//! - `known denial`: messages on a connection whose count this container
+//!   already knows to be spent.
+//!
+//! Allowed messages each come from a new connection (and user), so every
+//! decision reaches the table.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lambda_runtime::{Context, LambdaEvent};
+use ratelimiter::{Builder, Config};
+use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
+use ratelimiter_lambda::management::{ConnectionSender, SendError};
+use ratelimiter_lambda::message::MessageHandler;
+use serde_json::{Value, json};
+
+const MESSAGES: usize = 2000;
+
+const CONFIG: &str = r#"
+[policy.messages]
+key = "connection"
+limits = ["5/s", "100/min"]
+
+[policy.message_bytes]
+key = "connection"
+unit = "bytes"
+limits = ["64000/min"]
+
+[policy.user_messages]
+key = "user"
+limits = ["100/min"]
+
+[route.one]
+policies = ["messages"]
+
+[route.two]
+policies = ["messages", "message_bytes"]
+
+[route.items]
+policies = ["messages", "user_messages"]
+
+[policy.hourly]
+key = "connection"
+limits = ["1/h"]
+
+[route.hourly]
+policies = ["hourly"]
+"#;
+
+/// Counts posts (denials), sends nothing.
+#[derive(Default)]
+struct Posts(AtomicU64);
+
+impl ConnectionSender for Posts {
+    async fn post(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), SendError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn event(route: &str, connection: &str, user: &str) -> LambdaEvent<Value> {
+    let payload = json!({
+        "isBase64Encoded": false,
+        "body": format!(r#"{{"action":"{route}","text":"hello, world"}}"#),
+        "requestContext": {
+            "routeKey": "$default",
+            "eventType": "MESSAGE",
+            "stage": "prod",
+            "connectedAt": 1_699_500_123_456i64,
+            "requestTimeEpoch": 1_699_500_123_456i64,
+            "identity": {"sourceIp": "203.0.113.9"},
+            "requestId": "r",
+            "messageId": "m",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "connectionId": connection,
+            "apiId": "abc123",
+            "authorizer": {"userId": user},
+        }
+    });
+    LambdaEvent::new(payload, Context::default())
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let endpoint = ratelimiter_testing::dynoxide().await;
+        let store = DynamoDbStore::new(
+            client(&ClientOptions::local(&endpoint, Duration::from_secs(5))).await,
+            "RateLimits",
+        );
+        store.create_table().await.unwrap();
+        let config = Config::from_file_text("bench.toml", CONFIG, |_| None).unwrap();
+        let limiter = Arc::new(Builder::from_config(config).build(store));
+        let posts = Arc::new(Posts::default());
+        let handler = MessageHandler::new(limiter.clone(), posts.clone());
+        println!(
+            "{:<14} {:>8} {:>8} {:>10} {:>10}",
+            "message", "status", "calls", "p50 µs", "p99 µs"
+        );
+        // A spent connection for the known denials: its 1/h taken.
+        let spent = handler.handle(event("hourly", "spent", "u")).await.unwrap();
+        assert_eq!(spent.status_code, 200);
+        for (round, name) in ["warm-up", "one", "two", "items", "known denial"]
+            .into_iter()
+            .enumerate()
+        {
+            let route = match name {
+                "known denial" => "hourly",
+                "warm-up" => "one",
+                route => route,
+            };
+            let expected = if name == "known denial" { 429 } else { 200 };
+            let calls_before = limiter.store().calls();
+            let mut latencies = Vec::with_capacity(MESSAGES);
+            for i in 0..MESSAGES {
+                let connection = match name {
+                    "known denial" => "spent".to_owned(),
+                    _ => format!("c{round}-{i}"),
+                };
+                let user = format!("u{round}-{i}");
+                let event = event(route, &connection, &user);
+                let started = Instant::now();
+                let response = handler.handle(event).await.unwrap();
+                latencies.push(started.elapsed());
+                assert_eq!(response.status_code, expected, "{name}");
+            }
+            if name == "warm-up" {
+                continue;
+            }
+            latencies.sort();
+            let calls = limiter.store().calls() - calls_before;
+            println!(
+                "{name:<14} {expected:>8} {:>8.2} {:>10.1} {:>10.1}",
+                calls as f64 / MESSAGES as f64,
+                latencies[MESSAGES / 2].as_secs_f64() * 1e6,
+                latencies[MESSAGES * 99 / 100].as_secs_f64() * 1e6,
+            );
+        }
+        // Each denial posted its body to the connection (no DynamoDB call).
+        println!("denials posted: {}", posts.0.load(Ordering::Relaxed));
+    });
+}

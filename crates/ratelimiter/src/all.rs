@@ -1,0 +1,386 @@
+//! Several policies on one action, all or nothing: a message on a route
+//! limited by a count and a byte quota, per connection and per user.
+//!
+//! [`RateLimitService::decide_all`] allows the action only if every request
+//! is allowed; a refused action takes nothing from any of them. Requests
+//! that share an item (the same identifier, counted as the same kind) are
+//! decided in one store call, their steps applied atomically together;
+//! requests on other items are decided at once, and what the allowed ones
+//! took is given back when another refused.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use crate::clock::Clock;
+use crate::failure::Permit;
+use crate::gcra::{Nanos, Outcome};
+use crate::pair::Plan;
+use crate::service::RateLimitService;
+use crate::store::{Op, Store};
+use crate::verdict::{RateLimitError, Request, Verdict};
+
+/// What one item's requests came to.
+struct Decided<'s> {
+    /// Allowed: every verdict, in the requests' order. Refused: the
+    /// verdicts of the requests that refused.
+    verdicts: Vec<Verdict>,
+    /// Whether every request of the item was allowed.
+    allowed: bool,
+    /// What the store took for the item, to give back if another item
+    /// refuses: the ops of its allowed, stored (not degraded) decisions.
+    taken: Vec<Op<'s>>,
+}
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// Decides `requests` as one action: allowed only if every request is
+    /// allowed, and then each takes its tokens; refused if any is refused,
+    /// and then none takes anything.
+    ///
+    /// When allowed, the result holds every verdict, in the order of
+    /// `requests`; when refused, the verdicts of the requests that refused
+    /// it (at least one), the first of which counts every store call made.
+    /// Requests on one item cost one store call together.
+    ///
+    /// ```
+    /// use ratelimiter::{Builder, Config, Request};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let config = Config::from_file_text("limits.toml", r#"
+    ///     [policy.messages]
+    ///     key = "connection"
+    ///     limits = ["5/s"]
+    ///     [policy.message_bytes]
+    ///     key = "connection"
+    ///     unit = "bytes"
+    ///     limits = ["1000/min"]
+    /// "#, |_| None)?;
+    /// let limiter = Builder::from_config(config).in_memory();
+    /// let (messages, bytes) = (limiter.policy_id("messages").unwrap(), limiter.policy_id("message_bytes").unwrap());
+    /// let send = |size| [Request::from((messages, "conn-1")), Request::from((bytes, "conn-1")).cost(size)];
+    ///
+    /// let verdicts = limiter.decide_all(&send(600)).await?;
+    /// assert!(verdicts.iter().all(|v| v.allowed()));
+    /// // 600 more bytes do not fit: refused, and the message is not counted.
+    /// let refused = limiter.decide_all(&send(600)).await?;
+    /// assert_eq!(refused.len(), 1);
+    /// assert_eq!(refused[0].policy, bytes);
+    /// let verdicts = limiter.decide_all(&send(10)).await?;
+    /// assert_eq!(verdicts[0].decision.remaining, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn decide_all(
+        &self,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<Verdict>, RateLimitError> {
+        let started = self.clock.now();
+        let verdicts = self.all_at(requests, started).await?;
+        Ok(verdicts
+            .into_iter()
+            .map(|verdict| self.record(verdict, Some(started)))
+            .collect())
+    }
+
+    /// [`RateLimitService::decide_all`] at `now`, not yet recorded.
+    async fn all_at(
+        &self,
+        requests: &[Request<'_>],
+        now: Nanos,
+    ) -> Result<Vec<Verdict>, RateLimitError> {
+        if let [request] = requests {
+            return Ok(vec![self.decide_at(request, now).await?]);
+        }
+        // Every request planned before anything is asked: a bad one takes
+        // nothing from the others.
+        let plans = requests
+            .iter()
+            .map(|request| self.plan(request, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut items: Vec<Vec<usize>> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            match items
+                .iter_mut()
+                .find(|item| plans[item[0]].resolved.key == plan.resolved.key)
+            {
+                Some(item) => item.push(i),
+                None => items.push(vec![i]),
+            }
+        }
+        if let [_] = items.as_slice() {
+            let plans: Vec<&Plan<'_>> = plans.iter().collect();
+            return Ok(self.item(requests, &plans, now).await?.verdicts);
+        }
+        let decisions = join_all(items.iter().map(|item| {
+            let requests: Vec<Request<'_>> = item.iter().map(|&i| requests[i]).collect();
+            let plans: Vec<&Plan<'_>> = item.iter().map(|&i| &plans[i]).collect();
+            Box::pin(async move { self.item(&requests, &plans, now).await })
+                as Pin<Box<dyn Future<Output = _> + Send + '_>>
+        }))
+        .await;
+        let mut decided: Vec<(&Vec<usize>, Decided<'_>)> = Vec::with_capacity(decisions.len());
+        for (item, result) in items.iter().zip(decisions) {
+            decided.push((item, result?));
+        }
+        if decided.iter().all(|(_, d)| d.allowed) {
+            let mut verdicts: Vec<(usize, Verdict)> = decided
+                .into_iter()
+                .flat_map(|(item, d)| item.iter().copied().zip(d.verdicts))
+                .collect();
+            verdicts.sort_by_key(|(i, _)| *i);
+            return Ok(verdicts.into_iter().map(|(_, v)| v).collect());
+        }
+        // Refused: what the allowed items took is given back.
+        let mut calls = 0;
+        let mut refused = Vec::new();
+        for (item, d) in decided {
+            calls += d.verdicts.iter().map(|v| v.calls).sum::<u32>();
+            if d.allowed {
+                calls += self.give_back(&plans[item[0]], &d.taken).await;
+            } else {
+                refused.extend(d.verdicts);
+            }
+        }
+        refused[0].calls = calls;
+        Ok(refused)
+    }
+
+    /// The requests of one item (`plans` share a key): one store call for
+    /// all of their steps, unless the process already knows the answer or
+    /// may not call the store.
+    async fn item<'p>(
+        &self,
+        requests: &[Request<'_>],
+        plans: &[&Plan<'p>],
+        now: Nanos,
+    ) -> Result<Decided<'p>, RateLimitError> {
+        if let ([request], [plan]) = (requests, plans) {
+            let verdict = self.decide_at(request, now).await?;
+            let allowed = verdict.allowed();
+            let taken = if allowed && verdict.degraded.is_none() {
+                plan.ops.clone()
+            } else {
+                Vec::new()
+            };
+            let verdicts = vec![verdict];
+            return Ok(Decided {
+                verdicts,
+                allowed,
+                taken,
+            });
+        }
+        // A shadow policy's denial must not stop the others, as the store's
+        // all-or-nothing write would: such items are decided one by one.
+        if plans.iter().any(|plan| plan.resolved.policy.shadow()) {
+            return self.in_turn(requests, plans, now).await;
+        }
+        let key = &plans[0].resolved.key;
+        let mut ops: Vec<Op<'p>> = plans.iter().flat_map(|p| p.ops.iter().copied()).collect();
+        let mut tats = vec![0; ops.len()];
+        if let Some(cache) = &self.cache
+            && cache.denies(key, &mut ops, &mut tats)
+        {
+            let mut verdicts = self.refused(plans, &ops, &tats);
+            for verdict in &mut verdicts {
+                verdict.cached = true;
+            }
+            return Ok(Decided {
+                verdicts,
+                allowed: false,
+                taken: Vec::new(),
+            });
+        }
+        // The breaker last: its one probe must call the store.
+        let permit = if self.failures.held(key, now) {
+            Permit::Skip
+        } else {
+            self.failures.breaker.permit(now)
+        };
+        if permit == Permit::Skip {
+            return self.in_turn(requests, plans, now).await;
+        }
+        let retention = plans.iter().map(|p| p.resolved.retention).max();
+        let generation = self.failures.breaker.generation();
+        let applied = self
+            .store
+            .apply(key, &ops, retention.unwrap_or(0), &mut tats)
+            .await;
+        let decided = match applied.outcome {
+            Ok(outcome) => {
+                self.answered(key, &ops, outcome, &tats);
+                match outcome {
+                    Outcome::Allowed => {
+                        let mut verdicts = Vec::with_capacity(plans.len());
+                        let mut at = 0;
+                        for plan in plans {
+                            let span = at..at + plan.ops.len();
+                            at = span.end;
+                            verdicts.push(self.verdict(
+                                &plan.resolved,
+                                &ops[span.clone()],
+                                &tats[span],
+                                Outcome::Allowed,
+                            ));
+                        }
+                        Decided {
+                            verdicts,
+                            allowed: true,
+                            taken: ops,
+                        }
+                    }
+                    Outcome::Denied => Decided {
+                        verdicts: self.refused(plans, &ops, &tats),
+                        allowed: false,
+                        taken: Vec::new(),
+                    },
+                }
+            }
+            Err(error) => {
+                // Perhaps written, perhaps not: each policy's failure mode
+                // decides, and nothing is given back.
+                let first = &plans[0].resolved;
+                let why = self.failures.failed(
+                    first.policy,
+                    key,
+                    &error,
+                    generation,
+                    permit,
+                    self.clock.now(),
+                );
+                let mut tats = tats;
+                let mut verdicts = Vec::with_capacity(plans.len());
+                let mut at = 0;
+                for plan in plans {
+                    let n = plan.ops.len();
+                    let span = at..at + n;
+                    verdicts.push(self.degraded(
+                        &plan.resolved,
+                        &ops[span.clone()],
+                        &mut tats[span],
+                        why,
+                    ));
+                    at += n;
+                }
+                let allowed = verdicts.iter().all(Verdict::allowed);
+                if !allowed {
+                    verdicts.retain(|v| !v.allowed());
+                }
+                Decided {
+                    verdicts,
+                    allowed,
+                    taken: Vec::new(),
+                }
+            }
+        };
+        let mut decided = decided;
+        decided.verdicts[0].calls = applied.calls;
+        Ok(decided)
+    }
+
+    /// The verdicts of the plans whose own steps are refused on `tats`
+    /// (their share of `ops`): what refused the item.
+    fn refused(&self, plans: &[&Plan<'_>], ops: &[Op<'_>], tats: &[Nanos]) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        let mut at = 0;
+        for plan in plans {
+            let span = at..at + plan.ops.len();
+            at = span.end;
+            let (ops, tats) = (&ops[span.clone()], &tats[span]);
+            let refuses = ops
+                .iter()
+                .zip(tats)
+                .any(|(op, &tat)| op.step.apply(tat).0 == Outcome::Denied);
+            if refuses {
+                verdicts.push(self.verdict(&plan.resolved, ops, tats, Outcome::Denied));
+            }
+        }
+        if verdicts.is_empty() {
+            // Only steps on one bucket together could refuse what each
+            // allows alone: one policy twice on one key. Its first says so.
+            let plan = plans[0];
+            let n = plan.ops.len();
+            verdicts.push(self.verdict(&plan.resolved, &ops[..n], &tats[..n], Outcome::Denied));
+        }
+        verdicts
+    }
+
+    /// The requests of one item, one after the other, each with the
+    /// service's whole pipeline; the first refusal stops them, and what
+    /// the earlier ones took is given back.
+    async fn in_turn<'p>(
+        &self,
+        requests: &[Request<'_>],
+        plans: &[&Plan<'p>],
+        now: Nanos,
+    ) -> Result<Decided<'p>, RateLimitError> {
+        let mut verdicts = Vec::with_capacity(requests.len());
+        let mut taken: Vec<Op<'p>> = Vec::new();
+        for (request, plan) in requests.iter().zip(plans) {
+            let mut verdict = self.decide_at(request, now).await?;
+            if verdict.allowed() {
+                if verdict.degraded.is_none() && !verdict.cached {
+                    taken.extend(plan.ops.iter().copied());
+                }
+                verdicts.push(verdict);
+                continue;
+            }
+            verdict.calls += verdicts.iter().map(|v: &Verdict| v.calls).sum::<u32>();
+            if !taken.is_empty() {
+                verdict.calls += self.give_back(plan, &taken).await;
+            }
+            return Ok(Decided {
+                verdicts: vec![verdict],
+                allowed: false,
+                taken: Vec::new(),
+            });
+        }
+        Ok(Decided {
+            verdicts,
+            allowed: true,
+            taken,
+        })
+    }
+
+    /// Gives back `taken` on `plan`'s item, for an action refused after
+    /// it was taken; the calls that cost.
+    async fn give_back(&self, plan: &Plan<'_>, taken: &[Op<'_>]) -> u32 {
+        if taken.is_empty() {
+            return 0;
+        }
+        let key = &plan.resolved.key;
+        if let Some(cache) = &self.cache {
+            cache.refund(key, taken);
+        }
+        if let Err(error) = self.store.refund(key, taken).await {
+            // The tokens stay taken: stricter, never looser.
+            tracing::warn!(
+                policy = plan.resolved.policy.name(),
+                %error,
+                "could not give back a refused action's tokens"
+            );
+        }
+        1
+    }
+}
+
+/// Polls every future until all are done: one decision per item, at once.
+async fn join_all<F: Future + Unpin>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<Option<F>> = futures.map(Some).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
+            if let Some(future) = slot
+                && let Poll::Ready(value) = Pin::new(future).poll(cx)
+            {
+                *out = Some(value);
+                *slot = None;
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            Poll::Ready(done.iter_mut().map(|o| o.take().expect("set")).collect())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
