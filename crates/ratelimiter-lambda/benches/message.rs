@@ -8,7 +8,11 @@
 //! - `two, one item`: a count and a byte quota per connection;
 //! - `two items`: a count per connection and one per user;
 //! - `known denial`: messages on a connection whose count this container
-//!   already knows to be spent.
+//!   already knows to be spent;
+//! - `one, forwarded`: as `one`, then the event handed to another function
+//!   (`Forward`, an asynchronous `Invoke`) on a local stand-in of Lambda's
+//!   API that answers 202 at once: what forwarding adds in this process,
+//!   without the network to Lambda's service.
 //!
 //! Allowed messages each come from a new connection (and user), so every
 //! decision reaches the table.
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::{Builder, Config};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
+use ratelimiter_lambda::forward::Forward;
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
 use ratelimiter_lambda::message::MessageHandler;
 use serde_json::{Value, json};
@@ -90,6 +95,27 @@ fn event(route: &str, connection: &str, user: &str) -> LambdaEvent<Value> {
     LambdaEvent::new(payload, Context::default())
 }
 
+/// A client of a local stand-in for Lambda's `Invoke`, which queues
+/// nothing and answers 202 at once.
+async fn lambda_stand_in() -> aws_sdk_lambda::Client {
+    use aws_sdk_lambda::config::{Credentials, Region};
+    let app = axum::Router::new().route(
+        "/2015-03-31/functions/{function}/invocations",
+        axum::routing::post(|| async { axum::http::StatusCode::ACCEPTED }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version_latest()
+        .http_client(ratelimiter_dynamodb::https_client())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "local"))
+        .endpoint_url(format!("http://{address}"))
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -106,7 +132,11 @@ fn main() {
         let config = Config::from_file_text("bench.toml", CONFIG, |_| None).unwrap();
         let limiter = Arc::new(Builder::from_config(config).build(store));
         let posts = Arc::new(Posts::default());
-        let handler = MessageHandler::new(limiter.clone(), posts.clone());
+        // One type for both: the message binary's optional forwarder.
+        let handler =
+            MessageHandler::new(limiter.clone(), posts.clone()).with_hook(None::<Forward>);
+        let forwarded = MessageHandler::new(limiter.clone(), posts.clone())
+            .with_hook(Some(Forward::new(lambda_stand_in().await, "backend")));
         println!(
             "{:<14} {:>8} {:>8} {:>10} {:>10}",
             "message", "status", "calls", "p50 µs", "p99 µs"
@@ -114,14 +144,26 @@ fn main() {
         // A spent connection for the known denials: its 1/h taken.
         let spent = handler.handle(event("hourly", "spent", "u")).await.unwrap();
         assert_eq!(spent.status_code, 200);
-        for (round, name) in ["warm-up", "one", "two", "items", "known denial"]
-            .into_iter()
-            .enumerate()
+        for (round, name) in [
+            "warm-up",
+            "one",
+            "two",
+            "items",
+            "known denial",
+            "one, forwarded",
+        ]
+        .into_iter()
+        .enumerate()
         {
             let route = match name {
                 "known denial" => "hourly",
-                "warm-up" => "one",
+                "warm-up" | "one, forwarded" => "one",
                 route => route,
+            };
+            let handler = if name == "one, forwarded" {
+                &forwarded
+            } else {
+                &handler
             };
             let expected = if name == "known denial" { 429 } else { 200 };
             let calls_before = limiter.store().calls();

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::event::{self, authorizer_field, body_json, connection_id};
 use crate::layer::{Refusal, Responder, SeedResponses, refusal};
-use crate::management::{ConnectionSender, SendError};
+use crate::management::{ConnectionSender, post_to};
 use crate::response::{internal_error_response, ok_response};
 
 /// The heartbeat handler: create one per container and share it.
@@ -104,20 +104,6 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
 
     /// Posts `data` to the connection; a gone connection is logged, not an error.
     async fn send(&self, endpoint: &str, connection: &str, data: String) -> Result<(), ()> {
-        match self
-            .sender
-            .post(endpoint, connection, data.into_bytes())
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(SendError::Gone) => {
-                tracing::info!("the connection is gone (410); nothing sent");
-                Ok(())
-            }
-            Err(SendError::Failed(error)) => {
-                tracing::error!(%error, "could not post to the connection");
-                Err(())
-            }
-        }
+        post_to(&*self.sender, endpoint, connection, data).await
     }
 }

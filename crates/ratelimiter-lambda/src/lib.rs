@@ -7,7 +7,8 @@
 //! - [`connect::ConnectHandler`]: `$connect`, with a pluggable [`connect::ConnectHook`];
 //! - [`heartbeat::HeartbeatHandler`]: the `heartbeat` route;
 //! - [`message::MessageHandler`]: every other route (`[route.*]`), with a
-//!   pluggable [`message::MessageHook`];
+//!   pluggable [`message::MessageHook`], such as [`forward::Forward`] (to
+//!   another Lambda function);
 //! - [`layer::RateLimitLayer`]: any policy around any handler;
 //! - [`response`]: the seed's responses as API Gateway proxy responses;
 //! - [`emf`]: CloudWatch metrics, flushed after each invocation;
@@ -21,6 +22,7 @@ pub mod authorizer;
 pub mod connect;
 pub mod emf;
 pub mod event;
+pub mod forward;
 pub mod heartbeat;
 pub mod layer;
 pub mod management;

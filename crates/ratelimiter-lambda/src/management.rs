@@ -48,6 +48,29 @@ pub trait ConnectionSender: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), SendError>> + Send;
 }
 
+/// Posts `data` to `connection` through `sender`, as a handler does with
+/// an ack or an error body: a connection that is gone (410) is not an
+/// error, since its client cannot read an answer anyway; any other failure
+/// is logged and returned.
+pub(crate) async fn post_to<N: ConnectionSender>(
+    sender: &N,
+    endpoint: &str,
+    connection: &str,
+    data: String,
+) -> Result<(), ()> {
+    match sender.post(endpoint, connection, data.into_bytes()).await {
+        Ok(()) => Ok(()),
+        Err(SendError::Gone) => {
+            tracing::info!("the connection is gone (410); nothing sent");
+            Ok(())
+        }
+        Err(SendError::Failed(error)) => {
+            tracing::error!(%error, "could not post to the connection");
+            Err(())
+        }
+    }
+}
+
 /// The real Management API, one SDK client per endpoint, made once.
 #[derive(Debug)]
 pub struct ManagementApi {

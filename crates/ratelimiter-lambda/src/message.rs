@@ -26,9 +26,10 @@
 //!   with the numbers of the `RateLimit` fields in `details`, and the 429;
 //!   it never reaches the application.
 //! - **An allowed message** goes to the [`MessageHook`]: the application's
-//!   own handling. The default, [`NoBackend`], answers 200 with no body:
-//!   API Gateway sends the client nothing, as for a route without an
-//!   integration response.
+//!   own handling, or [`crate::forward::Forward`], which hands the event to
+//!   another Lambda function. The default, [`NoBackend`], answers 200 with
+//!   no body: API Gateway sends the client nothing, as for a route without
+//!   an integration response.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ use serde_json::Value;
 
 use crate::event::{self, authorizer_field, connection_id, source_ip, user_id};
 use crate::layer::{Refusal, Responder, SeedResponses, log_decision, refusal};
-use crate::management::{ConnectionSender, SendError};
+use crate::management::{ConnectionSender, post_to};
 use crate::response::{error_response, internal_error_response, ok_response};
 
 /// The code of a message larger than a byte quota's whole bucket.
@@ -53,7 +54,8 @@ pub const MESSAGE_TOO_LARGE: &str = "MESSAGE_TOO_LARGE";
 /// The application's handling of an allowed message.
 pub trait MessageHook: Send + Sync + 'static {
     /// Handles an allowed message; the response goes back to API Gateway
-    /// (and to the client, where the route has a route response).
+    /// (and to the client, where the route has a route response). An
+    /// error is logged and answered with the seed's 500.
     fn on_message(
         &self,
         event: &ApiGatewayWebsocketProxyRequest,
@@ -71,6 +73,20 @@ impl MessageHook for NoBackend {
         _: &ApiGatewayWebsocketProxyRequest,
     ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
         Ok(ok_response())
+    }
+}
+
+/// An optional hook: with none, as [`NoBackend`] (the `message` binary
+/// without a function to forward to).
+impl<H: MessageHook> MessageHook for Option<H> {
+    async fn on_message(
+        &self,
+        event: &ApiGatewayWebsocketProxyRequest,
+    ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
+        match self {
+            Some(hook) => hook.on_message(event).await,
+            None => Ok(ok_response()),
+        }
     }
 }
 
@@ -141,7 +157,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             Err(bad) => return Ok(bad.reject("message", self.limiter.now_ms())),
         };
         let Some(policies) = self.route(event) else {
-            return self.hook.on_message(event).await;
+            return Ok(self.allowed(event).await);
         };
         let size = message_size(event);
         let tier = authorizer_field(event, self.limiter.tier_field());
@@ -161,7 +177,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             .collect();
         if requests.is_empty() {
             // No policy of the route counts this message's caller.
-            return self.hook.on_message(event).await;
+            return Ok(self.allowed(event).await);
         }
         let verdicts = match self.limiter.decide_all(&requests).await {
             Ok(verdicts) => verdicts,
@@ -199,7 +215,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             }
         }
         let Some(refused) = refused else {
-            return self.hook.on_message(event).await;
+            return Ok(self.allowed(event).await);
         };
         if let Refusal::Limited {
             report,
@@ -213,6 +229,18 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             let _ = self.send(&endpoint, connection, body).await;
         }
         Ok(SeedResponses.respond(&refused))
+    }
+
+    /// The hook's answer to an allowed message, or the seed's 500 when it
+    /// failed.
+    async fn allowed(&self, event: &ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        match self.hook.on_message(event).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::error!(%error, "the message hook failed");
+                internal_error_response(self.limiter.now_ms())
+            }
+        }
     }
 
     /// The policies of the event's route, if it is limited.
@@ -253,21 +281,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
     }
 
     async fn send(&self, endpoint: &str, connection: &str, data: String) -> Result<(), ()> {
-        match self
-            .sender
-            .post(endpoint, connection, data.into_bytes())
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(SendError::Gone) => {
-                tracing::info!("the connection is gone (410); nothing sent");
-                Ok(())
-            }
-            Err(SendError::Failed(error)) => {
-                tracing::error!(%error, "could not post to the connection");
-                Err(())
-            }
-        }
+        post_to(&*self.sender, endpoint, connection, data).await
     }
 }
 

@@ -960,3 +960,26 @@ async fn a_user_policy_counts_speakers_only_and_default_routes_by_action() {
     );
     assert_eq!(backend.0.load(Ordering::SeqCst), 7);
 }
+
+#[tokio::test]
+async fn a_failing_hook_is_answered_with_the_seeds_500() {
+    struct Failing;
+    impl MessageHook for Failing {
+        async fn on_message(
+            &self,
+            _: &ApiGatewayWebsocketProxyRequest,
+        ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
+            Err("the backend is away".into())
+        }
+    }
+    let handler =
+        MessageHandler::new(routed_limiter(), Arc::new(Recorder::default())).with_hook(Failing);
+    let (logs, _capturing) = capture_logs();
+    let event = invoke(message_event("sendMessage", "conn-f", None, "{}"));
+    let response = handler.handle(event).await.unwrap();
+    assert_eq!(response.status_code, 500);
+    assert_eq!(body(&response)["code"], "INTERNAL_ERROR");
+    let logged = logs.text();
+    assert!(logged.contains("the message hook failed"), "{logged}");
+    assert!(logged.contains("the backend is away"), "{logged}");
+}

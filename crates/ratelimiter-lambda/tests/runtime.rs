@@ -83,6 +83,23 @@ async fn post_to_connection(
     StatusCode::OK
 }
 
+/// Lambda's `Invoke`, as the message binary forwards an allowed message:
+/// recorded as (function, invocation type, event).
+async fn invoke_function(
+    State(api): State<RuntimeApi>,
+    Path(function): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let kind = headers
+        .get("x-amz-invocation-type")
+        .map_or("RequestResponse", |v| v.to_str().unwrap())
+        .to_owned();
+    let value = serde_json::from_slice(&body).unwrap();
+    api.results.send((function, kind, value)).unwrap();
+    StatusCode::ACCEPTED
+}
+
 struct Harness {
     api: RuntimeApi,
     results: mpsc::UnboundedReceiver<(String, String, Value)>,
@@ -105,6 +122,10 @@ impl Harness {
             .route(
                 "/{stage}/@connections/{connection}",
                 post(post_to_connection),
+            )
+            .route(
+                "/2015-03-31/functions/{function}/invocations",
+                post(invoke_function),
             )
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -460,6 +481,68 @@ async fn the_message_binary_limits_a_configured_route_on_dynamodb() {
             ("chat", None, Some(1))
         ],
         "{metrics:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_binary_forwards_allowed_messages_asynchronously() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.toml");
+    std::fs::write(
+        &file,
+        "[policy.chat]\nkey = \"connection\"\nlimits = [\"1/min\"]\n\
+         [route.\"$default\"]\npolicies = [\"chat\"]\n",
+    )
+    .unwrap();
+    let mut harness = Harness::start().await;
+    let lambda = format!("http://{}", harness.address);
+    let mut child = harness.spawn_with(
+        env!("CARGO_BIN_EXE_message"),
+        &[
+            ("RATE_LIMIT_CONFIG", file.to_str().unwrap()),
+            ("RATE_LIMIT_FORWARD_FUNCTION", "chat-backend"),
+            ("AWS_ENDPOINT_URL_LAMBDA", &lambda),
+        ],
+    );
+    let chat = || event("$default", Some(r#"{"action":"say","text":"hi"}"#));
+    harness.invoke("1", chat());
+    // The event goes to the backend, unchanged, as an Event invocation...
+    let (function, kind, forwarded) = harness.receive().await;
+    assert_eq!(
+        (function.as_str(), kind.as_str()),
+        ("chat-backend", "Event")
+    );
+    assert_eq!(forwarded["body"], r#"{"action":"say","text":"hi"}"#);
+    assert_eq!(forwarded["requestContext"]["connectionId"], "conn-1");
+    assert_eq!(forwarded["requestContext"]["routeKey"], "$default");
+    let (id, _, response) = harness.receive().await;
+    assert_eq!(id, "1");
+    assert_eq!(response["statusCode"], 200, "{response}");
+    // ...and a denied one never does: the error goes to the connection.
+    harness.invoke("2", chat());
+    let (connection, kind, posted) = harness.receive().await;
+    assert_eq!((connection.as_str(), kind.as_str()), ("conn-1", "posted"));
+    assert_eq!(posted["code"], "RATE_LIMIT_EXCEEDED");
+    let (id, _, response) = harness.receive().await;
+    assert_eq!(
+        (id.as_str(), response["statusCode"].as_u64()),
+        ("2", Some(429))
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_bad_forward_function_stops_the_message_binary_at_start_up() {
+    let stopped = start_up(
+        env!("CARGO_BIN_EXE_message"),
+        &[("RATE_LIMIT_FORWARD_FUNCTION", "two words")],
+    );
+    assert!(!stopped.status.success(), "{}", stopped.printed());
+    assert!(
+        stopped.printed().contains("RATE_LIMIT_FORWARD_FUNCTION"),
+        "{}",
+        stopped.printed()
     );
 }
 

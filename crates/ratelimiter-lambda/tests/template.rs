@@ -38,6 +38,7 @@ fn variables_read_by_the_code() -> BTreeSet<String> {
         vars.insert(per_policy_var(SHADOW_MODE_VAR, builtin.name));
     }
     vars.insert(ratelimiter_lambda::management::MANAGEMENT_ENDPOINT_VAR.to_owned());
+    vars.insert(ratelimiter_lambda::forward::FORWARD_FUNCTION_VAR.to_owned());
     for var in [
         ratelimiter_lambda::authorizer::JWKS_URL_VAR,
         ratelimiter_lambda::authorizer::ISSUER_VAR,
@@ -171,6 +172,17 @@ fn the_functions_may_call_exactly_what_the_store_calls() {
     assert!(!template.contains("dynamodb:*"));
     assert!(template.contains("Action: execute-api:ManageConnections"));
     assert!(template.contains("RouteSelectionExpression: \"$request.body.action\""));
+    // The message function may invoke the one function it forwards to, and
+    // only when there is one.
+    assert_eq!(
+        template
+            .matches("Action: lambda:InvokeFunction\n                Resource:")
+            .count(),
+        1
+    );
+    assert!(template.contains(
+        "- HasForward\n              - Effect: Allow\n                Action: lambda:InvokeFunction\n                Resource: !Ref ForwardFunctionArn\n"
+    ));
 }
 
 /// The template's parameter names (the keys under `Parameters:`).

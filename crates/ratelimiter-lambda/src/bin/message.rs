@@ -1,4 +1,5 @@
-//! The `message` Lambda function: every limited route (`[route.*]`).
+//! The `message` Lambda function: every limited route (`[route.*]`); an
+//! allowed message goes to `RATE_LIMIT_FORWARD_FUNCTION`, if set.
 
 // The SDK's nested futures are deeper than the default limit allows.
 #![recursion_limit = "256"]
@@ -6,6 +7,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::Error;
+use ratelimiter_lambda::forward::Forward;
 use ratelimiter_lambda::management::ManagementApi;
 use ratelimiter_lambda::message::MessageHandler;
 use ratelimiter_lambda::runtime::{self, Metrics, limiter_from_env};
@@ -18,8 +20,9 @@ async fn main() -> Result<(), Error> {
         // client is made.
         async || {
             let limiter = limiter_from_env().await?;
+            let forward = Forward::from_env().await?;
             let sender = Arc::new(ManagementApi::from_env().await);
-            Ok(MessageHandler::new(limiter, sender))
+            Ok(MessageHandler::new(limiter, sender).with_hook(forward))
         },
         MessageHandler::handle,
     )
