@@ -120,6 +120,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 "valid": true,
                 "policies": policies_json(&config.policies)["policies"],
                 "routes": policies_json(&config.policies)["routes"],
+                "connect": policies_json(&config.policies)["connect"],
             }));
             Ok(ExitCode::SUCCESS)
         }
@@ -266,7 +267,19 @@ fn policies_json(policies: &Policies) -> Value {
             (action.to_owned(), json!(names))
         })
         .collect();
-    json!({ "policies": list, "routes": routes })
+    let names = |ids: &[ratelimiter::PolicyId]| -> Vec<&str> {
+        ids.iter().map(|&id| policies[id].name()).collect()
+    };
+    let connect = policies.connect();
+    json!({
+        "policies": list,
+        "routes": routes,
+        "connect": {
+            "every": names(connect.every()),
+            "speaker": names(connect.speaker()),
+            "listener": names(connect.listener()),
+        },
+    })
 }
 
 /// Runs one handler on the event in `path` (or standard input) and prints its response.

@@ -479,6 +479,9 @@ limits = ["5/min"]
 
 [route.sendMessage]
 policies = ["send_message"]
+
+[connect]
+speaker = ["api_calls"]
 "#;
 
 #[test]
@@ -517,6 +520,14 @@ fn policies_from_a_file_are_checked_listed_and_enforced() {
     assert_eq!(
         json(&listed)["routes"],
         serde_json::json!({"sendMessage": ["send_message"]})
+    );
+    assert_eq!(
+        json(&listed)["connect"],
+        serde_json::json!({
+            "every": ["connection_attempt"],
+            "speaker": ["session_create", "api_calls"],
+            "listener": ["listener_join"]
+        })
     );
 
     // Two limits: the check reports the tightest and every limit.

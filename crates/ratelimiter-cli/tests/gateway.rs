@@ -1,9 +1,8 @@
 //! End to end: real WebSocket clients against `ratelimit serve` on port 0,
 //! with the embedded store, running the real handlers.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -11,104 +10,55 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod common;
+
+use common::Server;
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A running `ratelimit serve`, stopped on drop.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    dir: tempfile::TempDir,
+/// A refused handshake, as a client other than a browser sees it.
+#[derive(Debug)]
+struct Refused {
+    status: u16,
+    retry_after: Option<String>,
+    rate_limit: Option<String>,
+    rate_limit_policy: Option<String>,
+    body: Value,
 }
 
 impl Server {
-    fn start(env: &[(&str, &str)]) -> Self {
-        Self::start_with(env, &[])
-    }
-
-    /// A server with `files` (name, text) in its working folder.
-    fn start_with(env: &[(&str, &str)], files: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ratelimit"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command
-            .current_dir(dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .envs(env.iter().copied())
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // The console log is for people; set RATELIMIT_TEST_LOGS to see it.
-            .stderr(if std::env::var_os("RATELIMIT_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("ratelimit serve starts");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let address = first
-            .trim()
-            .strip_prefix("ws://")
-            .and_then(|rest| rest.strip_suffix("/local"))
-            .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            address,
-            dir,
-        }
-    }
-
     /// Connects from `source_ip` (any 127.x.y.z address), as `user` if given.
-    async fn connect(
-        &self,
-        source_ip: &str,
-        user: Option<&str>,
-    ) -> Result<Socket, (u16, Option<String>, Value)> {
+    async fn connect(&self, source_ip: &str, user: Option<&str>) -> Result<Socket, Refused> {
         let query = user.map(|user| format!("userId={user}"));
         self.connect_with(source_ip, query.as_deref()).await
     }
 
     /// Connects from `source_ip` with `query` on the URL.
-    async fn connect_with(
-        &self,
-        source_ip: &str,
-        query: Option<&str>,
-    ) -> Result<Socket, (u16, Option<String>, Value)> {
+    async fn connect_with(&self, source_ip: &str, query: Option<&str>) -> Result<Socket, Refused> {
         match open(self.address, source_ip, query).await {
             Ok(socket) => Ok(socket),
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap().to_owned());
+                let header = |name| {
+                    response
+                        .headers()
+                        .get(name)
+                        .map(|v: &tungstenite::http::HeaderValue| v.to_str().unwrap().to_owned())
+                };
                 let body = response
                     .body()
                     .as_deref()
                     .map_or(Value::Null, |b| serde_json::from_slice(b).unwrap());
-                Err((status, retry_after, body))
+                Err(Refused {
+                    status,
+                    retry_after: header("retry-after"),
+                    rate_limit: header("ratelimit"),
+                    rate_limit_policy: header("ratelimit-policy"),
+                    body,
+                })
             }
             Err(other) => panic!("connecting failed: {other}"),
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -154,11 +104,28 @@ async fn send(socket: &mut Socket, text: &str) {
     socket.send(Message::text(text)).await.unwrap();
 }
 
-fn assert_refused(result: Result<Socket, (u16, Option<String>, Value)>, retry_after: u64) {
+fn assert_refused(result: Result<Socket, Refused>, retry_after: u64) {
     match result {
-        Err((status, header, body)) => {
+        Err(Refused {
+            status,
+            retry_after: header,
+            rate_limit,
+            rate_limit_policy,
+            body,
+        }) => {
             assert_eq!(status, 429, "{body}");
             assert_eq!(header.as_deref(), Some(retry_after.to_string().as_str()));
+            // The standard fields, beside Retry-After, with the same wait.
+            let rate_limit = rate_limit.expect("a RateLimit field");
+            assert!(
+                rate_limit.ends_with(&format!(";r=0;t={retry_after}")),
+                "{rate_limit}"
+            );
+            assert!(
+                rate_limit_policy
+                    .expect("a RateLimit-Policy field")
+                    .contains(";q=")
+            );
             assert_eq!(body["type"], "error");
             assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
             assert_eq!(body["details"]["retryAfter"], retry_after);

@@ -10,6 +10,12 @@
 //! listener, whose two limits share the item of its address, and two calls
 //! at once for a speaker. Then the [`ConnectHook`] runs: the application's
 //! own logic (creating or joining a session).
+//!
+//! A configuration's `[connect]` section adds policies to both checks
+//! ([`ratelimiter::policy::ConnectChecks`]): `policies` for everyone, with
+//! the attempt, and `speaker` or `listener` with the role's. Each check is
+//! then all or nothing ([`RateLimitService::decide_all`]), the two still in
+//! a row, at the cost of one round trip per check.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,8 +25,8 @@ use lambda_runtime::LambdaEvent;
 use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
-use crate::event::{self, authorizer_field, source_ip, user_id};
-use crate::layer::{Responder, SeedResponses, refusal};
+use crate::event::{self, authorizer_field, identifier, source_ip, user_id};
+use crate::layer::{Refusal, Responder, SeedResponses, refusal, refusal_all};
 use crate::response::{internal_error_response, ok_response};
 
 /// Who is connecting, as the `$connect` handler sees it.
@@ -117,6 +123,45 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
         }
     }
 
+    /// The checks of a `[connect]` section: everyone's, all or nothing,
+    /// then the role's, all or nothing, as two checks in a row (a refused
+    /// first takes nothing from the second; a refused second still counts
+    /// the first). Two round trips; a policy whose identifier the event
+    /// lacks (a `user` one for a listener) does not count it.
+    async fn configured(
+        &self,
+        event: &ApiGatewayWebsocketProxyRequest,
+        role: Role<'_>,
+        tier: Option<&str>,
+    ) -> Option<Refusal> {
+        let checks = self.limiter.policies().connect();
+        let role_checks = match role {
+            Role::Speaker { .. } => checks.speaker(),
+            Role::Listener { .. } => checks.listener(),
+        };
+        for ids in [checks.every(), role_checks] {
+            let identifiers: Vec<(PolicyId, String)> = ids
+                .iter()
+                .filter_map(|&id| {
+                    let kind = self.limiter.policies()[id].kind();
+                    Some((id, identifier(event, kind)?))
+                })
+                .collect();
+            let requests: Vec<Request<'_>> = identifiers
+                .iter()
+                .map(|(id, identifier)| Request::from((*id, identifier)).tier(tier))
+                .collect();
+            let Some(first) = requests.first() else {
+                continue;
+            };
+            let decided = self.limiter.decide_all(&requests).await;
+            if let Some(refused) = refusal_all(&self.limiter, first.policy, decided) {
+                return Some(refused);
+            }
+        }
+        None
+    }
+
     /// Handles one typed `$connect` event.
     pub async fn handle_event(
         &self,
@@ -138,15 +183,20 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
             ),
         };
         let second = second.tier(tier.as_deref());
-        // A failed round trip is logged once, under the attempt's policy, and
-        // refused; the second check is logged only when it was decided and
-        // the attempt allowed, as two checks in a row would log them.
-        let (first, then) = match self.limiter.decide_both(attempt, second).await {
-            Ok((first, then)) => (Ok(first), then),
-            Err(error) => (Err(error), None),
+        let refused = if self.limiter.policies().connect().is_seed() {
+            // A failed round trip is logged once, under the attempt's
+            // policy, and refused; the second check is logged only when it
+            // was decided and the attempt allowed, as two checks in a row
+            // would log them.
+            let (first, then) = match self.limiter.decide_both(attempt, second).await {
+                Ok((first, then)) => (Ok(first), then),
+                Err(error) => (Err(error), None),
+            };
+            refusal(&self.limiter, attempt.policy, first)
+                .or_else(|| then.and_then(|then| refusal(&self.limiter, second.policy, Ok(then))))
+        } else {
+            self.configured(request, role, tier.as_deref()).await
         };
-        let refused = refusal(&self.limiter, attempt.policy, first)
-            .or_else(|| then.and_then(|then| refusal(&self.limiter, second.policy, Ok(then))));
         if let Some(refused) = refused {
             return Ok(SeedResponses.respond(&refused));
         }

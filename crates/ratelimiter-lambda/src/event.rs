@@ -1,6 +1,7 @@
 //! Reading what the handlers need from an API Gateway WebSocket event.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use ratelimiter::Kind;
 use serde_json::Value;
 
 use crate::response::error_response;
@@ -92,6 +93,22 @@ pub fn authorizer_field(event: &ApiGatewayWebsocketProxyRequest, name: &str) -> 
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// Who a policy counting `kind` counts for this event, if the event says:
+/// the connection id (`connection`), the source address (`ip`), the
+/// authorizer's `userId` (`user`), or the authorizer-context field named as
+/// the kind (`tenant`, ...).
+pub fn identifier(event: &ApiGatewayWebsocketProxyRequest, kind: &Kind) -> Option<String> {
+    if *kind == Kind::CONNECTION {
+        connection_id(event).ok().map(str::to_owned)
+    } else if *kind == Kind::IP {
+        Some(source_ip(event).to_owned())
+    } else if *kind == Kind::USER {
+        user_id(event)
+    } else {
+        authorizer_field(event, kind.as_str())
     }
 }
 

@@ -334,6 +334,30 @@ pub(crate) fn refusal<S: Store, C: Clock>(
 }
 
 /// Logs one decision's line.
+/// [`refusal`] for the verdicts of one action (`decide_all`): each decision
+/// logged, the first refusal returned; a failed check is logged under
+/// `first`, the first request's policy.
+pub(crate) fn refusal_all<S: Store, C: Clock>(
+    limiter: &RateLimitService<S, C>,
+    first: PolicyId,
+    decided: Result<Vec<Verdict>, RateLimitError>,
+) -> Option<Refusal> {
+    let verdicts = match decided {
+        Ok(verdicts) => verdicts,
+        Err(error) => return refusal(limiter, first, Err(error)),
+    };
+    let mut refused = None;
+    for verdict in verdicts {
+        let policy = verdict.policy;
+        if refused.is_none() && !verdict.allowed() {
+            refused = refusal(limiter, policy, Ok(verdict));
+        } else {
+            log_decision(limiter, policy, &Ok(verdict));
+        }
+    }
+    refused
+}
+
 pub(crate) fn log_decision<S: Store, C: Clock>(
     limiter: &RateLimitService<S, C>,
     policy: PolicyId,

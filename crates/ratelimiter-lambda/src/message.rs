@@ -38,13 +38,11 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use lambda_runtime::LambdaEvent;
 use ratelimiter::policy::{DEFAULT_ROUTE, Unit};
 use ratelimiter::response::ErrorBody;
-use ratelimiter::{
-    Clock, Kind, PolicyId, RateLimitError, RateLimitService, Request, Store, SystemClock,
-};
+use ratelimiter::{Clock, PolicyId, RateLimitError, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
-use crate::event::{self, authorizer_field, connection_id, source_ip, user_id};
-use crate::layer::{Refusal, Responder, SeedResponses, log_decision, refusal};
+use crate::event::{self, authorizer_field, connection_id, identifier};
+use crate::layer::{Refusal, Responder, SeedResponses, refusal_all};
 use crate::management::{ConnectionSender, post_to};
 use crate::response::{error_response, internal_error_response, ok_response};
 
@@ -163,7 +161,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         let tier = authorizer_field(event, self.limiter.tier_field());
         let identifiers: Vec<(PolicyId, String)> = policies
             .iter()
-            .filter_map(|&id| Some((id, self.identifier(event, connection, id)?)))
+            .filter_map(|&id| Some((id, identifier(event, self.limiter.policies()[id].kind())?)))
             .collect();
         let requests: Vec<Request<'_>> = identifiers
             .iter()
@@ -179,8 +177,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             // No policy of the route counts this message's caller.
             return Ok(self.allowed(event).await);
         }
-        let verdicts = match self.limiter.decide_all(&requests).await {
-            Ok(verdicts) => verdicts,
+        let decided = match self.limiter.decide_all(&requests).await {
             Err(RateLimitError::InvalidCost { policy, source }) => {
                 let message = format!(
                     "Message of {size} bytes exceeds the {} bytes {policy} allows at once.",
@@ -196,24 +193,9 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
                 let _ = self.send(&endpoint, connection, body).await;
                 return Ok(error_response(413, MESSAGE_TOO_LARGE, &message, now));
             }
-            Err(error) => {
-                // Logged there; a failed check is always a refusal (500).
-                let refused = refusal(&self.limiter, requests[0].policy, Err(error));
-                return Ok(refused.map_or_else(
-                    || internal_error_response(self.limiter.now_ms()),
-                    |refused| SeedResponses.respond(&refused),
-                ));
-            }
+            decided => decided,
         };
-        let mut refused = None;
-        for verdict in verdicts {
-            let policy = verdict.policy;
-            if refused.is_none() && !verdict.allowed() {
-                refused = refusal(&self.limiter, policy, Ok(verdict));
-            } else {
-                log_decision(&self.limiter, policy, &Ok(verdict));
-            }
-        }
+        let refused = refusal_all(&self.limiter, requests[0].policy, decided);
         let Some(refused) = refused else {
             return Ok(self.allowed(event).await);
         };
@@ -259,25 +241,6 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         action(event)
             .and_then(|action| policies.route(&action))
             .or_else(|| policies.route(DEFAULT_ROUTE))
-    }
-
-    /// Who `policy` counts for this message, if the message says.
-    fn identifier(
-        &self,
-        event: &ApiGatewayWebsocketProxyRequest,
-        connection: &str,
-        policy: PolicyId,
-    ) -> Option<String> {
-        let kind = self.limiter.policies()[policy].kind();
-        if *kind == Kind::CONNECTION {
-            Some(connection.to_owned())
-        } else if *kind == Kind::IP {
-            Some(source_ip(event).to_owned())
-        } else if *kind == Kind::USER {
-            user_id(event)
-        } else {
-            authorizer_field(event, kind.as_str())
-        }
     }
 
     async fn send(&self, endpoint: &str, connection: &str, data: String) -> Result<(), ()> {

@@ -983,3 +983,61 @@ async fn a_failing_hook_is_answered_with_the_seeds_500() {
     assert!(logged.contains("the message hook failed"), "{logged}");
     assert!(logged.contains("the backend is away"), "{logged}");
 }
+
+#[tokio::test]
+async fn connect_checks_from_the_file_come_after_the_seeds_per_role() {
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.connects_per_hour]\nkey = \"ip\"\nlimits = [\"3/h\"]\n\
+         [policy.user_connects]\nkey = \"user\"\nlimits = [\"1/h\"]\n\
+         [connect]\npolicies = [\"connects_per_hour\"]\nspeaker = [\"user_connects\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let limiter: Limiter = Arc::new(
+        Builder::from_config(config)
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .in_memory(),
+    );
+    let handler = ConnectHandler::new(limiter.clone());
+    let connect =
+        |ip: &str, user: Option<&str>| invoke(connect_event(Some(ip), user.map(|u| json!(u))));
+    // bob's second session is refused by his own 1/h; the address's
+    // attempts (seed's and hourly) still count it.
+    assert_eq!(
+        handler
+            .handle(connect("192.0.2.70", Some("bob")))
+            .await
+            .unwrap()
+            .status_code,
+        200
+    );
+    let refused = handler
+        .handle(connect("192.0.2.70", Some("bob")))
+        .await
+        .unwrap();
+    assert_eq!(refused.status_code, 429);
+    assert_eq!(
+        refused.headers["ratelimit-policy"],
+        r#""user_connects";q=1;w=3600"#
+    );
+    // A listener from the same address: its third connect this hour.
+    assert_eq!(
+        handler
+            .handle(connect("192.0.2.70", None))
+            .await
+            .unwrap()
+            .status_code,
+        200
+    );
+    let refused = handler.handle(connect("192.0.2.70", None)).await.unwrap();
+    assert_rate_limited(&refused, 1200);
+    assert_eq!(
+        refused.headers["ratelimit-policy"],
+        r#""connects_per_hour";q=3;w=3600"#
+    );
+    let status = |policy| limiter.get_rate_limit_status(policy, &Kind::IP, "192.0.2.70");
+    // The refused fourth attempt took nothing; the listener join counted once.
+    assert_eq!(status(PolicyId::CONNECTION_ATTEMPT).await.unwrap().count, 3);
+    assert_eq!(status(PolicyId::LISTENER_JOIN).await.unwrap().count, 1);
+}

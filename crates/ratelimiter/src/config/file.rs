@@ -22,6 +22,19 @@ pub(super) struct FileSpec {
     pub(super) policy: BTreeMap<Spanned<String>, Spanned<PolicySpec>>,
     #[serde(default)]
     pub(super) route: BTreeMap<Spanned<String>, Spanned<RouteSpec>>,
+    pub(super) connect: Option<Spanned<ConnectSpec>>,
+}
+
+/// `[connect]`: policies `$connect` checks besides the seed's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConnectSpec {
+    #[serde(default)]
+    pub(super) policies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) speaker: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) listener: Vec<Spanned<String>>,
 }
 
 /// `[route.ACTION]`: the policies of the messages on one route.
@@ -169,6 +182,36 @@ impl<'a> FileSource<'a> {
 }
 
 impl FileSource<'_> {
+    /// Adds the file's `[connect]` checks to `policies`, which hold the
+    /// file's policies already.
+    pub(super) fn connect(&self, policies: &mut Policies) -> Result<(), ConfigError> {
+        let Some(spec) = &self.spec.connect else {
+            return Ok(());
+        };
+        let at = |span: std::ops::Range<usize>, message: String| {
+            self.error(span, format!("[connect]: {message}"))
+        };
+        let ids = |names: &[Spanned<String>]| -> Result<Vec<PolicyId>, ConfigError> {
+            names
+                .iter()
+                .map(|name| {
+                    policies
+                        .find(name.get_ref())
+                        .map_err(|e| at(name.span(), e.to_string()))
+                })
+                .collect()
+        };
+        let fields = spec.get_ref();
+        let (every, speaker, listener) = (
+            ids(&fields.policies)?,
+            ids(&fields.speaker)?,
+            ids(&fields.listener)?,
+        );
+        policies
+            .add_connect_checks(&every, &speaker, &listener)
+            .map_err(|e| at(spec.span(), e.to_string()))
+    }
+
     /// Sets every `[route.*]` of the file on `policies`, which hold the
     /// file's policies already.
     pub(super) fn routes(&self, policies: &mut Policies) -> Result<(), ConfigError> {

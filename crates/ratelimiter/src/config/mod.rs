@@ -238,6 +238,7 @@ impl Config {
                 policies.insert(file.policy(name, spec, &policies)?);
             }
             file.routes(&mut policies)?;
+            file.connect(&mut policies)?;
         }
         apply_seed_variables(&mut policies, lookup)?;
 
@@ -701,6 +702,32 @@ limits = ["10/min", "100/h"]
         assert_eq!(policies.route("sendMessage"), Some(&[messages, bytes][..]));
         assert_eq!(policies.route("$default"), Some(&[messages][..]));
         assert_eq!(policies.route("other"), None);
+        assert!(
+            policies.connect().is_seed(),
+            "no [connect]: the seed's checks"
+        );
+    }
+
+    #[test]
+    fn connect_adds_checks_per_role_after_the_seeds() {
+        let config = Config::from_file_text(
+            "limits.toml",
+            "[policy.connects_per_hour]\nkey = \"ip\"\nlimits = [\"100/h\"]\n\
+             [policy.user_connects]\nkey = \"user\"\nlimits = [\"30/h\"]\n\
+             [connect]\npolicies = [\"connects_per_hour\"]\nspeaker = [\"user_connects\"]\n",
+            |_| None,
+        )
+        .unwrap();
+        let policies = &config.policies;
+        let (hourly, users) = (
+            policies.id("connects_per_hour").unwrap(),
+            policies.id("user_connects").unwrap(),
+        );
+        let connect = policies.connect();
+        assert_eq!(connect.every(), [PolicyId::CONNECTION_ATTEMPT, hourly]);
+        assert_eq!(connect.speaker(), [PolicyId::SESSION_CREATE, users]);
+        assert_eq!(connect.listener(), [PolicyId::LISTENER_JOIN]);
+        assert!(!connect.is_seed());
     }
 
     #[test]

@@ -22,7 +22,8 @@ use crate::key::{Kind, NameError, Slot, check_name, shorten};
 mod registry;
 
 pub use registry::{
-    BUILTINS, Builtin, DEFAULT_ROUTE, MAX_ROUTE_POLICIES, Policies, RouteError, UnknownPolicy,
+    BUILTINS, Builtin, ConnectChecks, DEFAULT_ROUTE, MAX_ROUTE_POLICIES, Policies, RouteError,
+    UnknownPolicy,
 };
 
 /// The most limits one policy (or tier) may have.

@@ -91,6 +91,53 @@ pub struct Policies {
     by_name: HashMap<PolicyName, PolicyId>,
     /// Each limited route's action and its policies, in the order set.
     routes: Vec<(Box<str>, Box<[PolicyId]>)>,
+    /// What `$connect` checks.
+    connect: ConnectChecks,
+}
+
+/// What `$connect` checks, per role: the seed's checks first, then those a
+/// configuration adds (`[connect]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectChecks {
+    every: Vec<PolicyId>,
+    speaker: Vec<PolicyId>,
+    listener: Vec<PolicyId>,
+}
+
+impl Default for ConnectChecks {
+    /// The seed's: the connection attempt per IP for everyone, then the
+    /// session creation per user for a speaker, the listener join per IP
+    /// for anyone else.
+    fn default() -> Self {
+        Self {
+            every: vec![PolicyId::CONNECTION_ATTEMPT],
+            speaker: vec![PolicyId::SESSION_CREATE],
+            listener: vec![PolicyId::LISTENER_JOIN],
+        }
+    }
+}
+
+impl ConnectChecks {
+    /// Checked at every `$connect`, first.
+    pub fn every(&self) -> &[PolicyId] {
+        &self.every
+    }
+
+    /// Checked then for a caller with a `userId` (a speaker).
+    pub fn speaker(&self) -> &[PolicyId] {
+        &self.speaker
+    }
+
+    /// Checked then for a caller without one (a listener).
+    pub fn listener(&self) -> &[PolicyId] {
+        &self.listener
+    }
+
+    /// Whether they are the seed's, which `$connect` decides in one round
+    /// trip.
+    pub fn is_seed(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for Policies {
@@ -106,6 +153,7 @@ impl Policies {
             list: Vec::new(),
             by_name: HashMap::new(),
             routes: Vec::new(),
+            connect: ConnectChecks::default(),
         };
         for builtin in &BUILTINS {
             policies.insert(builtin.policy());
@@ -273,6 +321,54 @@ impl Policies {
             .iter()
             .find(|(name, _)| &**name == action)
             .map(|(_, ids)| &**ids)
+    }
+
+    /// Adds `every`, `speaker` and `listener` to what `$connect` checks
+    /// (after the seed's checks, which stay: change them through their
+    /// policies). Each list may hold up to [`MAX_ROUTE_POLICIES`], with the
+    /// seed's, each policy once.
+    ///
+    /// ```
+    /// use ratelimiter::policy::{Policies, Policy, PolicyId};
+    /// use ratelimiter::Kind;
+    ///
+    /// let mut policies = Policies::builtin();
+    /// let hourly = policies.insert(Policy::new("connects_per_hour", Kind::IP, &["100/h".parse()?])?);
+    /// policies.add_connect_checks(&[hourly], &[], &[])?;
+    /// assert_eq!(policies.connect().every(), &[PolicyId::CONNECTION_ATTEMPT, hourly]);
+    /// assert_eq!(policies.connect().listener(), &[PolicyId::LISTENER_JOIN]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_connect_checks(
+        &mut self,
+        every: &[PolicyId],
+        speaker: &[PolicyId],
+        listener: &[PolicyId],
+    ) -> Result<(), RouteError> {
+        let mut checks = self.connect.clone();
+        for (list, extra) in [
+            (&mut checks.every, every),
+            (&mut checks.speaker, speaker),
+            (&mut checks.listener, listener),
+        ] {
+            for &id in extra {
+                let policy = self.get(id).ok_or(RouteError::Unknown(id))?;
+                if list.contains(&id) {
+                    return Err(RouteError::Duplicate(policy.name().to_owned()));
+                }
+                list.push(id);
+            }
+            if list.len() > MAX_ROUTE_POLICIES {
+                return Err(RouteError::Count(list.len()));
+            }
+        }
+        self.connect = checks;
+        Ok(())
+    }
+
+    /// What `$connect` checks.
+    pub fn connect(&self) -> &ConnectChecks {
+        &self.connect
     }
 
     /// Every limited route with its policies, in the order they were set.
