@@ -61,6 +61,12 @@ async fn conformance_route_policies() {
 }
 
 #[tokio::test]
+async fn conformance_checks_in_turn() {
+    let endpoint = dynoxide().await;
+    conformance::checks_in_turn(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test]
 async fn conformance_status_and_reset() {
     let endpoint = dynoxide().await;
     conformance::status_and_reset(store_with_table(&endpoint).await).await;

@@ -29,6 +29,12 @@ async fn route_policies() {
 }
 
 #[tokio::test]
+async fn checks_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::checks_in_turn(embedded(&dir).await).await;
+}
+
+#[tokio::test]
 async fn status_and_reset() {
     let dir = tempfile::tempdir().unwrap();
     conformance::status_and_reset(embedded(&dir).await).await;

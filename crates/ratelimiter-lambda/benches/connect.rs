@@ -6,13 +6,15 @@
 //! `cargo bench -p ratelimiter-lambda --bench connect`
 //!
 //! Each connect comes from a new address (and a new user), so every
-//! decision is allowed and reaches the table, as most connects do.
+//! decision is allowed and reaches the table, as most connects do. The
+//! `[connect]` rows add a policy per address to everyone's check, from a
+//! configuration file.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lambda_runtime::{Context, LambdaEvent};
-use ratelimiter::Builder;
+use ratelimiter::{Builder, Config};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 use ratelimiter_lambda::connect::ConnectHandler;
 use serde_json::{Value, json};
@@ -56,21 +58,41 @@ fn main() {
             "RateLimits",
         );
         store.create_table().await.unwrap();
+        let second_store = DynamoDbStore::new(store.client().clone(), "RateLimits");
         let limiter = Arc::new(Builder::new().build(store));
         let handler = ConnectHandler::new(limiter.clone());
+        let config = Config::from_file_text(
+            "bench.toml",
+            "[policy.hourly]\nkey = \"ip\"\nlimits = [\"100000/h\"]\n[connect]\npolicies = [\"hourly\"]\n",
+            |_| None,
+        )
+        .unwrap();
+        let configured = Arc::new(Builder::from_config(config).build(second_store));
+        let configured_handler = ConnectHandler::new(configured.clone());
         println!(
-            "{:<10} {:>10} {:>10} {:>10}",
+            "{:<20} {:>10} {:>10} {:>10}",
             "connect", "calls", "p50 µs", "p99 µs"
         );
-        for (round, (name, speaker)) in [("warm-up", false), ("listener", false), ("speaker", true)]
-            .into_iter()
-            .enumerate()
+        for (round, (name, speaker)) in [
+            ("warm-up", false),
+            ("listener", false),
+            ("speaker", true),
+            ("listener, [connect]", false),
+            ("speaker, [connect]", true),
+        ]
+        .into_iter()
+        .enumerate()
         {
+            let (handler, limiter) = if name.ends_with("[connect]") {
+                (&configured_handler, &configured)
+            } else {
+                (&handler, &limiter)
+            };
             let calls_before = limiter.store().calls();
             let mut latencies = Vec::with_capacity(CONNECTS);
             for i in 0..CONNECTS {
                 let ip = format!("10.{round}.{}.{}", i / 256, i % 256);
-                let user = format!("{name}-{i}");
+                let user = format!("{round}-{i}");
                 let event = event(&ip, speaker.then_some(user.as_str()));
                 let started = Instant::now();
                 let response = handler.handle(event).await.unwrap();
@@ -83,7 +105,7 @@ fn main() {
             latencies.sort();
             let calls = limiter.store().calls() - calls_before;
             println!(
-                "{name:<10} {:>10.2} {:>10.1} {:>10.1}",
+                "{name:<20} {:>10.2} {:>10.1} {:>10.1}",
                 calls as f64 / CONNECTS as f64,
                 latencies[CONNECTS / 2].as_secs_f64() * 1e6,
                 latencies[CONNECTS * 99 / 100].as_secs_f64() * 1e6,

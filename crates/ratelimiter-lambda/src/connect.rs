@@ -14,8 +14,9 @@
 //! A configuration's `[connect]` section adds policies to both checks
 //! ([`ratelimiter::policy::ConnectChecks`]): `policies` for everyone, with
 //! the attempt, and `speaker` or `listener` with the role's. Each check is
-//! then all or nothing ([`RateLimitService::decide_all`]), the two still in
-//! a row, at the cost of one round trip per check.
+//! then all or nothing, the two still in a row
+//! ([`RateLimitService::decide_in_turn`]): one DynamoDB call for a listener
+//! whose checks all count its address, one round trip per check otherwise.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -126,7 +127,8 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
     /// The checks of a `[connect]` section: everyone's, all or nothing,
     /// then the role's, all or nothing, as two checks in a row (a refused
     /// first takes nothing from the second; a refused second still counts
-    /// the first). Two round trips; a policy whose identifier the event
+    /// the first), in one store call when they all count one item (a
+    /// listener's, all per address). A policy whose identifier the event
     /// lacks (a `user` one for a listener) does not count it.
     async fn configured(
         &self,
@@ -139,27 +141,31 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
             Role::Speaker { .. } => checks.speaker(),
             Role::Listener { .. } => checks.listener(),
         };
-        for ids in [checks.every(), role_checks] {
-            let identifiers: Vec<(PolicyId, String)> = ids
-                .iter()
+        let subjects = |ids: &[PolicyId]| -> Vec<(PolicyId, String)> {
+            ids.iter()
                 .filter_map(|&id| {
-                    let kind = self.limiter.policies()[id].kind();
-                    Some((id, identifier(event, kind)?))
+                    Some((id, identifier(event, self.limiter.policies()[id].kind())?))
                 })
-                .collect();
-            let requests: Vec<Request<'_>> = identifiers
+                .collect()
+        };
+        let (everyone, role) = (subjects(checks.every()), subjects(role_checks));
+        fn requests<'a>(
+            subjects: &'a [(PolicyId, String)],
+            tier: Option<&'a str>,
+        ) -> Vec<Request<'a>> {
+            subjects
                 .iter()
                 .map(|(id, identifier)| Request::from((*id, identifier)).tier(tier))
-                .collect();
-            let Some(first) = requests.first() else {
-                continue;
-            };
-            let decided = self.limiter.decide_all(&requests).await;
-            if let Some(refused) = refusal_all(&self.limiter, first.policy, decided) {
-                return Some(refused);
-            }
+                .collect()
         }
-        None
+        let (first, second) = (requests(&everyone, tier), requests(&role, tier));
+        let lead = first.first().or(second.first())?.policy;
+        let (v1, v2) = match self.limiter.decide_in_turn(&first, &second).await {
+            Ok(decided) => decided,
+            Err(error) => return refusal_all(&self.limiter, lead, Err(error)),
+        };
+        refusal_all(&self.limiter, lead, Ok(v1))
+            .or_else(|| v2.and_then(|v2| refusal_all(&self.limiter, lead, Ok(v2))))
     }
 
     /// Handles one typed `$connect` event.

@@ -396,3 +396,46 @@ pub async fn route_policies<S: Store>(store: S) {
     assert!(verdicts.iter().all(|v| v.allowed()));
     assert_eq!(verdicts[1].decision.remaining, 0);
 }
+
+/// Two checks in a row of several policies on one item (a configured
+/// listener's `$connect`): one call when both are allowed; a refused second
+/// still counts the first; a refused first takes nothing from the second.
+pub async fn checks_in_turn<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service_with(
+        store,
+        &clock,
+        "[policy.hourly]\nkey = \"ip\"\nlimits = [\"3/h\"]\n\
+         [policy.listener_join]\nlimits = [\"1/min\"]\n",
+    );
+    let hourly = service.policy_id("hourly").unwrap();
+    let ip = "198.51.100.77";
+    let first = [
+        Request::from((PolicyId::CONNECTION_ATTEMPT, ip)),
+        Request::from((hourly, ip)),
+    ];
+    let second = [Request::from((PolicyId::LISTENER_JOIN, ip))];
+    let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+    assert!(v1.iter().all(|v| v.allowed()) && v2.as_ref().unwrap()[0].allowed());
+    let calls: u32 = v1.iter().chain(v2.iter().flatten()).map(|v| v.calls).sum();
+    assert_eq!(calls, 1, "both checks on the address's item in one call");
+    // The join is refused; the first check still counts.
+    let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+    assert!(v1.iter().all(|v| v.allowed()), "{v1:?}");
+    let refused = v2.unwrap();
+    assert_eq!(
+        (refused.len(), refused[0].policy),
+        (1, PolicyId::LISTENER_JOIN)
+    );
+    let count = |policy| service.get_rate_limit_status(policy, &Kind::IP, ip);
+    assert_eq!(count(hourly).await.unwrap().count, 2);
+    assert_eq!(count(PolicyId::LISTENER_JOIN).await.unwrap().count, 1);
+    // A minute on the join is back, but the hourly is spent after a third:
+    // a refused first takes nothing from the join.
+    clock.advance(Duration::from_secs(60));
+    service.decide_in_turn(&first, &second).await.unwrap();
+    clock.advance(Duration::from_secs(60));
+    let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+    assert_eq!((v1.len(), v1[0].policy, v2), (1, hourly, None));
+    assert_eq!(count(PolicyId::LISTENER_JOIN).await.unwrap().count, 0);
+}

@@ -15,10 +15,16 @@ use std::task::Poll;
 use crate::clock::Clock;
 use crate::failure::Permit;
 use crate::gcra::{Nanos, Outcome};
-use crate::pair::Plan;
-use crate::service::RateLimitService;
+use crate::policy::Limit;
+use crate::service::{RateLimitService, Resolved};
 use crate::store::{Op, Store};
 use crate::verdict::{RateLimitError, Request, Verdict};
+
+/// A request made ready, with one op per limit.
+pub(crate) struct Plan<'s> {
+    pub(crate) resolved: Resolved<'s>,
+    pub(crate) ops: Vec<Op<'s>>,
+}
 
 /// What one item's requests came to.
 struct Decided<'s> {
@@ -83,7 +89,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 
     /// [`RateLimitService::decide_all`] at `now`, not yet recorded.
-    async fn all_at(
+    pub(crate) async fn all_at(
         &self,
         requests: &[Request<'_>],
         now: Nanos,
@@ -157,7 +163,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if let ([request], [plan]) = (requests, plans) {
             let verdict = self.decide_at(request, now).await?;
             let allowed = verdict.allowed();
-            let taken = if allowed && verdict.degraded.is_none() {
+            // Only what the store really took is given back: not a shadow
+            // policy's would-be denial, nor a failure mode's decision.
+            let taken = if verdict.decision.allowed && verdict.degraded.is_none() {
                 plan.ops.clone()
             } else {
                 Vec::new()
@@ -279,7 +287,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
 
     /// The verdicts of the plans whose own steps are refused on `tats`
     /// (their share of `ops`): what refused the item.
-    fn refused(&self, plans: &[&Plan<'_>], ops: &[Op<'_>], tats: &[Nanos]) -> Vec<Verdict> {
+    pub(crate) fn refused(
+        &self,
+        plans: &[&Plan<'_>],
+        ops: &[Op<'_>],
+        tats: &[Nanos],
+    ) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
         let mut at = 0;
         for plan in plans {
@@ -318,7 +331,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         for (request, plan) in requests.iter().zip(plans) {
             let mut verdict = self.decide_at(request, now).await?;
             if verdict.allowed() {
-                if verdict.degraded.is_none() && !verdict.cached {
+                if verdict.decision.allowed && verdict.degraded.is_none() {
                     taken.extend(plan.ops.iter().copied());
                 }
                 verdicts.push(verdict);
@@ -339,6 +352,40 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             allowed: true,
             taken,
         })
+    }
+
+    /// The verdict on a store's answer, with the policy's shadow mode.
+    pub(crate) fn verdict(
+        &self,
+        r: &Resolved<'_>,
+        ops: &[Op<'_>],
+        tats: &[Nanos],
+        outcome: Outcome,
+    ) -> Verdict {
+        self.settle(
+            Verdict::from_ops(r.id, r.limits, ops, tats, outcome),
+            r.policy,
+        )
+    }
+
+    /// The resolved request and its ops at `now`, in a vector.
+    pub(crate) fn plan<'s>(
+        &'s self,
+        request: &Request<'s>,
+        now: Nanos,
+    ) -> Result<Plan<'s>, RateLimitError> {
+        let resolved = self.prepare(request)?;
+        let ops = resolved
+            .limits
+            .iter()
+            .map(|limit: &Limit| {
+                Ok(Op::new(
+                    limit.slot(),
+                    self.step(resolved.policy, limit, now, request.cost)?,
+                ))
+            })
+            .collect::<Result<_, RateLimitError>>()?;
+        Ok(Plan { resolved, ops })
     }
 
     /// Gives back `taken` on `plan`'s item, for an action refused after

@@ -1,5 +1,8 @@
 //! Two decisions in a row, in one round trip: `$connect`'s connection
-//! attempt, then its session creation or listener join.
+//! attempt, then its session creation or listener join
+//! ([`RateLimitService::decide_both`]), and two checks of several policies
+//! each, as a configured `$connect` has them
+//! ([`RateLimitService::decide_in_turn`]).
 //!
 //! [`RateLimitService::decide_both`] has the result of two checks in a row (a
 //! refused second still counts the first; a refused first takes nothing from
@@ -10,19 +13,13 @@
 //! decision made and given back is not recorded at all: only its store calls
 //! count, under the first request.
 
+use crate::all::Plan;
 use crate::clock::Clock;
 use crate::failure::Permit;
 use crate::gcra::{Nanos, Outcome};
-use crate::policy::Limit;
-use crate::service::{RateLimitService, Resolved};
+use crate::service::RateLimitService;
 use crate::store::{Op, Store};
 use crate::verdict::{RateLimitError, Request, Verdict};
-
-/// A request made ready, with one op per limit.
-pub(crate) struct Plan<'s> {
-    pub(crate) resolved: Resolved<'s>,
-    pub(crate) ops: Vec<Op<'s>>,
-}
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// Decides `first`, and `second` only if `first` is allowed, with the
@@ -206,40 +203,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         }
         Ok((v1, None))
     }
-
-    /// The verdict on a store's answer, with the policy's shadow mode.
-    pub(crate) fn verdict(
-        &self,
-        r: &Resolved<'_>,
-        ops: &[Op<'_>],
-        tats: &[Nanos],
-        outcome: Outcome,
-    ) -> Verdict {
-        self.settle(
-            Verdict::from_ops(r.id, r.limits, ops, tats, outcome),
-            r.policy,
-        )
-    }
-
-    /// The resolved request and its ops at `now`, in a vector.
-    pub(crate) fn plan<'s>(
-        &'s self,
-        request: &Request<'s>,
-        now: Nanos,
-    ) -> Result<Plan<'s>, RateLimitError> {
-        let resolved = self.prepare(request)?;
-        let ops = resolved
-            .limits
-            .iter()
-            .map(|limit: &Limit| {
-                Ok(Op::new(
-                    limit.slot(),
-                    self.step(resolved.policy, limit, now, request.cost)?,
-                ))
-            })
-            .collect::<Result<_, RateLimitError>>()?;
-        Ok(Plan { resolved, ops })
-    }
 }
 
 /// Polls two futures until both are done: `$connect`'s two decisions at once.
@@ -265,4 +228,183 @@ async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
         }
     })
     .await
+}
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// Two checks in a row, each of several policies, all or nothing
+    /// ([`RateLimitService::decide_all`]): `second` is decided only if
+    /// `first` is allowed, a refused `first` takes nothing from `second`
+    /// (whose verdicts are then `None`), and a refused `second` still
+    /// counts `first`. What a configured `$connect` checks.
+    ///
+    /// When every request counts the same item (a listener's checks, all
+    /// per address), both are decided in one store call; otherwise one
+    /// round trip per check. Each result holds, like `decide_all`'s, every
+    /// verdict when allowed, the refusing ones when not.
+    ///
+    /// ```
+    /// use ratelimiter::{Builder, Config, PolicyId, Request};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let config = Config::from_file_text("limits.toml",
+    ///     "[policy.hourly]\nkey = \"ip\"\nlimits = [\"100/h\"]\n", |_| None)?;
+    /// let limiter = Builder::from_config(config).in_memory();
+    /// let hourly = limiter.policy_id("hourly").unwrap();
+    /// let ip = "203.0.113.7";
+    /// let everyone = [Request::from((PolicyId::CONNECTION_ATTEMPT, ip)), Request::from((hourly, ip))];
+    /// let listener = [Request::from((PolicyId::LISTENER_JOIN, ip))];
+    /// let (first, second) = limiter.decide_in_turn(&everyone, &listener).await?;
+    /// assert_eq!(first.len(), 2);
+    /// assert!(second.unwrap()[0].allowed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn decide_in_turn(
+        &self,
+        first: &[Request<'_>],
+        second: &[Request<'_>],
+    ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
+        let started = self.clock.now();
+        let (v1, v2) = self.in_turn_at(first, second, started).await?;
+        let record = |verdicts: Vec<Verdict>| -> Vec<Verdict> {
+            verdicts
+                .into_iter()
+                .map(|v| self.record(v, Some(started)))
+                .collect()
+        };
+        Ok((record(v1), v2.map(record)))
+    }
+
+    /// [`RateLimitService::decide_in_turn`] at `now`, not yet recorded.
+    async fn in_turn_at(
+        &self,
+        first: &[Request<'_>],
+        second: &[Request<'_>],
+        now: Nanos,
+    ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
+        // Every request planned before anything is asked.
+        let plans1 = first
+            .iter()
+            .map(|r| self.plan(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let plans2 = second
+            .iter()
+            .map(|r| self.plan(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all: Vec<&Plan<'_>> = plans1.iter().chain(&plans2).collect();
+        let one_item = match all.first() {
+            Some(lead) => all
+                .iter()
+                .all(|p| p.resolved.key == lead.resolved.key && !p.resolved.policy.shadow()),
+            None => false,
+        };
+        let mut ops: Vec<Op<'_>> = all.iter().flat_map(|p| p.ops.iter().copied()).collect();
+        let mut tats = vec![0; ops.len()];
+        let one_call = one_item && !plans1.is_empty() && {
+            let key = &all[0].resolved.key;
+            let known_denied = self
+                .cache
+                .as_ref()
+                .is_some_and(|cache| cache.denies(key, &mut ops, &mut tats));
+            !known_denied && !self.failures.held(key, now)
+        };
+        // The breaker's permit last: its one probe must call the store.
+        let permit = if one_call {
+            self.failures.breaker.permit(now)
+        } else {
+            Permit::Skip
+        };
+        if permit == Permit::Skip {
+            // Each check on its own, with the cache, the breaker and the
+            // failure modes.
+            let v1 = self.all_at(first, now).await?;
+            if !v1.iter().all(Verdict::allowed) {
+                return Ok((v1, None));
+            }
+            return Ok((v1, Some(self.all_at(second, now).await?)));
+        }
+        let key = &all[0].resolved.key;
+        let retention = all.iter().map(|p| p.resolved.retention).max().unwrap_or(0);
+        let generation = self.failures.breaker.generation();
+        let applied = self.store.apply(key, &ops, retention, &mut tats).await;
+        let n1: usize = plans1.iter().map(|p| p.ops.len()).sum();
+        let (p1, p2): (Vec<&Plan<'_>>, Vec<&Plan<'_>>) =
+            (plans1.iter().collect(), plans2.iter().collect());
+        let each = |plans: &[&Plan<'_>], ops: &[Op<'_>], tats: &[Nanos], outcome| {
+            let mut at = 0;
+            plans
+                .iter()
+                .map(|plan| {
+                    let span = at..at + plan.ops.len();
+                    at = span.end;
+                    self.verdict(&plan.resolved, &ops[span.clone()], &tats[span], outcome)
+                })
+                .collect::<Vec<_>>()
+        };
+        let outcome = match applied.outcome {
+            Ok(outcome) => {
+                self.answered(key, &ops, outcome, &tats);
+                outcome
+            }
+            Err(error) => {
+                // Perhaps written, perhaps not: each policy's failure mode
+                // decides, in turn.
+                let why = self.failures.failed(
+                    all[0].resolved.policy,
+                    key,
+                    &error,
+                    generation,
+                    permit,
+                    self.clock.now(),
+                );
+                let mut degraded = |plans: &[&Plan<'_>], at: usize| {
+                    let mut at = at;
+                    plans
+                        .iter()
+                        .map(|plan| {
+                            let span = at..at + plan.ops.len();
+                            at = span.end;
+                            self.degraded(&plan.resolved, &ops[span.clone()], &mut tats[span], why)
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let mut v1 = degraded(&p1, 0);
+                v1[0].calls = applied.calls;
+                if !v1.iter().all(Verdict::allowed) {
+                    v1.retain(|v| !v.allowed());
+                    return Ok((v1, None));
+                }
+                let mut v2 = degraded(&p2, n1);
+                if !v2.iter().all(Verdict::allowed) {
+                    v2.retain(|v| !v.allowed());
+                }
+                return Ok((v1, Some(v2)));
+            }
+        };
+        let (ops1, ops2) = ops.split_at(n1);
+        let (tats1, tats2) = tats.split_at(n1);
+        if outcome == Outcome::Allowed {
+            // One call decided both; it is counted under the first.
+            let mut v1 = each(&p1, ops1, tats1, Outcome::Allowed);
+            v1[0].calls = applied.calls;
+            return Ok((v1, Some(each(&p2, ops2, tats2, Outcome::Allowed))));
+        }
+        let first_alone = ops1
+            .iter()
+            .zip(tats1)
+            .all(|(op, &tat)| op.step.apply(tat).0 == Outcome::Allowed);
+        if !first_alone {
+            let mut v1 = self.refused(&p1, ops1, tats1);
+            v1[0].calls = applied.calls;
+            return Ok((v1, None));
+        }
+        // Only `second` refused: `first` still counts, in a call of its own.
+        let v2 = self.refused(&p2, ops2, tats2);
+        let mut v1 = self.all_at(first, now).await?;
+        v1[0].calls += applied.calls;
+        if !v1.iter().all(Verdict::allowed) {
+            return Ok((v1, None));
+        }
+        Ok((v1, Some(v2)))
+    }
 }

@@ -968,3 +968,87 @@ async fn a_route_with_a_store_down_follows_each_policys_failure_mode() {
         .unwrap();
     assert!(verdicts.iter().all(|v| v.allowed() && v.degraded.is_some()));
 }
+
+#[tokio::test]
+async fn a_shadow_would_be_denial_is_not_given_back_when_another_item_refuses() {
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.shadowed]\nkey = \"connection\"\nlimits = [\"1/min\"]\nshadow = true\n\
+         [policy.per_user]\nkey = \"user\"\nlimits = [\"1/min\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let service = Builder::from_config(config)
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .deny_cache(0)
+        .build(MemoryStore::new());
+    let (shadowed, per_user) = (
+        service.policy_id("shadowed").unwrap(),
+        service.policy_id("per_user").unwrap(),
+    );
+    let action = [
+        Request::from((shadowed, "conn-s")),
+        Request::from((per_user, "alice")),
+    ];
+    assert!(
+        service
+            .decide_all(&action)
+            .await
+            .unwrap()
+            .iter()
+            .all(Verdict::allowed)
+    );
+    // The connection's bucket is spent (a would-be denial, let through),
+    // and alice's refuses: nothing was taken from the connection this
+    // time, so nothing may be given back to it.
+    let refused = service.decide_all(&action).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].policy, per_user);
+    let status = service
+        .status(Request::from((shadowed, "conn-s")))
+        .await
+        .unwrap();
+    assert_eq!(
+        status[0].count, 1,
+        "the first action's token is still taken"
+    );
+}
+
+#[tokio::test]
+async fn checks_in_turn_on_two_items_take_a_round_trip_each_and_fail_by_mode() {
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.user_connects]\nkey = \"user\"\nlimits = [\"1/h\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let flaky = Faulty::default();
+    let service = Builder::from_config(config)
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .build(flaky.clone());
+    let users = service.policy_id("user_connects").unwrap();
+    let first = [Request::from((PolicyId::CONNECTION_ATTEMPT, "192.0.2.9"))];
+    let second = [
+        Request::from((PolicyId::SESSION_CREATE, "carol")),
+        Request::from((users, "carol")),
+    ];
+    let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+    assert!(v1[0].allowed() && v2.unwrap().iter().all(Verdict::allowed));
+    assert_eq!(flaky.calls(), 2, "the address's item, then the user's");
+    // carol's second: refused by her own hourly limit; the attempt counted.
+    let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+    assert!(v1[0].allowed());
+    assert_eq!(v2.unwrap()[0].policy, users);
+    // The store down: each policy's failure mode decides (open).
+    flaky.down(true);
+    let (v1, v2) = service.decide_in_turn(&first, &[]).await.unwrap();
+    assert!(v1[0].allowed() && v1[0].degraded.is_some());
+    assert_eq!(v2, Some(Vec::new()));
+    // ...also where both checks share an item, in their one call.
+    let join = [Request::from((PolicyId::LISTENER_JOIN, "192.0.2.10"))];
+    let attempt = [Request::from((PolicyId::CONNECTION_ATTEMPT, "192.0.2.10"))];
+    let (v1, v2) = service.decide_in_turn(&attempt, &join).await.unwrap();
+    let v2 = v2.expect("the attempt is allowed, open");
+    assert!(v1[0].allowed() && v1[0].degraded.is_some(), "{v1:?}");
+    assert!(v2[0].allowed() && v2[0].degraded.is_some(), "{v2:?}");
+}
