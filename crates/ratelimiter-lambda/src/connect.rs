@@ -16,7 +16,8 @@
 //! the attempt, and `speaker` or `listener` with the role's. Each check is
 //! then all or nothing, the two still in a row
 //! ([`RateLimitService::decide_in_turn`]): one DynamoDB call for a listener
-//! whose checks all count its address, one round trip per check otherwise.
+//! whose checks all count its address, one call per item, at once,
+//! otherwise.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -128,8 +129,9 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
     /// then the role's, all or nothing, as two checks in a row (a refused
     /// first takes nothing from the second; a refused second still counts
     /// the first), in one store call when they all count one item (a
-    /// listener's, all per address). A policy whose identifier the event
-    /// lacks (a `user` one for a listener) does not count it.
+    /// listener's, all per address), else at once. A policy whose
+    /// identifier the event lacks (a `user` one for a listener) does not
+    /// count it.
     async fn configured(
         &self,
         event: &ApiGatewayWebsocketProxyRequest,

@@ -390,7 +390,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
 
     /// Gives back `taken` on `plan`'s item, for an action refused after
     /// it was taken; the calls that cost.
-    async fn give_back(&self, plan: &Plan<'_>, taken: &[Op<'_>]) -> u32 {
+    pub(crate) async fn give_back(&self, plan: &Plan<'_>, taken: &[Op<'_>]) -> u32 {
         if taken.is_empty() {
             return 0;
         }

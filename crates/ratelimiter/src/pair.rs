@@ -238,8 +238,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// counts `first`. What a configured `$connect` checks.
     ///
     /// When every request counts the same item (a listener's checks, all
-    /// per address), both are decided in one store call; otherwise one
-    /// round trip per check. Each result holds, like `decide_all`'s, every
+    /// per address), both are decided in one store call; otherwise both at
+    /// once, one call per item, and what `second` took is given back if
+    /// `first` was refused. Each result holds, like `decide_all`'s, every
     /// verdict when allowed, the refusing ones when not.
     ///
     /// ```
@@ -315,13 +316,18 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             Permit::Skip
         };
         if permit == Permit::Skip {
-            // Each check on its own, with the cache, the breaker and the
-            // failure modes.
-            let v1 = self.all_at(first, now).await?;
-            if !v1.iter().all(Verdict::allowed) {
-                return Ok((v1, None));
+            if one_item || plans1.is_empty() || plans2.is_empty() {
+                // Each check on its own, with the cache, the breaker and
+                // the failure modes.
+                let v1 = self.all_at(first, now).await?;
+                if !v1.iter().all(Verdict::allowed) {
+                    return Ok((v1, None));
+                }
+                return Ok((v1, Some(self.all_at(second, now).await?)));
             }
-            return Ok((v1, Some(self.all_at(second, now).await?)));
+            return self
+                .in_turn_apart(first, &plans1, second, &plans2, now)
+                .await;
         }
         let key = &all[0].resolved.key;
         let retention = all.iter().map(|p| p.resolved.retention).max().unwrap_or(0);
@@ -406,5 +412,49 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return Ok((v1, None));
         }
         Ok((v1, Some(v2)))
+    }
+
+    /// Two checks on different items: both at once, then what `second`
+    /// took given back if `first` was refused (as `decide_both` does for
+    /// a speaker), unless `first` is already known to be refused.
+    async fn in_turn_apart(
+        &self,
+        first: &[Request<'_>],
+        plans1: &[Plan<'_>],
+        second: &[Request<'_>],
+        plans2: &[Plan<'_>],
+        now: Nanos,
+    ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
+        let known_denied = self.cache.as_ref().is_some_and(|cache| {
+            plans1.iter().any(|plan| {
+                let mut ops = plan.ops.clone();
+                let mut tats = vec![0; ops.len()];
+                cache.denies(&plan.resolved.key, &mut ops, &mut tats)
+            })
+        });
+        if known_denied {
+            let v1 = self.all_at(first, now).await?;
+            if !v1.iter().all(Verdict::allowed) {
+                return Ok((v1, None));
+            }
+            return Ok((v1, Some(self.all_at(second, now).await?)));
+        }
+        let (v1, v2) = join(self.all_at(first, now), self.all_at(second, now)).await;
+        let (mut v1, v2) = (v1?, v2?);
+        if v1.iter().all(Verdict::allowed) {
+            return Ok((v1, Some(v2)));
+        }
+        // A refused first takes nothing from the second: what it took is
+        // given back; its calls were made for this decision.
+        v1[0].calls += v2.iter().map(|v| v.calls).sum::<u32>();
+        if v2.iter().all(Verdict::allowed) {
+            // Allowed, `v2` holds a verdict per request, in order.
+            for (plan, verdict) in plans2.iter().zip(&v2) {
+                if verdict.decision.allowed && verdict.degraded.is_none() {
+                    v1[0].calls += self.give_back(plan, &plan.ops).await;
+                }
+            }
+        }
+        Ok((v1, None))
     }
 }

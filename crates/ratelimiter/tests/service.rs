@@ -1015,7 +1015,7 @@ async fn a_shadow_would_be_denial_is_not_given_back_when_another_item_refuses() 
 }
 
 #[tokio::test]
-async fn checks_in_turn_on_two_items_take_a_round_trip_each_and_fail_by_mode() {
+async fn checks_in_turn_on_two_items_take_a_call_each_and_fail_by_mode() {
     let config = Config::from_file_text(
         "limits.toml",
         "[policy.user_connects]\nkey = \"user\"\nlimits = [\"1/h\"]\n",
@@ -1051,4 +1051,35 @@ async fn checks_in_turn_on_two_items_take_a_round_trip_each_and_fail_by_mode() {
     let v2 = v2.expect("the attempt is allowed, open");
     assert!(v1[0].allowed() && v1[0].degraded.is_some(), "{v1:?}");
     assert!(v2[0].allowed() && v2[0].degraded.is_some(), "{v2:?}");
+}
+
+#[tokio::test]
+async fn checks_in_turn_on_two_items_go_at_once_and_a_refused_first_gives_back_the_second() {
+    let config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN").then(|| "1".into())
+    })
+    .unwrap();
+    // Without the deny cache, so that both calls really go at once.
+    let service = Builder::from_config(config)
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .deny_cache(0)
+        .build(MemoryStore::new());
+    let first = [Request::from((
+        PolicyId::CONNECTION_ATTEMPT,
+        "203.0.113.50",
+    ))];
+    let second = [Request::from((PolicyId::SESSION_CREATE, "dora"))];
+    let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+    assert!(v1[0].allowed() && v2.unwrap()[0].allowed());
+    let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+    assert!(!v1[0].allowed() && v2.is_none());
+    assert_eq!(v1[0].calls, 3, "both at once, then the session given back");
+    let sessions = service
+        .get_rate_limit_status(PolicyId::SESSION_CREATE, &Kind::USER, "dora")
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions.count, 1,
+        "the refused attempt took nothing from dora"
+    );
 }
