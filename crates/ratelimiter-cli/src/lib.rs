@@ -115,12 +115,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
+            let mut listed = policies_json(&config.policies);
             print(&json!({
                 "file": file.display().to_string(),
                 "valid": true,
-                "policies": policies_json(&config.policies)["policies"],
-                "routes": policies_json(&config.policies)["routes"],
-                "connect": policies_json(&config.policies)["connect"],
+                "policies": listed["policies"].take(),
+                "routes": listed["routes"].take(),
+                "connect": listed["connect"].take(),
             }));
             Ok(ExitCode::SUCCESS)
         }
@@ -260,16 +261,13 @@ fn policies_json(policies: &Policies) -> Value {
             })
         })
         .collect();
-    let routes: serde_json::Map<String, Value> = policies
-        .routes()
-        .map(|(action, ids)| {
-            let names: Vec<&str> = ids.iter().map(|&id| policies[id].name()).collect();
-            (action.to_owned(), json!(names))
-        })
-        .collect();
     let names = |ids: &[ratelimiter::PolicyId]| -> Vec<&str> {
         ids.iter().map(|&id| policies[id].name()).collect()
     };
+    let routes: serde_json::Map<String, Value> = policies
+        .routes()
+        .map(|(action, ids)| (action.to_owned(), json!(names(ids))))
+        .collect();
     let connect = policies.connect();
     json!({
         "policies": list,

@@ -27,7 +27,7 @@ use lambda_runtime::LambdaEvent;
 use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
-use crate::event::{self, authorizer_field, identifier, source_ip, user_id};
+use crate::event::{self, authorizer_field, source_ip, subjects, user_id};
 use crate::layer::{Refusal, Responder, SeedResponses, refusal, refusal_all};
 use crate::response::{internal_error_response, ok_response};
 
@@ -143,14 +143,11 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
             Role::Speaker { .. } => checks.speaker(),
             Role::Listener { .. } => checks.listener(),
         };
-        let subjects = |ids: &[PolicyId]| -> Vec<(PolicyId, String)> {
-            ids.iter()
-                .filter_map(|&id| {
-                    Some((id, identifier(event, self.limiter.policies()[id].kind())?))
-                })
-                .collect()
-        };
-        let (everyone, role) = (subjects(checks.every()), subjects(role_checks));
+        let policies = self.limiter.policies();
+        let (everyone, role) = (
+            subjects(event, policies, checks.every()),
+            subjects(event, policies, role_checks),
+        );
         fn requests<'a>(
             subjects: &'a [(PolicyId, String)],
             tier: Option<&'a str>,

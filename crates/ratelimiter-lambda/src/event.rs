@@ -1,7 +1,7 @@
 //! Reading what the handlers need from an API Gateway WebSocket event.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use ratelimiter::Kind;
+use ratelimiter::{Kind, Policies, PolicyId};
 use serde_json::Value;
 
 use crate::response::error_response;
@@ -110,6 +110,19 @@ pub fn identifier(event: &ApiGatewayWebsocketProxyRequest, kind: &Kind) -> Optio
     } else {
         authorizer_field(event, kind.as_str())
     }
+}
+
+/// Each of `ids` with who it counts for this event ([`identifier`]),
+/// leaving out those the event does not say (a `user` policy for a
+/// caller without a `userId`).
+pub fn subjects(
+    event: &ApiGatewayWebsocketProxyRequest,
+    policies: &Policies,
+    ids: &[PolicyId],
+) -> Vec<(PolicyId, String)> {
+    ids.iter()
+        .filter_map(|&id| Some((id, identifier(event, policies[id].kind())?)))
+        .collect()
 }
 
 /// The connection id, which every WebSocket event must carry.

@@ -11,13 +11,12 @@ use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
-use ratelimiter::response::ErrorBody;
 use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::{Value, json};
 
 use crate::event::{self, authorizer_field, body_json, connection_id};
-use crate::layer::{Refusal, Responder, SeedResponses, refusal};
-use crate::management::{ConnectionSender, post_to};
+use crate::layer::{Responder, SeedResponses, refusal};
+use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{internal_error_response, ok_response};
 
 /// The heartbeat handler: create one per container and share it.
@@ -76,34 +75,15 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
         match refusal(&self.limiter, request.policy, decided) {
             None => {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": self.limiter.now_ms()});
-                match self.send(&endpoint, connection, ack.to_string()).await {
+                match post_to(&*self.sender, &endpoint, connection, ack.to_string()).await {
                     Ok(()) => ok_response(),
                     Err(()) => internal_error_response(self.limiter.now_ms()),
                 }
             }
             Some(refused) => {
-                if let Refusal::Limited {
-                    report,
-                    timestamp_ms,
-                    ..
-                } = &refused
-                {
-                    // The denial's one timestamp, in the message and the 429
-                    // alike. The client learns retryAfter and the numbers of
-                    // the RateLimit fields on its connection, where no header
-                    // reaches; the 429 goes back to API Gateway whatever
-                    // happened to that message. A failed check posts
-                    // nothing: the 500 carries no detail to tell.
-                    let body = ErrorBody::limited(report, *timestamp_ms).to_json();
-                    let _ = self.send(&endpoint, connection, body).await;
-                }
+                post_refusal(&*self.sender, &endpoint, connection, &refused).await;
                 SeedResponses.respond(&refused)
             }
         }
-    }
-
-    /// Posts `data` to the connection; a gone connection is logged, not an error.
-    async fn send(&self, endpoint: &str, connection: &str, data: String) -> Result<(), ()> {
-        post_to(&*self.sender, endpoint, connection, data).await
     }
 }

@@ -333,7 +333,6 @@ pub(crate) fn refusal<S: Store, C: Clock>(
     }
 }
 
-/// Logs one decision's line.
 /// [`refusal`] for the verdicts of one action (`decide_all`): each decision
 /// logged, the first refusal returned; a failed check is logged under
 /// `first`, the first request's policy.
@@ -358,6 +357,7 @@ pub(crate) fn refusal_all<S: Store, C: Clock>(
     refused
 }
 
+/// Logs one decision's line.
 pub(crate) fn log_decision<S: Store, C: Clock>(
     limiter: &RateLimitService<S, C>,
     policy: PolicyId,

@@ -13,8 +13,10 @@ use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_sdk_apigatewaymanagement::Client;
 use aws_sdk_apigatewaymanagement::error::SdkError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
+use ratelimiter::response::ErrorBody;
 
 use crate::event::{BadEvent, management_endpoint};
+use crate::layer::Refusal;
 
 /// Replaces the endpoint built from the event's `domainName` and `stage`
 /// (for a local gateway, or a custom domain that does not serve `@connections`).
@@ -68,6 +70,28 @@ pub(crate) async fn post_to<N: ConnectionSender>(
             tracing::error!(%error, "could not post to the connection");
             Err(())
         }
+    }
+}
+
+/// Answers a refused check on the connection, where no header reaches: a
+/// denial's error body, with `retryAfter` and the numbers of the
+/// `RateLimit` fields, and its one timestamp, the 429's. A failed check
+/// posts nothing: the 500 carries no detail to tell.
+pub(crate) async fn post_refusal<N: ConnectionSender>(
+    sender: &N,
+    endpoint: &str,
+    connection: &str,
+    refused: &Refusal,
+) {
+    if let Refusal::Limited {
+        report,
+        timestamp_ms,
+        ..
+    } = refused
+    {
+        let body = ErrorBody::limited(report, *timestamp_ms).to_json();
+        // Whatever happened to it, the 429 goes back to API Gateway.
+        let _ = post_to(sender, endpoint, connection, body).await;
     }
 }
 

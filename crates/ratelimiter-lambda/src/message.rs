@@ -41,9 +41,9 @@ use ratelimiter::response::ErrorBody;
 use ratelimiter::{Clock, PolicyId, RateLimitError, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
-use crate::event::{self, authorizer_field, connection_id, identifier};
-use crate::layer::{Refusal, Responder, SeedResponses, refusal_all};
-use crate::management::{ConnectionSender, post_to};
+use crate::event::{self, authorizer_field, connection_id, subjects};
+use crate::layer::{Responder, SeedResponses, refusal_all};
+use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{error_response, internal_error_response, ok_response};
 
 /// The code of a message larger than a byte quota's whole bucket.
@@ -159,10 +159,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         };
         let size = message_size(event);
         let tier = authorizer_field(event, self.limiter.tier_field());
-        let identifiers: Vec<(PolicyId, String)> = policies
-            .iter()
-            .filter_map(|&id| Some((id, identifier(event, self.limiter.policies()[id].kind())?)))
-            .collect();
+        let identifiers = subjects(event, self.limiter.policies(), policies);
         let requests: Vec<Request<'_>> = identifiers
             .iter()
             .map(|(id, identifier)| {
@@ -190,7 +187,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
                 );
                 let now = self.limiter.now_ms();
                 let body = ErrorBody::new(MESSAGE_TOO_LARGE, &message, now).to_json();
-                let _ = self.send(&endpoint, connection, body).await;
+                let _ = post_to(&*self.sender, &endpoint, connection, body).await;
                 return Ok(error_response(413, MESSAGE_TOO_LARGE, &message, now));
             }
             decided => decided,
@@ -199,17 +196,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         let Some(refused) = refused else {
             return Ok(self.allowed(event).await);
         };
-        if let Refusal::Limited {
-            report,
-            timestamp_ms,
-            ..
-        } = &refused
-        {
-            // As a denied heartbeat: the client learns retryAfter and the
-            // numbers on its connection, the 429 goes back to API Gateway.
-            let body = ErrorBody::limited(report, *timestamp_ms).to_json();
-            let _ = self.send(&endpoint, connection, body).await;
-        }
+        post_refusal(&*self.sender, &endpoint, connection, &refused).await;
         Ok(SeedResponses.respond(&refused))
     }
 
@@ -241,10 +228,6 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         action(event)
             .and_then(|action| policies.route(&action))
             .or_else(|| policies.route(DEFAULT_ROUTE))
-    }
-
-    async fn send(&self, endpoint: &str, connection: &str, data: String) -> Result<(), ()> {
-        post_to(&*self.sender, endpoint, connection, data).await
     }
 }
 

@@ -9,6 +9,7 @@
 //! took is given back when another refused.
 
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -18,7 +19,7 @@ use crate::gcra::{Nanos, Outcome};
 use crate::policy::Limit;
 use crate::service::{RateLimitService, Resolved};
 use crate::store::{Op, Store};
-use crate::verdict::{RateLimitError, Request, Verdict};
+use crate::verdict::{Degradation, RateLimitError, Request, Verdict};
 
 /// A request made ready, with one op per limit.
 pub(crate) struct Plan<'s> {
@@ -160,26 +161,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         plans: &[&Plan<'p>],
         now: Nanos,
     ) -> Result<Decided<'p>, RateLimitError> {
-        if let ([request], [plan]) = (requests, plans) {
-            let verdict = self.decide_at(request, now).await?;
-            let allowed = verdict.allowed();
-            // Only what the store really took is given back: not a shadow
-            // policy's would-be denial, nor a failure mode's decision.
-            let taken = if verdict.decision.allowed && verdict.degraded.is_none() {
-                plan.ops.clone()
-            } else {
-                Vec::new()
-            };
-            let verdicts = vec![verdict];
-            return Ok(Decided {
-                verdicts,
-                allowed,
-                taken,
-            });
-        }
-        // A shadow policy's denial must not stop the others, as the store's
-        // all-or-nothing write would: such items are decided one by one.
-        if plans.iter().any(|plan| plan.resolved.policy.shadow()) {
+        // One request needs no merging; a shadow policy's denial must not
+        // stop the others, as the store's all-or-nothing write would: such
+        // items are decided one by one.
+        if plans.len() == 1 || plans.iter().any(|plan| plan.resolved.policy.shadow()) {
             return self.in_turn(requests, plans, now).await;
         }
         let key = &plans[0].resolved.key;
@@ -213,29 +198,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .store
             .apply(key, &ops, retention.unwrap_or(0), &mut tats)
             .await;
-        let decided = match applied.outcome {
+        let mut decided = match applied.outcome {
             Ok(outcome) => {
                 self.answered(key, &ops, outcome, &tats);
                 match outcome {
-                    Outcome::Allowed => {
-                        let mut verdicts = Vec::with_capacity(plans.len());
-                        let mut at = 0;
-                        for plan in plans {
-                            let span = at..at + plan.ops.len();
-                            at = span.end;
-                            verdicts.push(self.verdict(
-                                &plan.resolved,
-                                &ops[span.clone()],
-                                &tats[span],
-                                Outcome::Allowed,
-                            ));
-                        }
-                        Decided {
-                            verdicts,
-                            allowed: true,
-                            taken: ops,
-                        }
-                    }
+                    Outcome::Allowed => Decided {
+                        verdicts: self.verdicts(plans, &ops, &tats, Outcome::Allowed),
+                        allowed: true,
+                        taken: ops,
+                    },
                     Outcome::Denied => Decided {
                         verdicts: self.refused(plans, &ops, &tats),
                         allowed: false,
@@ -255,32 +226,14 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                     permit,
                     self.clock.now(),
                 );
-                let mut tats = tats;
-                let mut verdicts = Vec::with_capacity(plans.len());
-                let mut at = 0;
-                for plan in plans {
-                    let n = plan.ops.len();
-                    let span = at..at + n;
-                    verdicts.push(self.degraded(
-                        &plan.resolved,
-                        &ops[span.clone()],
-                        &mut tats[span],
-                        why,
-                    ));
-                    at += n;
-                }
-                let allowed = verdicts.iter().all(Verdict::allowed);
-                if !allowed {
-                    verdicts.retain(|v| !v.allowed());
-                }
+                let mut verdicts = self.degraded_each(plans, &ops, &mut tats, why);
                 Decided {
+                    allowed: keep_refusals(&mut verdicts),
                     verdicts,
-                    allowed,
                     taken: Vec::new(),
                 }
             }
         };
-        let mut decided = decided;
         decided.verdicts[0].calls = applied.calls;
         Ok(decided)
     }
@@ -294,10 +247,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         tats: &[Nanos],
     ) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
-        let mut at = 0;
-        for plan in plans {
-            let span = at..at + plan.ops.len();
-            at = span.end;
+        for (plan, span) in spans(plans) {
             let (ops, tats) = (&ops[span.clone()], &tats[span]);
             let refuses = ops
                 .iter()
@@ -331,6 +281,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         for (request, plan) in requests.iter().zip(plans) {
             let mut verdict = self.decide_at(request, now).await?;
             if verdict.allowed() {
+                // Only what the store really took is given back: not a
+                // shadow policy's would-be denial, nor a failure mode's.
                 if verdict.decision.allowed && verdict.degraded.is_none() {
                     taken.extend(plan.ops.iter().copied());
                 }
@@ -352,6 +304,38 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             allowed: true,
             taken,
         })
+    }
+
+    /// Each plan's verdict on its share of `ops` and `tats` (the plans'
+    /// ops end to end), after one store answer.
+    pub(crate) fn verdicts(
+        &self,
+        plans: &[&Plan<'_>],
+        ops: &[Op<'_>],
+        tats: &[Nanos],
+        outcome: Outcome,
+    ) -> Vec<Verdict> {
+        spans(plans)
+            .map(|(plan, span)| {
+                self.verdict(&plan.resolved, &ops[span.clone()], &tats[span], outcome)
+            })
+            .collect()
+    }
+
+    /// Each plan's verdict by its policy's failure mode, `why` the store
+    /// could not answer, on its share of `ops` and `tats`.
+    pub(crate) fn degraded_each(
+        &self,
+        plans: &[&Plan<'_>],
+        ops: &[Op<'_>],
+        tats: &mut [Nanos],
+        why: Degradation,
+    ) -> Vec<Verdict> {
+        spans(plans)
+            .map(|(plan, span)| {
+                self.degraded(&plan.resolved, &ops[span.clone()], &mut tats[span], why)
+            })
+            .collect()
     }
 
     /// The verdict on a store's answer, with the policy's shadow mode.
@@ -403,11 +387,33 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             tracing::warn!(
                 policy = plan.resolved.policy.name(),
                 %error,
-                "could not give back a refused action's tokens"
+                "could not give back a refused request's tokens"
             );
         }
         1
     }
+}
+
+/// Each plan with the range of its ops among the plans' ops laid end to
+/// end, as one store call takes them.
+fn spans<'a, 'p>(
+    plans: &'a [&'a Plan<'p>],
+) -> impl Iterator<Item = (&'a Plan<'p>, Range<usize>)> + 'a {
+    plans.iter().scan(0, |at, plan| {
+        let span = *at..*at + plan.ops.len();
+        *at = span.end;
+        Some((*plan, span))
+    })
+}
+
+/// Drops the allowed verdicts of a refused action, keeping those that
+/// refused it; returns whether the action was allowed.
+pub(crate) fn keep_refusals(verdicts: &mut Vec<Verdict>) -> bool {
+    let allowed = verdicts.iter().all(Verdict::allowed);
+    if !allowed {
+        verdicts.retain(|v| !v.allowed());
+    }
+    allowed
 }
 
 /// Polls every future until all are done: one decision per item, at once.

@@ -13,7 +13,7 @@
 //! decision made and given back is not recorded at all: only its store calls
 //! count, under the first request.
 
-use crate::all::Plan;
+use crate::all::{Plan, keep_refusals};
 use crate::clock::Clock;
 use crate::failure::Permit;
 use crate::gcra::{Nanos, Outcome};
@@ -187,19 +187,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // nothing from it), but its calls were made for this one.
         v1.calls += v2.calls;
         if v2.decision.allowed && v2.degraded.is_none() {
-            let key = &plan2.resolved.key;
-            if let Some(cache) = &self.cache {
-                cache.refund(key, &plan2.ops);
-            }
-            v1.calls += 1;
-            if let Err(error) = self.store.refund(key, &plan2.ops).await {
-                // The tokens stay taken: stricter, never looser.
-                tracing::warn!(
-                    policy = plan2.resolved.policy.name(),
-                    %error,
-                    "could not give back a refused request's tokens"
-                );
-            }
+            v1.calls += self.give_back(&plan2, &plan2.ops).await;
         }
         Ok((v1, None))
     }
@@ -317,13 +305,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         };
         if permit == Permit::Skip {
             if one_item || plans1.is_empty() || plans2.is_empty() {
-                // Each check on its own, with the cache, the breaker and
-                // the failure modes.
-                let v1 = self.all_at(first, now).await?;
-                if !v1.iter().all(Verdict::allowed) {
-                    return Ok((v1, None));
-                }
-                return Ok((v1, Some(self.all_at(second, now).await?)));
+                return self.one_then_other(first, second, now).await;
             }
             return self
                 .in_turn_apart(first, &plans1, second, &plans2, now)
@@ -336,17 +318,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let n1: usize = plans1.iter().map(|p| p.ops.len()).sum();
         let (p1, p2): (Vec<&Plan<'_>>, Vec<&Plan<'_>>) =
             (plans1.iter().collect(), plans2.iter().collect());
-        let each = |plans: &[&Plan<'_>], ops: &[Op<'_>], tats: &[Nanos], outcome| {
-            let mut at = 0;
-            plans
-                .iter()
-                .map(|plan| {
-                    let span = at..at + plan.ops.len();
-                    at = span.end;
-                    self.verdict(&plan.resolved, &ops[span.clone()], &tats[span], outcome)
-                })
-                .collect::<Vec<_>>()
-        };
         let outcome = match applied.outcome {
             Ok(outcome) => {
                 self.answered(key, &ops, outcome, &tats);
@@ -363,27 +334,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                     permit,
                     self.clock.now(),
                 );
-                let mut degraded = |plans: &[&Plan<'_>], at: usize| {
-                    let mut at = at;
-                    plans
-                        .iter()
-                        .map(|plan| {
-                            let span = at..at + plan.ops.len();
-                            at = span.end;
-                            self.degraded(&plan.resolved, &ops[span.clone()], &mut tats[span], why)
-                        })
-                        .collect::<Vec<_>>()
-                };
-                let mut v1 = degraded(&p1, 0);
+                let (ops1, ops2) = ops.split_at(n1);
+                let (tats1, tats2) = tats.split_at_mut(n1);
+                let mut v1 = self.degraded_each(&p1, ops1, tats1, why);
                 v1[0].calls = applied.calls;
-                if !v1.iter().all(Verdict::allowed) {
-                    v1.retain(|v| !v.allowed());
+                if !keep_refusals(&mut v1) {
                     return Ok((v1, None));
                 }
-                let mut v2 = degraded(&p2, n1);
-                if !v2.iter().all(Verdict::allowed) {
-                    v2.retain(|v| !v.allowed());
-                }
+                let mut v2 = self.degraded_each(&p2, ops2, tats2, why);
+                keep_refusals(&mut v2);
                 return Ok((v1, Some(v2)));
             }
         };
@@ -391,9 +350,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let (tats1, tats2) = tats.split_at(n1);
         if outcome == Outcome::Allowed {
             // One call decided both; it is counted under the first.
-            let mut v1 = each(&p1, ops1, tats1, Outcome::Allowed);
+            let mut v1 = self.verdicts(&p1, ops1, tats1, Outcome::Allowed);
             v1[0].calls = applied.calls;
-            return Ok((v1, Some(each(&p2, ops2, tats2, Outcome::Allowed))));
+            return Ok((v1, Some(self.verdicts(&p2, ops2, tats2, Outcome::Allowed))));
         }
         let first_alone = ops1
             .iter()
@@ -412,6 +371,21 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return Ok((v1, None));
         }
         Ok((v1, Some(v2)))
+    }
+
+    /// Each check on its own, with the cache, the breaker and the failure
+    /// modes: `second` only if `first` was allowed.
+    async fn one_then_other(
+        &self,
+        first: &[Request<'_>],
+        second: &[Request<'_>],
+        now: Nanos,
+    ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
+        let v1 = self.all_at(first, now).await?;
+        if !v1.iter().all(Verdict::allowed) {
+            return Ok((v1, None));
+        }
+        Ok((v1, Some(self.all_at(second, now).await?)))
     }
 
     /// Two checks on different items: both at once, then what `second`
@@ -433,11 +407,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             })
         });
         if known_denied {
-            let v1 = self.all_at(first, now).await?;
-            if !v1.iter().all(Verdict::allowed) {
-                return Ok((v1, None));
-            }
-            return Ok((v1, Some(self.all_at(second, now).await?)));
+            return self.one_then_other(first, second, now).await;
         }
         let (v1, v2) = join(self.all_at(first, now), self.all_at(second, now)).await;
         let (mut v1, v2) = (v1?, v2?);
