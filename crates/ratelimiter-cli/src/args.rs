@@ -134,6 +134,8 @@ pub enum ConfigCommand {
 pub enum HandlerKind {
     /// The `$connect` handler.
     Connect,
+    /// The `$disconnect` handler: gives back the caps' seats.
+    Disconnect,
     /// The `heartbeat` handler.
     Heartbeat,
     /// The `message` handler: every route the configuration limits.

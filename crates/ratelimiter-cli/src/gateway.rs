@@ -22,13 +22,19 @@
 //!   unknown connection gets 410. `DELETE` closes the connection.
 //! - Frames over 32 KB and messages over 128 KB close the connection with
 //!   code 1009, as API Gateway does.
-//! - A closed socket is a `$disconnect`, logged.
+//! - A connection that goes away, however it goes (a close frame, a
+//!   dropped TCP connection, a `DeleteConnection`, the server shutting down
+//!   on Ctrl-C or SIGTERM), is a `$disconnect` event to the disconnect
+//!   handler, which gives back the connection's seats under the caps
+//!   (`concurrent = N`). On shutdown the server closes every connection and
+//!   waits for their `$disconnect`s (up to five seconds) before it exits.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_lambda_events::apigw::ApiGatewayProxyResponse;
 use aws_lambda_events::encodings::Body as EventBody;
@@ -44,6 +50,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::policy::DEFAULT_ROUTE;
 use ratelimiter::{RateLimitService, Store};
 use ratelimiter_lambda::connect::ConnectHandler;
+use ratelimiter_lambda::disconnect::DisconnectHandler;
 use ratelimiter_lambda::event;
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::management::ManagementApi;
@@ -82,6 +89,8 @@ enum EventKind<'a> {
         body: &'a str,
         binary: bool,
     },
+    /// `$disconnect`.
+    Disconnect,
 }
 
 /// What API Gateway knows about a connection.
@@ -98,13 +107,20 @@ struct Connection {
 
 struct Gateway<S> {
     connect: ConnectHandler<S>,
+    disconnect: DisconnectHandler<S>,
     heartbeat: HeartbeatHandler<S, ManagementApi>,
     message: MessageHandler<S, ManagementApi>,
     domain: String,
     connections: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
     ids: AtomicU64,
     random: std::collections::hash_map::RandomState,
+    /// Connections whose `$disconnect` has not run yet.
+    live: AtomicUsize,
 }
+
+/// How long a shutdown waits for the `$disconnect`s of the connections it
+/// closed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves the gateway on `listen` until the process is stopped.
 pub async fn serve<S: Store + 'static>(
@@ -124,12 +140,14 @@ pub async fn serve<S: Store + 'static>(
     )));
     let gateway = Arc::new(Gateway {
         connect: ConnectHandler::new(limiter.clone()),
+        disconnect: DisconnectHandler::new(limiter.clone()),
         heartbeat: HeartbeatHandler::new(limiter.clone(), management.clone()),
         message: MessageHandler::new(limiter, management),
         domain: address.to_string(),
         connections: Mutex::default(),
         ids: AtomicU64::new(0),
         random: Default::default(),
+        live: AtomicUsize::new(0),
     });
     let app = Router::new()
         .route("/", get(upgrade_default::<S>))
@@ -138,19 +156,67 @@ pub async fn serve<S: Store + 'static>(
             "/{stage}/@connections/{id}",
             post(post_to_connection::<S>).delete(delete_connection::<S>),
         )
-        .with_state(gateway);
+        .with_state(gateway.clone());
     // The first line on stdout says where to connect; tests read it.
     println!("ws://{address}/{DEFAULT_STAGE}");
     tracing::info!(
         "local API Gateway WebSocket API on ws://{address}/{DEFAULT_STAGE} (Management API: http://{address}/{DEFAULT_STAGE}/@connections/ID); \
          ?userId= stands in for an authorizer: development only"
     );
+    let closing = gateway.clone();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing every connection");
+        let senders: Vec<_> = closing.lock().values().cloned().collect();
+        for sender in senders {
+            let _ = sender.send(Outgoing::Close);
+        }
+    })
     .await
-    .map_err(|e| CliError::Store(format!("the gateway stopped: {e}")))
+    .map_err(|e| CliError::Store(format!("the gateway stopped: {e}")))?;
+    // Upgraded connections outlive the server's: wait for their
+    // `$disconnect`s, so that no seat stays taken in the store.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while gateway.live.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = gateway.live.load(Ordering::Acquire),
+            "stopped before every $disconnect ran: their seats end with their leases"
+        );
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch SIGTERM; Ctrl-C still stops the server");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn upgrade_default<S: Store + 'static>(
@@ -260,6 +326,7 @@ impl<S: Store + 'static> Gateway<S> {
         let (route, event_type) = match kind {
             EventKind::Connect { .. } => ("$connect", "CONNECT"),
             EventKind::Message { route, .. } => (route, "MESSAGE"),
+            EventKind::Disconnect => ("$disconnect", "DISCONNECT"),
         };
         let now = self.now_ms();
         let mut event = json!({
@@ -297,6 +364,7 @@ impl<S: Store + 'static> Gateway<S> {
                 event["body"] = json!(body);
                 event["isBase64Encoded"] = json!(binary);
             }
+            EventKind::Disconnect => {}
         }
         event
     }
@@ -304,6 +372,7 @@ impl<S: Store + 'static> Gateway<S> {
     /// Relays a connection's messages until it closes.
     async fn run(self: Arc<Self>, mut socket: WebSocket, connection: Connection) {
         let (sender, mut outgoing) = mpsc::unbounded_channel();
+        self.live.fetch_add(1, Ordering::AcqRel);
         self.lock().insert(connection.id.clone(), sender);
         loop {
             tokio::select! {
@@ -341,6 +410,14 @@ impl<S: Store + 'static> Gateway<S> {
             }
         }
         self.lock().remove(&connection.id);
+        let payload = self.event(&connection, EventKind::Disconnect);
+        match event::parse(payload) {
+            Ok(request) => {
+                self.disconnect.handle_event(&request).await;
+            }
+            Err(bad) => tracing::error!(%bad, "the gateway built a bad event"),
+        }
+        self.live.fetch_sub(1, Ordering::AcqRel);
         tracing::info!("disconnected {} ($disconnect)", connection.id);
     }
 

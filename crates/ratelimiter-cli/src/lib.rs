@@ -249,7 +249,7 @@ fn policies_json(policies: &Policies) -> Value {
                 .tiers()
                 .map(|(name, tier)| (name.to_owned(), json!(limits(tier))))
                 .collect();
-            json!({
+            let mut shown = json!({
                 "name": policy.name(),
                 "key": policy.kind().as_str(),
                 "limits": limits(policy.limits()),
@@ -258,7 +258,13 @@ fn policies_json(policies: &Policies) -> Value {
                 "failure_mode": policy.failure_mode().as_str(),
                 "shadow": policy.shadow(),
                 "builtin": id.index() < ratelimiter::policy::BUILTINS.len(),
-            })
+            });
+            if let Some(cap) = policy.cap() {
+                // A cap: open connections at a time, each a lease.
+                shown["concurrent"] = json!(cap.concurrent());
+                shown["lease_secs"] = json!(ratelimiter::lease::LEASE_LIFETIME.as_secs());
+            }
+            shown
         })
         .collect();
     let names = |ids: &[ratelimiter::PolicyId]| -> Vec<&str> {
@@ -306,6 +312,11 @@ async fn invoke<S: Store + 'static>(
     let response = match handler {
         HandlerKind::Connect => {
             ratelimiter_lambda::connect::ConnectHandler::new(limiter)
+                .handle(event)
+                .await
+        }
+        HandlerKind::Disconnect => {
+            ratelimiter_lambda::disconnect::DisconnectHandler::new(limiter)
                 .handle(event)
                 .await
         }

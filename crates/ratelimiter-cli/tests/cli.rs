@@ -698,3 +698,42 @@ fn status_shows_every_limit_of_a_policy() {
     assert_eq!(limits[1]["limit"], 100);
     assert_eq!(limits[1]["window_duration"], 60);
 }
+
+#[test]
+fn caps_are_listed_with_their_seats_and_have_no_status() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("limits.toml"),
+        "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n[connect]\npolicies = [\"open_per_ip\"]\n",
+    )
+    .unwrap();
+    let with_config = |args: &[&str]| {
+        run(ratelimit(dir.path())
+            .args(["--store", "memory", "--config", "limits.toml"])
+            .args(args))
+    };
+    let listed = with_config(&["policies"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let cap = json(&listed)["policies"][4].clone();
+    assert_eq!(
+        (
+            &cap["name"],
+            &cap["unit"],
+            &cap["concurrent"],
+            &cap["lease_secs"]
+        ),
+        (
+            &serde_json::json!("open_per_ip"),
+            &serde_json::json!("connections"),
+            &serde_json::json!(2),
+            &serde_json::json!(7500)
+        )
+    );
+    assert_eq!(
+        json(&listed)["connect"]["every"],
+        serde_json::json!(["connection_attempt", "open_per_ip"])
+    );
+    let status = with_config(&["status", "open_per_ip", "192.0.2.1"]);
+    assert_eq!(code(&status), 3);
+    assert!(stderr(&status).contains("is a cap"), "{}", stderr(&status));
+}

@@ -371,3 +371,51 @@ async fn default_route_limits_binary_messages_by_their_size() {
     socket.send(Message::binary(vec![7u8; 101])).await.unwrap();
     assert_eq!(next_json(&mut socket).await["code"], "MESSAGE_TOO_LARGE");
 }
+
+/// Waits until `server` admits a connection from `source_ip`: a
+/// `$disconnect` runs after the socket is gone, so a freed seat shows
+/// shortly after the close.
+async fn connect_when_free(server: &Server, source_ip: &str) -> Socket {
+    for _ in 0..200 {
+        match server.connect(source_ip, None).await {
+            Ok(socket) => return socket,
+            Err(refused) => assert_eq!(refused.status, 429, "{refused:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the seat was never given back");
+}
+
+#[tokio::test]
+async fn a_cap_is_released_however_a_connection_goes() {
+    let file = [(
+        "limits.toml",
+        "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 1\n\
+         [connect]\npolicies = [\"open_per_ip\"]\n",
+    )];
+    let env = [("RATE_LIMIT_CONFIG", "limits.toml")];
+    let server = Server::start_with(&env, &file);
+    let ip = "127.0.0.61";
+    // A close frame.
+    let mut first = server.connect(ip, None).await.unwrap();
+    let refused = server.connect(ip, None).await.unwrap_err();
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.body["details"]["retryAfter"], 30);
+    assert_eq!(
+        refused.rate_limit_policy.as_deref(),
+        Some(r#""open_per_ip";q=1;qu="concurrent-requests""#)
+    );
+    first.close(None).await.unwrap();
+    // A dropped TCP connection, with no close frame.
+    let second = connect_when_free(&server, ip).await;
+    assert_eq!(server.connect(ip, None).await.unwrap_err().status, 429);
+    drop(second);
+    let third = connect_when_free(&server, ip).await;
+    // The server shutting down: every connection is closed and released
+    // in the store (the embedded one, in the server's folder), so a new
+    // server on it admits the address at once.
+    let server = server.restart(&env);
+    drop(third);
+    let fourth = server.connect(ip, None).await;
+    assert!(fourth.is_ok(), "{:?}", fourth.err());
+}

@@ -57,6 +57,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use ratelimiter::config::{ConfigError, parse_positive};
 use ratelimiter::gcra::{Nanos, Outcome};
 use ratelimiter::key::{Key, Slot};
+use ratelimiter::lease::{Lease, Seats};
 use ratelimiter::store::{Applied, Op, Store, StoreError, StoreErrorKind};
 
 pub mod admin;
@@ -231,10 +232,14 @@ macro_rules! send {
 
 /// The outcome of one `UpdateItem`.
 enum UpdateResult {
-    /// Written; `tats` holds the new TATs.
-    Written,
-    /// The condition failed; `tats` holds the old TATs when the server returned them.
-    Rejected { returned: bool },
+    /// Written; `tats` holds the new TATs, and the lease's set is `members`.
+    Written { members: Vec<String> },
+    /// The condition failed; `tats` holds the old TATs, and `members` the
+    /// lease's set, when the server returned the old item.
+    Rejected {
+        returned: bool,
+        members: Vec<String>,
+    },
 }
 
 impl DynamoDbStore {
@@ -343,39 +348,59 @@ impl DynamoDbStore {
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
+        lease: Option<&Lease<'_>>,
         retention: Nanos,
         tats: &mut [Nanos],
         calls: &mut u32,
-    ) -> Result<Outcome, StoreError> {
-        let now = ops.first().map_or(0, |op| op.step.now());
+    ) -> Result<(Outcome, Seats), StoreError> {
+        let now = match (ops.first(), lease) {
+            (Some(op), _) => op.step.now(),
+            (None, Some(lease)) => lease.now,
+            (None, None) => 0,
+        };
         let pk = key.to_string();
-        // Every bucket of the item is full again by then, whatever wrote it.
+        // Every bucket of the item is full again by then, whatever wrote
+        // it, and the lease over.
         let keep_until = ops
             .iter()
             .map(|op| op.step.busy_ceiling() + op.step.increment())
+            .chain(lease.map(Lease::expires))
             .fold(now.saturating_add(retention), Nanos::max);
         let mut first_call = true;
         loop {
             *calls += 1;
             let result = self
-                .update(&pk, ops, now, first_call, keep_until, tats)
+                .update(&pk, ops, lease, now, first_call, keep_until, tats)
                 .await?;
             first_call = false;
-            match result {
-                UpdateResult::Written => return Ok(Outcome::Allowed),
-                UpdateResult::Rejected { returned: true } => {}
-                UpdateResult::Rejected { returned: false } => {
+            let members = match result {
+                UpdateResult::Written { members } => {
+                    let seats = lease.map_or_else(Seats::default, |lease| {
+                        lease.seats(members.iter().map(String::as_str))
+                    });
+                    return Ok((Outcome::Allowed, seats));
+                }
+                UpdateResult::Rejected {
+                    returned: true,
+                    members,
+                } => members,
+                UpdateResult::Rejected {
+                    returned: false, ..
+                } => {
                     *calls += 1;
                     let slots: Vec<&Slot> = ops.iter().map(|op| op.slot).collect();
-                    self.get(&pk, &slots, tats).await?;
+                    self.get(&pk, &slots, tats, lease.map(|l| l.slot)).await?
                 }
-            }
+            };
+            let seats = lease.map_or_else(Seats::default, |lease| {
+                lease.seats(members.iter().map(String::as_str))
+            });
             let denied = ops
                 .iter()
                 .zip(tats.iter())
                 .any(|(op, &tat)| op.step.apply(tat).0 == Outcome::Denied);
-            if denied {
-                return Ok(Outcome::Denied);
+            if denied || lease.is_some_and(|lease| !lease.fits(seats)) {
+                return Ok((Outcome::Denied, seats));
             }
             if *calls >= MAX_CALLS_PER_DECISION - 1 {
                 return Err(StoreError::new(
@@ -385,18 +410,50 @@ impl DynamoDbStore {
                     ),
                 ));
             }
+            if let Some(lease) = lease {
+                // The set is full of leases that ended: forget those (the
+                // write's condition counts every member), then try again.
+                let ended: Vec<String> = members
+                    .into_iter()
+                    .filter(|m| !Lease::live_at(m, lease.now))
+                    .collect();
+                if !ended.is_empty() {
+                    *calls += 1;
+                    self.forget(&pk, lease.slot, ended).await?;
+                }
+            }
             // `tats` now holds what the next call's shapes follow from.
         }
+    }
+
+    /// Removes `members` from the lease set `slot` of the item `pk`, if
+    /// the item is there.
+    async fn forget(&self, pk: &str, slot: &Slot, members: Vec<String>) -> Result<(), StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .expression_attribute_names("#l", slot.name())
+            .expression_attribute_values(":m", AttributeValue::Ss(members))
+            .update_expression("DELETE #l :m")
+            // Never create an empty item for a key that has none.
+            .condition_expression("attribute_exists(#pk)");
+        // A failed condition: the item is gone, and its leases with it.
+        done_unless_changed(send!(self, request))
     }
 
     /// One conditional `UpdateItem` on every bucket of `ops` at `now` (the
     /// first op's), each in its shape: from the hints on the decision's
     /// first call, from `tats` on a later one. Writes the new TATs (or the
     /// old ones, if returned) to `tats`.
+    #[allow(clippy::too_many_arguments)]
     async fn update(
         &self,
         pk: &str,
         ops: &[Op<'_>],
+        lease: Option<&Lease<'_>>,
         now: Nanos,
         first_call: bool,
         keep_until: Nanos,
@@ -411,10 +468,13 @@ impl DynamoDbStore {
             .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
             .set_expression_attribute_names(bucket_names(ops.iter().map(|op| op.slot)))
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
-            .expression_attribute_values(":now", number(now))
             .expression_attribute_values(":ttl", number(ttl_secs(keep_until)))
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if !ops.is_empty() {
+            // DynamoDB refuses a value no expression uses.
+            request = request.expression_attribute_values(":now", number(now));
+        }
         for (i, op) in ops.iter().enumerate() {
             if i > 0 {
                 condition.push_str(" AND ");
@@ -452,9 +512,25 @@ impl DynamoDbStore {
             }
         }
         set.push_str("#ttl = :ttl");
+        if let Some(lease) = lease {
+            // The seat: taken if the set has room for one more, or holds
+            // this lease already (the same connection asking again).
+            if !condition.is_empty() {
+                condition.push_str(" AND ");
+            }
+            condition.push_str("(attribute_not_exists(#l) OR size(#l) < :cap OR contains(#l, :m))");
+            set.push_str(" ADD #l :lm");
+            let member = lease.member();
+            request = request
+                .expression_attribute_names("#l", lease.slot.name())
+                .expression_attribute_values(":cap", number(u64::from(lease.concurrent)))
+                .expression_attribute_values(":m", AttributeValue::S(member.clone()))
+                .expression_attribute_values(":lm", AttributeValue::Ss(vec![member]));
+        }
         let request = request
             .update_expression(set)
             .condition_expression(condition);
+        let lease_slot = lease.map(|lease| lease.slot);
         match send!(self, request) {
             Ok(output) => {
                 let item = output.attributes().ok_or_else(|| {
@@ -471,7 +547,9 @@ impl DynamoDbStore {
                         )
                     })?;
                 }
-                Ok(UpdateResult::Written)
+                Ok(UpdateResult::Written {
+                    members: members_of(item, lease_slot)?,
+                })
             }
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
@@ -486,27 +564,49 @@ impl DynamoDbStore {
                         for (op, tat) in ops.iter().zip(tats.iter_mut()) {
                             *tat = tat_of(item, op.slot)?.unwrap_or(0);
                         }
-                        Ok(UpdateResult::Rejected { returned: true })
+                        Ok(UpdateResult::Rejected {
+                            returned: true,
+                            members: members_of(item, lease_slot)?,
+                        })
                     }
-                    None => Ok(UpdateResult::Rejected { returned: false }),
+                    None => Ok(UpdateResult::Rejected {
+                        returned: false,
+                        members: Vec::new(),
+                    }),
                 }
             }
             Err(e) => Err(store_error("UpdateItem", e)),
         }
     }
 
-    /// A consistent read of some buckets' TATs (0 when missing).
-    async fn get(&self, pk: &str, slots: &[&Slot], tats: &mut [Nanos]) -> Result<(), StoreError> {
+    /// A consistent read of some buckets' TATs (0 when missing), and of
+    /// the members of the lease set `leases`, if asked.
+    async fn get(
+        &self,
+        pk: &str,
+        slots: &[&Slot],
+        tats: &mut [Nanos],
+        leases: Option<&Slot>,
+    ) -> Result<Vec<String>, StoreError> {
         let mut request = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
             .consistent_read(true);
-        if !slots.is_empty() {
-            request = request
-                .set_expression_attribute_names(bucket_names(slots.iter().copied()))
-                .projection_expression(bucket_list(slots.len()));
+        if !slots.is_empty() || leases.is_some() {
+            let mut projection = bucket_list(slots.len());
+            if let Some(leases) = leases {
+                if !projection.is_empty() {
+                    projection.push_str(", ");
+                }
+                projection.push_str("#l");
+                request = request.expression_attribute_names("#l", leases.name());
+            }
+            request = request.projection_expression(projection);
+            for (name, slot) in bucket_names(slots.iter().copied()).unwrap_or_default() {
+                request = request.expression_attribute_names(name, slot);
+            }
         }
         let output = send!(self, request).map_err(|e| store_error("GetItem", e))?;
         for (slot, tat) in slots.iter().zip(tats.iter_mut()) {
@@ -515,7 +615,10 @@ impl DynamoDbStore {
                 None => 0,
             };
         }
-        Ok(())
+        match output.item() {
+            Some(item) => members_of(item, leases),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -526,14 +629,31 @@ impl Store for DynamoDbStore {
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
+        lease: Option<&Lease<'_>>,
         retention: Nanos,
         tats: &mut [Nanos],
     ) -> Applied {
         let mut calls = 0;
-        let outcome = self
-            .apply_inner(key, ops, retention, tats, &mut calls)
-            .await;
-        Applied { outcome, calls }
+        match self
+            .apply_inner(key, ops, lease, retention, tats, &mut calls)
+            .await
+        {
+            Ok((outcome, seats)) => Applied {
+                outcome: Ok(outcome),
+                calls,
+                seats,
+            },
+            Err(error) => Applied {
+                outcome: Err(error),
+                calls,
+                seats: Seats::default(),
+            },
+        }
+    }
+
+    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
+        self.forget(&key.to_string(), lease.slot, vec![lease.member()])
+            .await
     }
 
     async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
@@ -570,7 +690,8 @@ impl Store for DynamoDbStore {
         slots: &[&Slot],
         tats: &mut [Nanos],
     ) -> Result<(), StoreError> {
-        self.get(&key.to_string(), slots, tats).await
+        self.get(&key.to_string(), slots, tats, None).await?;
+        Ok(())
     }
 
     async fn remove(&self, key: &Key<'_>, slots: &[&Slot]) -> Result<(), StoreError> {
@@ -638,6 +759,21 @@ fn number(n: u64) -> AttributeValue {
 /// Epoch seconds at or after `tat`: when the item is certainly idle.
 fn ttl_secs(tat: Nanos) -> u64 {
     tat.div_ceil(NANOS_PER_SEC)
+}
+
+/// The members of the lease set `slot` in an item (none without a slot).
+fn members_of(
+    item: &HashMap<String, AttributeValue>,
+    slot: Option<&Slot>,
+) -> Result<Vec<String>, StoreError> {
+    match slot.and_then(|slot| item.get(slot.name())) {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::Ss(members)) => Ok(members.clone()),
+        Some(other) => Err(StoreError::new(
+            StoreErrorKind::Protocol,
+            format!("a lease set is not a string set: {other:?}"),
+        )),
+    }
 }
 
 /// The TAT of `slot` in an item, if it has one.

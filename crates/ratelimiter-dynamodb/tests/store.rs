@@ -211,7 +211,7 @@ async fn the_store_counts_its_calls() {
     let now = ratelimiter::Clock::now(&clock_now());
     let op = Op::new(&slot, quota.step(now, 1).unwrap());
     let before = store.calls();
-    let applied = store.apply(&key, &[op], 0, &mut [0]).await;
+    let applied = store.apply(&key, &[op], None, 0, &mut [0]).await;
     assert_eq!(applied.calls, 1);
     assert_eq!(store.calls() - before, 1);
 }
@@ -368,4 +368,18 @@ async fn items_of_the_old_layout_are_migrated_once_and_never_misread() {
         .await
         .unwrap();
     assert_eq!(again, Migration::default());
+}
+
+#[tokio::test]
+async fn conformance_caps() {
+    let endpoint = dynoxide().await;
+    conformance::caps(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_caps_two_containers_never_over_admit() {
+    let endpoint = dynoxide().await;
+    let a = store_with_table(&endpoint).await;
+    let b = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
+    conformance::caps_never_over_admit(vec![a, b], 32).await;
 }

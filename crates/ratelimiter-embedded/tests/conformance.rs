@@ -46,6 +46,19 @@ async fn several_limits_and_tiers() {
     conformance::several_limits_and_tiers(embedded(&dir).await).await;
 }
 
+#[tokio::test]
+async fn caps() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::caps(embedded(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caps_on_one_data_dir_never_over_admit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (embedded(&dir).await, embedded(&dir).await);
+    conformance::caps_never_over_admit(vec![a, b], 32).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_on_one_data_dir_never_over_admit() {
     let dir = tempfile::tempdir().unwrap();

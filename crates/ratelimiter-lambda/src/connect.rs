@@ -17,13 +17,17 @@
 //! then all or nothing, the two still in a row
 //! ([`RateLimitService::decide_in_turn`]): one DynamoDB call for a listener
 //! whose checks all count its address, one call per item, at once,
-//! otherwise.
+//! otherwise. A cap (`concurrent = N`) among them takes a seat for the
+//! connection (its id and `connectedAt`), after the rates and in the same
+//! call when it shares their item; `$disconnect`
+//! ([`crate::disconnect::DisconnectHandler`]) gives it back.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
+use ratelimiter::lease::Holder;
 use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
@@ -148,16 +152,28 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
             subjects(event, policies, checks.every()),
             subjects(event, policies, role_checks),
         );
+        // A cap's seat is the connection's, taken until `$disconnect`.
+        let holder = event::holder(event);
         fn requests<'a>(
             subjects: &'a [(PolicyId, String)],
             tier: Option<&'a str>,
+            holder: Option<Holder<'a>>,
         ) -> Vec<Request<'a>> {
             subjects
                 .iter()
-                .map(|(id, identifier)| Request::from((*id, identifier)).tier(tier))
+                .map(|(id, identifier)| {
+                    let request = Request::from((*id, identifier)).tier(tier);
+                    match holder {
+                        Some(holder) => request.holder(holder),
+                        None => request,
+                    }
+                })
                 .collect()
         }
-        let (first, second) = (requests(&everyone, tier), requests(&role, tier));
+        let (first, second) = (
+            requests(&everyone, tier, holder),
+            requests(&role, tier, holder),
+        );
         let lead = first.first().or(second.first())?.policy;
         let (v1, v2) = match self.limiter.decide_in_turn(&first, &second).await {
             Ok(decided) => decided,

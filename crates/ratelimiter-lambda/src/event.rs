@@ -1,6 +1,7 @@
 //! Reading what the handlers need from an API Gateway WebSocket event.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use ratelimiter::lease::Holder;
 use ratelimiter::{Kind, Policies, PolicyId};
 use serde_json::Value;
 
@@ -123,6 +124,17 @@ pub fn subjects(
     ids.iter()
         .filter_map(|&id| Some((id, identifier(event, policies[id].kind())?)))
         .collect()
+}
+
+/// Who holds a seat under a cap for this event: its connection and when
+/// API Gateway accepted it (`requestContext.connectedAt`, the same in the
+/// `$connect` and `$disconnect` events of a connection); `None` when the
+/// event lacks either.
+pub fn holder(event: &ApiGatewayWebsocketProxyRequest) -> Option<Holder<'_>> {
+    let since_ms = u64::try_from(event.request_context.connected_at)
+        .ok()
+        .filter(|&ms| ms > 0)?;
+    Some(Holder::new(connection_id(event).ok()?, since_ms))
 }
 
 /// The connection id, which every WebSocket event must carry.

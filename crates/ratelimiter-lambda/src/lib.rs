@@ -5,6 +5,8 @@
 //! - [`authorizer::Authorizer`]: a default `$connect` authorizer (anonymous
 //!   listeners, JWT-verified speakers);
 //! - [`connect::ConnectHandler`]: `$connect`, with a pluggable [`connect::ConnectHook`];
+//! - [`disconnect::DisconnectHandler`]: `$disconnect`, which gives back the
+//!   seats of the caps `$connect` took;
 //! - [`heartbeat::HeartbeatHandler`]: the `heartbeat` route;
 //! - [`message::MessageHandler`]: every other route (`[route.*]`), with a
 //!   pluggable [`message::MessageHook`], such as [`forward::Forward`] (to
@@ -20,6 +22,7 @@
 
 pub mod authorizer;
 pub mod connect;
+pub mod disconnect;
 pub mod emf;
 pub mod event;
 pub mod forward;

@@ -166,7 +166,8 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
                 let request = Request::from((*id, identifier)).tier(tier.as_deref());
                 match self.limiter.policies()[*id].unit() {
                     Unit::Bytes => request.cost(size),
-                    Unit::Requests => request,
+                    // Routes take no caps (`Policies::set_route`).
+                    Unit::Requests | Unit::Connections => request,
                 }
             })
             .collect();

@@ -8,6 +8,7 @@ use aws_lambda_events::encodings::Body;
 use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::{Builder, Config, FakeClock, Kind, MemoryStore, PolicyId, RateLimitService};
 use ratelimiter_lambda::connect::{ConnectHandler, ConnectHook, Role};
+use ratelimiter_lambda::disconnect::DisconnectHandler;
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::layer::{RateLimitLayer, Refusal, Subject};
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
@@ -1040,4 +1041,64 @@ async fn connect_checks_from_the_file_come_after_the_seeds_per_role() {
     // The refused fourth attempt took nothing; the listener join counted once.
     assert_eq!(status(PolicyId::CONNECTION_ATTEMPT).await.unwrap().count, 3);
     assert_eq!(status(PolicyId::LISTENER_JOIN).await.unwrap().count, 1);
+}
+
+/// A cap of two open connections per address: the third is refused with
+/// the cap's numbers, and `$disconnect` gives a seat back.
+#[tokio::test]
+async fn a_cap_refuses_the_third_connection_until_one_disconnects() {
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n\
+         [connect]\npolicies = [\"open_per_ip\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let limiter: Limiter = Arc::new(
+        Builder::from_config(config)
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .in_memory(),
+    );
+    let (connect, disconnect) = (
+        ConnectHandler::new(limiter.clone()),
+        DisconnectHandler::new(limiter.clone()),
+    );
+    assert_eq!(
+        disconnect.caps(),
+        [limiter.policy_id("open_per_ip").unwrap()]
+    );
+    let event = |connection: &str, route: &str| {
+        let mut event = connect_event(Some("192.0.2.80"), None);
+        event["requestContext"]["connectionId"] = json!(connection);
+        event["requestContext"]["connectedAt"] = json!(1_700_000_000_000i64);
+        event["requestContext"]["routeKey"] = json!(route);
+        invoke(event)
+    };
+    for connection in ["c1", "c2"] {
+        let response = connect.handle(event(connection, "$connect")).await.unwrap();
+        assert_eq!(response.status_code, 200, "{connection}");
+    }
+    let refused = connect.handle(event("c3", "$connect")).await.unwrap();
+    assert_rate_limited(&refused, 30);
+    assert_eq!(
+        refused.headers["ratelimit-policy"],
+        r#""open_per_ip";q=2;qu="concurrent-requests""#
+    );
+    assert_eq!(refused.headers["ratelimit"], r#""open_per_ip";r=0;t=30"#);
+    let response = disconnect.handle(event("c1", "$disconnect")).await.unwrap();
+    assert_eq!(response.status_code, 200);
+    let response = connect.handle(event("c3", "$connect")).await.unwrap();
+    assert_eq!(response.status_code, 200, "c1's seat was given back");
+    // Without a start there is no seat to take: refused, never an
+    // uncounted connection.
+    let mut no_start = connect_event(Some("192.0.2.81"), None);
+    no_start["requestContext"]["connectedAt"] = json!(0);
+    let response = connect.handle(invoke(no_start.clone())).await.unwrap();
+    assert_eq!(response.status_code, 500, "{response:?}");
+    no_start["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("connectedAt");
+    let response = connect.handle(invoke(no_start)).await.unwrap();
+    assert_eq!(response.status_code, 400, "{response:?}");
 }

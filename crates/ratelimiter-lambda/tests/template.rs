@@ -106,10 +106,10 @@ fn every_limit_and_policy_variable_is_set_and_every_set_variable_is_read() {
         "{KEY_SECRET_VAR} is not set from the generated secret"
     );
     assert!(template.contains("Type: AWS::SecretsManager::Secret"));
-    // Given to the three functions that build keys (connect, heartbeat,
-    // message), and to no other.
+    // Given to the four functions that build keys (connect, disconnect,
+    // heartbeat, message), and to no other.
     let secret_line = format!("{KEY_SECRET_VAR}: !Sub");
-    assert_eq!(template.matches(&secret_line).count(), 3);
+    assert_eq!(template.matches(&secret_line).count(), 4);
     let globals = template
         .split("\nGlobals:\n")
         .nth(1)
@@ -142,6 +142,7 @@ fn the_functions_are_the_binaries_this_crate_builds() {
     let template = template();
     for (name, path) in [
         ("connect", env!("CARGO_BIN_EXE_connect")),
+        ("disconnect", env!("CARGO_BIN_EXE_disconnect")),
         ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
         ("message", env!("CARGO_BIN_EXE_message")),
         ("authorizer", env!("CARGO_BIN_EXE_authorizer")),
@@ -152,7 +153,10 @@ fn the_functions_are_the_binaries_this_crate_builds() {
             "no function builds {name}"
         );
     }
-    assert_eq!(template.matches("BuildMethod: rust-cargolambda").count(), 4);
+    assert_eq!(template.matches("BuildMethod: rust-cargolambda").count(), 5);
+    // $disconnect gives back what $connect took.
+    assert!(template.contains("RouteKey: $disconnect\n"));
+    assert!(template.contains("${DisconnectFunction.Arn}/invocations"));
     // Every message no other route takes reaches the message function.
     assert!(template.contains("RouteKey: $default\n"));
     assert!(template.contains("${MessageFunction.Arn}/invocations"));

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ratelimiter::clock::wall_clock;
+use ratelimiter::lease::{Holder, LEASE_LIFETIME};
 use ratelimiter::{
     Builder, Config, FakeClock, Kind, PolicyId, RateLimitError, RateLimitService, Request, Status,
     Store,
@@ -438,4 +439,143 @@ pub async fn checks_in_turn<S: Store>(store: S) {
     let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
     assert_eq!((v1.len(), v1[0].policy, v2), (1, hourly, None));
     assert_eq!(count(PolicyId::LISTENER_JOIN).await.unwrap().count, 0);
+}
+
+/// The configuration of the cap scenarios: two open connections per
+/// address, checked at every `$connect`.
+const CAP_FILE: &str = "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n\
+                        [connect]\npolicies = [\"open_per_ip\"]\n";
+
+/// A cap of two open connections per address beside the seed's checks (a
+/// listener's `$connect`): one call when allowed; a third connection is
+/// refused with the cap's retry, its attempt still counted; a release
+/// frees a seat; a connection asking again takes no second seat; leases
+/// whose release was lost end by themselves.
+pub async fn caps<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service_with(store, &clock, CAP_FILE);
+    let cap = service.policy_id("open_per_ip").unwrap();
+    let ip = "198.51.100.9";
+    let connect = |id: &'static str, since_ms: u64| {
+        let holder = Holder::new(id, since_ms);
+        (
+            [
+                Request::from((PolicyId::CONNECTION_ATTEMPT, ip)).holder(holder),
+                Request::from((cap, ip)).holder(holder),
+            ],
+            [Request::from((PolicyId::LISTENER_JOIN, ip)).holder(holder)],
+        )
+    };
+    let since = service.now_ms();
+    let outcome = |(v1, v2): (Vec<ratelimiter::Verdict>, Option<Vec<ratelimiter::Verdict>>)| {
+        let calls: u32 = v1.iter().chain(v2.iter().flatten()).map(|v| v.calls).sum();
+        let refused: Vec<_> = v1
+            .iter()
+            .chain(v2.iter().flatten())
+            .filter(|v| !v.allowed())
+            .cloned()
+            .collect();
+        (refused, calls)
+    };
+    for id in ["c1", "c1", "c2"] {
+        let (first, second) = connect(id, since);
+        let (refused, calls) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
+        assert!(refused.is_empty(), "{id}: {refused:?}");
+        assert_eq!(
+            calls, 1,
+            "{id}: the attempt, the seat and the join in one call"
+        );
+    }
+    let (first, second) = connect("c3", since);
+    let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].policy, cap);
+    assert_eq!(refused[0].retry_after_secs(), 30);
+    assert_eq!(
+        (refused[0].decision.limit, refused[0].decision.remaining),
+        (2, 0)
+    );
+    let attempts = service
+        .get_rate_limit_status(PolicyId::CONNECTION_ATTEMPT, &Kind::IP, ip)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts.count, 4,
+        "a connection the cap refused still counts its attempt"
+    );
+    // A release frees a seat, once.
+    service
+        .release(first[1])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c1 = connect("c1", since).0[1];
+    service.release(c1).await.unwrap();
+    service.release(c1).await.unwrap();
+    let (first, second) = connect("c3", since);
+    let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
+    assert!(refused.is_empty(), "a released seat is free: {refused:?}");
+    let (first, second) = connect("c4", since);
+    let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
+    assert_eq!(refused.len(), 1, "c2 and c3 hold both seats");
+    // Lost releases: the leases end by themselves.
+    clock.advance(LEASE_LIFETIME);
+    let since = service.now_ms();
+    for (id, allowed) in [("c5", true), ("c6", true), ("c7", false)] {
+        let (first, second) = connect(id, since);
+        let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
+        assert_eq!(refused.is_empty(), allowed, "{id}: {refused:?}");
+    }
+    // A cap needs a holder that can be a live connection.
+    let no_holder = service.decide((cap, ip)).await.unwrap_err();
+    assert!(
+        no_holder.to_string().contains("needs a holder"),
+        "{no_holder}"
+    );
+    let stale = Request::from((cap, ip)).holder(Holder::new("old", since - 3 * 3600 * 1000));
+    let stale = service.decide(stale).await.unwrap_err();
+    assert!(stale.to_string().contains("longer ago"), "{stale}");
+}
+
+/// `tasks` connections at once, each its own holder, on one address
+/// capped at three, spread over `stores` (processes): exactly three are
+/// admitted; once they are released, three others.
+pub async fn caps_never_over_admit<S: Store + 'static>(stores: Vec<S>, tasks: usize) {
+    let clock = clock_now();
+    let services: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            Arc::new(service_with(
+                store,
+                &clock,
+                "[policy.open]\nkey = \"ip\"\nconcurrent = 3\n",
+            ))
+        })
+        .collect();
+    let cap = services[0].policy_id("open").unwrap();
+    let since = services[0].now_ms();
+    for round in 0..2 {
+        let handles: Vec<_> = (0..tasks)
+            .map(|i| {
+                let service = services[i % services.len()].clone();
+                tokio::spawn(async move {
+                    let id = format!("r{round}-conn-{i}");
+                    let request =
+                        Request::from((cap, "203.0.113.60")).holder(Holder::new(&id, since));
+                    let verdict = service.decide(request).await.expect("a decision");
+                    assert!(verdict.degraded.is_none(), "{verdict:?}");
+                    let allowed = verdict.allowed();
+                    allowed.then_some(id)
+                })
+            })
+            .collect();
+        let mut admitted = Vec::new();
+        for handle in handles {
+            admitted.extend(handle.await.expect("the task ran"));
+        }
+        assert_eq!(admitted.len(), 3, "round {round}: {admitted:?}");
+        for id in &admitted {
+            let request = Request::from((cap, "203.0.113.60")).holder(Holder::new(id, since));
+            services[0].release(request).await.unwrap();
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ratelimiter::gcra::Nanos;
+use ratelimiter::lease::{Lease, Seats};
 use ratelimiter::store::{Applied, Op};
 use ratelimiter::{FakeClock, Key, MemoryStore, Slot, Store, StoreError, StoreErrorKind};
 
@@ -91,6 +92,7 @@ impl Store for Faulty {
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
+        lease: Option<&Lease<'_>>,
         retention: Nanos,
         tats: &mut [Nanos],
     ) -> Applied {
@@ -98,6 +100,7 @@ impl Store for Faulty {
         let failed = |kind, message: &str| Applied {
             outcome: Err(StoreError::new(kind, message)),
             calls: 1,
+            seats: Seats::default(),
         };
         if self.gone() {
             return failed(StoreErrorKind::Unavailable, "table RateLimits not found");
@@ -109,7 +112,7 @@ impl Store for Faulty {
             return failed(StoreErrorKind::Throttled, "ThrottlingException");
         }
         let known = tats.to_vec();
-        let applied = self.0.memory.apply(key, ops, retention, tats).await;
+        let applied = self.0.memory.apply(key, ops, lease, retention, tats).await;
         if self.0.answers_lost.load(Ordering::SeqCst) {
             // What the table did never reaches the caller.
             tats.copy_from_slice(&known);
@@ -123,6 +126,13 @@ impl Store for Faulty {
             return self.failure(StoreErrorKind::Timeout, "no answer");
         }
         self.0.memory.refund(key, ops).await
+    }
+
+    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
+        if self.gone() {
+            return self.failure(StoreErrorKind::Timeout, "no answer");
+        }
+        self.0.memory.release(key, lease).await
     }
 
     async fn load(
@@ -172,11 +182,17 @@ impl Store for Slow {
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
+        lease: Option<&Lease<'_>>,
         retention: Nanos,
         tats: &mut [Nanos],
     ) -> Applied {
         self.clock.advance(self.delay);
-        self.memory.apply(key, ops, retention, tats).await
+        self.memory.apply(key, ops, lease, retention, tats).await
+    }
+
+    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
+        self.clock.advance(self.delay);
+        self.memory.release(key, lease).await
     }
 
     async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {

@@ -9,23 +9,18 @@
 //! took is given back when another refused.
 
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 use std::task::Poll;
 
 use crate::clock::Clock;
 use crate::failure::Permit;
 use crate::gcra::{Nanos, Outcome};
+use crate::lease::{Lease, Seats};
 use crate::policy::Limit;
-use crate::service::{RateLimitService, Resolved};
+use crate::service::RateLimitService;
 use crate::store::{Op, Store};
-use crate::verdict::{Degradation, RateLimitError, Request, Verdict};
-
-/// A request made ready, with one op per limit.
-pub(crate) struct Plan<'s> {
-    pub(crate) resolved: Resolved<'s>,
-    pub(crate) ops: Vec<Op<'s>>,
-}
+use crate::verdict::{RateLimitError, Request, Verdict};
+use crate::verdicts::{Plan, keep_refusals};
 
 /// What one item's requests came to.
 struct Decided<'s> {
@@ -35,8 +30,10 @@ struct Decided<'s> {
     /// Whether every request of the item was allowed.
     allowed: bool,
     /// What the store took for the item, to give back if another item
-    /// refuses: the ops of its allowed, stored (not degraded) decisions.
+    /// refuses: the ops of its allowed, stored (not degraded) decisions,
+    /// and the leases they took.
     taken: Vec<Op<'s>>,
+    leases: Vec<Lease<'s>>,
 }
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
@@ -143,7 +140,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         for (item, d) in decided {
             calls += d.verdicts.iter().map(|v| v.calls).sum::<u32>();
             if d.allowed {
-                calls += self.give_back(&plans[item[0]], &d.taken).await;
+                calls += self.give_back(&plans[item[0]], &d.taken, &d.leases).await;
             } else {
                 refused.extend(d.verdicts);
             }
@@ -163,8 +160,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Result<Decided<'p>, RateLimitError> {
         // One request needs no merging; a shadow policy's denial must not
         // stop the others, as the store's all-or-nothing write would: such
-        // items are decided one by one.
-        if plans.len() == 1 || plans.iter().any(|plan| plan.resolved.policy.shadow()) {
+        // items are decided one by one. A store call takes one lease.
+        let mut leases = plans.iter().filter_map(|plan| plan.lease.as_ref());
+        let lease = leases.next();
+        if plans.len() == 1
+            || leases.next().is_some()
+            || plans.iter().any(|plan| plan.resolved.policy.shadow())
+        {
             return self.in_turn(requests, plans, now).await;
         }
         let key = &plans[0].resolved.key;
@@ -173,7 +175,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if let Some(cache) = &self.cache
             && cache.denies(key, &mut ops, &mut tats)
         {
-            let mut verdicts = self.refused(plans, &ops, &tats);
+            let mut verdicts = self.refused(plans, &ops, &tats, Seats::default());
             for verdict in &mut verdicts {
                 verdict.cached = true;
             }
@@ -181,6 +183,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 verdicts,
                 allowed: false,
                 taken: Vec::new(),
+                leases: Vec::new(),
             });
         }
         // The breaker last: its one probe must call the store.
@@ -196,21 +199,24 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let generation = self.failures.breaker.generation();
         let applied = self
             .store
-            .apply(key, &ops, retention.unwrap_or(0), &mut tats)
+            .apply(key, &ops, lease, retention.unwrap_or(0), &mut tats)
             .await;
+        let seats = applied.seats;
         let mut decided = match applied.outcome {
             Ok(outcome) => {
                 self.answered(key, &ops, outcome, &tats);
                 match outcome {
                     Outcome::Allowed => Decided {
-                        verdicts: self.verdicts(plans, &ops, &tats, Outcome::Allowed),
+                        verdicts: self.verdicts(plans, &ops, &tats, Outcome::Allowed, seats),
                         allowed: true,
                         taken: ops,
+                        leases: lease.copied().into_iter().collect(),
                     },
                     Outcome::Denied => Decided {
-                        verdicts: self.refused(plans, &ops, &tats),
+                        verdicts: self.refused(plans, &ops, &tats, seats),
                         allowed: false,
                         taken: Vec::new(),
+                        leases: Vec::new(),
                     },
                 }
             }
@@ -231,40 +237,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                     allowed: keep_refusals(&mut verdicts),
                     verdicts,
                     taken: Vec::new(),
+                    leases: Vec::new(),
                 }
             }
         };
         decided.verdicts[0].calls = applied.calls;
         Ok(decided)
-    }
-
-    /// The verdicts of the plans whose own steps are refused on `tats`
-    /// (their share of `ops`): what refused the item.
-    pub(crate) fn refused(
-        &self,
-        plans: &[&Plan<'_>],
-        ops: &[Op<'_>],
-        tats: &[Nanos],
-    ) -> Vec<Verdict> {
-        let mut verdicts = Vec::new();
-        for (plan, span) in spans(plans) {
-            let (ops, tats) = (&ops[span.clone()], &tats[span]);
-            let refuses = ops
-                .iter()
-                .zip(tats)
-                .any(|(op, &tat)| op.step.apply(tat).0 == Outcome::Denied);
-            if refuses {
-                verdicts.push(self.verdict(&plan.resolved, ops, tats, Outcome::Denied));
-            }
-        }
-        if verdicts.is_empty() {
-            // Only steps on one bucket together could refuse what each
-            // allows alone: one policy twice on one key. Its first says so.
-            let plan = plans[0];
-            let n = plan.ops.len();
-            verdicts.push(self.verdict(&plan.resolved, &ops[..n], &tats[..n], Outcome::Denied));
-        }
-        verdicts
     }
 
     /// The requests of one item, one after the other, each with the
@@ -278,6 +256,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Result<Decided<'p>, RateLimitError> {
         let mut verdicts = Vec::with_capacity(requests.len());
         let mut taken: Vec<Op<'p>> = Vec::new();
+        let mut leases: Vec<Lease<'p>> = Vec::new();
         for (request, plan) in requests.iter().zip(plans) {
             let mut verdict = self.decide_at(request, now).await?;
             if verdict.allowed() {
@@ -285,74 +264,30 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 // shadow policy's would-be denial, nor a failure mode's.
                 if verdict.decision.allowed && verdict.degraded.is_none() {
                     taken.extend(plan.ops.iter().copied());
+                    leases.extend(plan.lease);
                 }
                 verdicts.push(verdict);
                 continue;
             }
             verdict.calls += verdicts.iter().map(|v: &Verdict| v.calls).sum::<u32>();
-            if !taken.is_empty() {
-                verdict.calls += self.give_back(plan, &taken).await;
-            }
+            verdict.calls += self.give_back(plan, &taken, &leases).await;
             return Ok(Decided {
                 verdicts: vec![verdict],
                 allowed: false,
                 taken: Vec::new(),
+                leases: Vec::new(),
             });
         }
         Ok(Decided {
             verdicts,
             allowed: true,
             taken,
+            leases,
         })
     }
 
-    /// Each plan's verdict on its share of `ops` and `tats` (the plans'
-    /// ops end to end), after one store answer.
-    pub(crate) fn verdicts(
-        &self,
-        plans: &[&Plan<'_>],
-        ops: &[Op<'_>],
-        tats: &[Nanos],
-        outcome: Outcome,
-    ) -> Vec<Verdict> {
-        spans(plans)
-            .map(|(plan, span)| {
-                self.verdict(&plan.resolved, &ops[span.clone()], &tats[span], outcome)
-            })
-            .collect()
-    }
-
-    /// Each plan's verdict by its policy's failure mode, `why` the store
-    /// could not answer, on its share of `ops` and `tats`.
-    pub(crate) fn degraded_each(
-        &self,
-        plans: &[&Plan<'_>],
-        ops: &[Op<'_>],
-        tats: &mut [Nanos],
-        why: Degradation,
-    ) -> Vec<Verdict> {
-        spans(plans)
-            .map(|(plan, span)| {
-                self.degraded(&plan.resolved, &ops[span.clone()], &mut tats[span], why)
-            })
-            .collect()
-    }
-
-    /// The verdict on a store's answer, with the policy's shadow mode.
-    pub(crate) fn verdict(
-        &self,
-        r: &Resolved<'_>,
-        ops: &[Op<'_>],
-        tats: &[Nanos],
-        outcome: Outcome,
-    ) -> Verdict {
-        self.settle(
-            Verdict::from_ops(r.id, r.limits, ops, tats, outcome),
-            r.policy,
-        )
-    }
-
-    /// The resolved request and its ops at `now`, in a vector.
+    /// The resolved request and its ops at `now`, in a vector, or its
+    /// lease for a cap.
     pub(crate) fn plan<'s>(
         &'s self,
         request: &Request<'s>,
@@ -369,51 +304,51 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 ))
             })
             .collect::<Result<_, RateLimitError>>()?;
-        Ok(Plan { resolved, ops })
+        let lease = self.lease(request, &resolved, now)?;
+        Ok(Plan {
+            resolved,
+            ops,
+            lease,
+        })
     }
 
-    /// Gives back `taken` on `plan`'s item, for an action refused after
-    /// it was taken; the calls that cost.
-    pub(crate) async fn give_back(&self, plan: &Plan<'_>, taken: &[Op<'_>]) -> u32 {
-        if taken.is_empty() {
-            return 0;
-        }
+    /// Gives back `taken` and `leases` on `plan`'s item, for an action
+    /// refused after they were taken; the calls that cost.
+    pub(crate) async fn give_back(
+        &self,
+        plan: &Plan<'_>,
+        taken: &[Op<'_>],
+        leases: &[Lease<'_>],
+    ) -> u32 {
         let key = &plan.resolved.key;
-        if let Some(cache) = &self.cache {
-            cache.refund(key, taken);
+        let mut calls = 0;
+        if !taken.is_empty() {
+            calls += 1;
+            if let Some(cache) = &self.cache {
+                cache.refund(key, taken);
+            }
+            if let Err(error) = self.store.refund(key, taken).await {
+                // The tokens stay taken: stricter, never looser.
+                tracing::warn!(
+                    policy = plan.resolved.policy.name(),
+                    %error,
+                    "could not give back a refused request's tokens"
+                );
+            }
         }
-        if let Err(error) = self.store.refund(key, taken).await {
-            // The tokens stay taken: stricter, never looser.
-            tracing::warn!(
-                policy = plan.resolved.policy.name(),
-                %error,
-                "could not give back a refused request's tokens"
-            );
+        for lease in leases {
+            calls += 1;
+            if let Err(error) = self.store.release(key, lease).await {
+                // The seat stays taken until the lease ends: stricter.
+                tracing::warn!(
+                    policy = plan.resolved.policy.name(),
+                    %error,
+                    "could not give back a refused request's seat"
+                );
+            }
         }
-        1
+        calls
     }
-}
-
-/// Each plan with the range of its ops among the plans' ops laid end to
-/// end, as one store call takes them.
-fn spans<'a, 'p>(
-    plans: &'a [&'a Plan<'p>],
-) -> impl Iterator<Item = (&'a Plan<'p>, Range<usize>)> + 'a {
-    plans.iter().scan(0, |at, plan| {
-        let span = *at..*at + plan.ops.len();
-        *at = span.end;
-        Some((*plan, span))
-    })
-}
-
-/// Drops the allowed verdicts of a refused action, keeping those that
-/// refused it; returns whether the action was allowed.
-pub(crate) fn keep_refusals(verdicts: &mut Vec<Verdict>) -> bool {
-    let allowed = verdicts.iter().all(Verdict::allowed);
-    if !allowed {
-        verdicts.retain(|v| !v.allowed());
-    }
-    allowed
 }
 
 /// Polls every future until all are done: one decision per item, at once.

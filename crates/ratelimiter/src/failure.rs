@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::gcra::{Decision, Nanos, Outcome, Quota};
 use crate::key::{Key, Slot};
+use crate::lease::Seats;
 use crate::memory::MemoryStore;
 use crate::policy::{FailureMode, Limit, Policy, PolicyId};
 use crate::store::{Op, StoreError};
@@ -159,6 +160,19 @@ impl Failures {
         } else {
             policy.failure_mode()
         };
+        if let Some(cap) = policy.cap() {
+            // Seats are not counted here in `local` mode: the release of a
+            // seat taken here would reach another process's store, and the
+            // holder would be refused for two hours. Only `closed` refuses.
+            let allowed = mode != FailureMode::Closed;
+            let mut decision = cap.decision(Seats::default(), allowed);
+            if !allowed {
+                decision.retry_after = Duration::from_secs(1);
+            }
+            let mut verdict = Verdict::single(id, decision);
+            verdict.degraded = Some(why);
+            return verdict;
+        }
         let mut verdict = match mode {
             FailureMode::Open => Verdict::from_decisions(id, fixed(true, Duration::ZERO)),
             FailureMode::Closed => {

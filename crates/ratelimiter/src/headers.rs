@@ -84,6 +84,9 @@ mod unit_name {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Unit, D::Error> {
         let name = String::deserialize(d)?;
+        if name == Unit::Connections.as_str() {
+            return Ok(Unit::Connections);
+        }
         name.parse().map_err(serde::de::Error::custom)
     }
 }
@@ -136,7 +139,8 @@ impl QuotaReport {
     }
 
     /// The `RateLimit-Policy` field's value: `"name";q=20;w=60`, one item
-    /// per limit, with `qu="content-bytes"` for a policy that counts bytes.
+    /// per limit, with `qu="content-bytes"` for a policy that counts bytes,
+    /// and `"name";q=2;qu="concurrent-requests"` for a cap.
     pub fn policy_field(&self) -> String {
         let mut field = String::new();
         for (i, limit) in self.limits.iter().enumerate() {
@@ -144,9 +148,16 @@ impl QuotaReport {
                 field.push_str(", ");
             }
             push_sf_string(&mut field, &limit.name);
-            let _ = write!(field, ";q={};w={}", limit.quota, limit.window);
-            if limit.unit == Unit::Bytes {
-                field.push_str(";qu=\"content-bytes\"");
+            let _ = write!(field, ";q={}", limit.quota);
+            match limit.unit {
+                Unit::Requests => {
+                    let _ = write!(field, ";w={}", limit.window);
+                }
+                Unit::Bytes => {
+                    let _ = write!(field, ";w={};qu=\"content-bytes\"", limit.window);
+                }
+                // A cap has no window: a seat is held until given back.
+                Unit::Connections => field.push_str(";qu=\"concurrent-requests\""),
             }
         }
         field

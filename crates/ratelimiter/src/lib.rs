@@ -4,6 +4,7 @@
 //! - [`gcra`]: the pure decision core (GCRA on one number per bucket);
 //! - [`clock`]: where time comes from, with a fake clock for tests;
 //! - [`key`]: kinds of identifiers, buckets and collision-free keys;
+//! - [`lease`]: caps on open connections, a lease per holder;
 //! - [`policy`]: policies (a kind and limits, with tiers) and their registry;
 //! - [`config`]: the policies from a TOML file and the environment;
 //! - [`store`]: the atomic contract a backing store fulfils, and [`memory`],
@@ -40,12 +41,14 @@
 mod all;
 pub mod builder;
 mod cache;
+mod capped;
 pub mod clock;
 pub mod config;
 pub mod failure;
 pub mod gcra;
 pub mod headers;
 pub mod key;
+pub mod lease;
 pub mod memory;
 mod pair;
 pub mod policy;
@@ -56,6 +59,7 @@ mod state;
 pub mod store;
 pub mod telemetry;
 pub mod verdict;
+mod verdicts;
 
 pub use builder::Builder;
 pub use clock::{Clock, FakeClock, SystemClock};

@@ -13,13 +13,14 @@
 //! decision made and given back is not recorded at all: only its store calls
 //! count, under the first request.
 
-use crate::all::{Plan, keep_refusals};
 use crate::clock::Clock;
 use crate::failure::Permit;
 use crate::gcra::{Nanos, Outcome};
+use crate::lease::Seats;
 use crate::service::RateLimitService;
 use crate::store::{Op, Store};
 use crate::verdict::{RateLimitError, Request, Verdict};
+use crate::verdicts::{Plan, keep_refusals, refuses, spans};
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// Decides `first`, and `second` only if `first` is allowed, with the
@@ -67,6 +68,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // Both planned before anything is asked: a bad request takes nothing.
         let plan1 = self.plan(first, now)?;
         let plan2 = self.plan(second, now)?;
+        if plan1.lease.is_some() || plan2.lease.is_some() {
+            // A cap: `decide_in_turn` is `$connect`'s path for those.
+            return self.pair_in_turn(first, second, now).await;
+        }
         if plan1.resolved.key != plan2.resolved.key {
             return self.pair_apart(first, plan1, second, plan2, now).await;
         }
@@ -94,7 +99,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         }
         let retention = r1.retention.max(r2.retention);
         let generation = self.failures.breaker.generation();
-        let applied = self.store.apply(key, &ops, retention, &mut tats).await;
+        let applied = self
+            .store
+            .apply(key, &ops, None, retention, &mut tats)
+            .await;
         if let Ok(outcome) = applied.outcome {
             self.answered(key, &ops, outcome, &tats);
         }
@@ -118,9 +126,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         };
         if outcome == Outcome::Allowed {
             // One call decided both; it is counted under the first.
-            let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Allowed);
+            let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Allowed, Seats::default());
             v1.calls = applied.calls;
-            let v2 = self.verdict(r2, ops2, tats2, Outcome::Allowed);
+            let v2 = self.verdict(r2, ops2, tats2, Outcome::Allowed, Seats::default());
             return Ok((v1, Some(v2)));
         }
         let first_alone = ops1
@@ -128,7 +136,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .zip(tats1.iter())
             .all(|(op, &tat)| op.step.apply(tat).0 == Outcome::Allowed);
         if !first_alone {
-            let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Denied);
+            let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Denied, Seats::default());
             v1.calls = applied.calls;
             if !v1.allowed() {
                 return Ok((v1, None));
@@ -138,7 +146,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return Ok((v1, Some(self.decide_at(second, now).await?)));
         }
         // Only `second` refused: `first` still counts, in a call of its own.
-        let v2 = self.verdict(r2, ops2, tats2, Outcome::Denied);
+        let v2 = self.verdict(r2, ops2, tats2, Outcome::Denied, Seats::default());
         let mut v1 = self.decide_at(first, now).await?;
         v1.calls += applied.calls;
         if !v1.allowed() {
@@ -187,7 +195,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // nothing from it), but its calls were made for this one.
         v1.calls += v2.calls;
         if v2.decision.allowed && v2.degraded.is_none() {
-            v1.calls += self.give_back(&plan2, &plan2.ops).await;
+            v1.calls += self.give_back(&plan2, &plan2.ops, &[]).await;
         }
         Ok((v1, None))
     }
@@ -265,7 +273,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 
     /// [`RateLimitService::decide_in_turn`] at `now`, not yet recorded.
-    async fn in_turn_at(
+    pub(crate) async fn in_turn_at(
         &self,
         first: &[Request<'_>],
         second: &[Request<'_>],
@@ -281,10 +289,16 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .map(|r| self.plan(r, now))
             .collect::<Result<Vec<_>, _>>()?;
         let all: Vec<&Plan<'_>> = plans1.iter().chain(&plans2).collect();
+        // One store call takes at most one lease.
+        let mut leases = all.iter().filter_map(|p| p.lease.as_ref());
+        let lease = leases.next();
         let one_item = match all.first() {
-            Some(lead) => all
-                .iter()
-                .all(|p| p.resolved.key == lead.resolved.key && !p.resolved.policy.shadow()),
+            Some(lead) => {
+                leases.next().is_none()
+                    && all
+                        .iter()
+                        .all(|p| p.resolved.key == lead.resolved.key && !p.resolved.policy.shadow())
+            }
             None => false,
         };
         let mut ops: Vec<Op<'_>> = all.iter().flat_map(|p| p.ops.iter().copied()).collect();
@@ -304,6 +318,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             Permit::Skip
         };
         if permit == Permit::Skip {
+            if lease.is_some() {
+                return self.rates_then_caps(first, second, now, None).await;
+            }
             if one_item || plans1.is_empty() || plans2.is_empty() {
                 return self.one_then_other(first, second, now).await;
             }
@@ -314,7 +331,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let key = &all[0].resolved.key;
         let retention = all.iter().map(|p| p.resolved.retention).max().unwrap_or(0);
         let generation = self.failures.breaker.generation();
-        let applied = self.store.apply(key, &ops, retention, &mut tats).await;
+        let applied = self
+            .store
+            .apply(key, &ops, lease, retention, &mut tats)
+            .await;
+        let seats = applied.seats;
         let n1: usize = plans1.iter().map(|p| p.ops.len()).sum();
         let (p1, p2): (Vec<&Plan<'_>>, Vec<&Plan<'_>>) =
             (plans1.iter().collect(), plans2.iter().collect());
@@ -350,21 +371,34 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let (tats1, tats2) = tats.split_at(n1);
         if outcome == Outcome::Allowed {
             // One call decided both; it is counted under the first.
-            let mut v1 = self.verdicts(&p1, ops1, tats1, Outcome::Allowed);
+            let mut v1 = self.verdicts(&p1, ops1, tats1, Outcome::Allowed, seats);
             v1[0].calls = applied.calls;
-            return Ok((v1, Some(self.verdicts(&p2, ops2, tats2, Outcome::Allowed))));
+            let v2 = self.verdicts(&p2, ops2, tats2, Outcome::Allowed, seats);
+            return Ok((v1, Some(v2)));
         }
-        let first_alone = ops1
-            .iter()
-            .zip(tats1)
-            .all(|(op, &tat)| op.step.apply(tat).0 == Outcome::Allowed);
+        if lease.is_some() {
+            // A cap refused, or a rate: the rates count in turn before the
+            // seat is asked for, so they are decided again, without it. If
+            // the rates fit, the answer says the cap is full.
+            let rates_fit = !spans(&all).any(|(plan, span)| {
+                plan.lease.is_none() && refuses(plan, &ops[span.clone()], &tats[span], seats)
+            });
+            let full = rates_fit.then(|| self.refused(&all, &ops, &tats, seats));
+            let (mut v1, v2) = self.rates_then_caps(first, second, now, full).await?;
+            if let Some(v) = v1.first_mut() {
+                v.calls += applied.calls;
+            }
+            return Ok((v1, v2));
+        }
+        let first_alone =
+            !spans(&p1).any(|(plan, span)| refuses(plan, &ops1[span.clone()], &tats1[span], seats));
         if !first_alone {
-            let mut v1 = self.refused(&p1, ops1, tats1);
+            let mut v1 = self.refused(&p1, ops1, tats1, seats);
             v1[0].calls = applied.calls;
             return Ok((v1, None));
         }
         // Only `second` refused: `first` still counts, in a call of its own.
-        let v2 = self.refused(&p2, ops2, tats2);
+        let v2 = self.refused(&p2, ops2, tats2, seats);
         let mut v1 = self.all_at(first, now).await?;
         v1[0].calls += applied.calls;
         if !v1.iter().all(Verdict::allowed) {
@@ -421,7 +455,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             // Allowed, `v2` holds a verdict per request, in order.
             for (plan, verdict) in plans2.iter().zip(&v2) {
                 if verdict.decision.allowed && verdict.degraded.is_none() {
-                    v1[0].calls += self.give_back(plan, &plan.ops).await;
+                    let leases: Vec<_> = plan.lease.into_iter().collect();
+                    v1[0].calls += self.give_back(plan, &plan.ops, &leases).await;
                 }
             }
         }

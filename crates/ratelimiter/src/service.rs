@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::failure::{CircuitBreaker, Failures, Permit};
 use crate::gcra::{self, Nanos, Outcome, ceil_secs};
 use crate::key::{Key, KeySecret, shorten};
+use crate::lease::{Lease, Seats};
 use crate::memory::MemoryStore;
 use crate::policy::{Limit, MAX_LIMITS, Policies, Policy, PolicyId};
 use crate::store::{Op, Store};
@@ -206,18 +207,23 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         now: Nanos,
     ) -> Result<Verdict, RateLimitError> {
         let resolved = self.prepare(request)?;
+        if let Some(lease) = self.lease(request, &resolved, now)? {
+            return Ok(self.run(&resolved, &mut [], Some(&lease), &mut []).await);
+        }
         let limits = resolved.limits;
         if let [limit] = limits {
             let mut ops = [Op::new(
                 limit.slot(),
                 self.step(resolved.policy, limit, now, request.cost)?,
             )];
-            Ok(self.run(&resolved, &mut ops, &mut [0]).await)
+            Ok(self.run(&resolved, &mut ops, None, &mut [0]).await)
         } else {
             let mut ops = self.ops(resolved.policy, limits, now, request.cost)?;
             let mut tats = [0; MAX_LIMITS];
             let n = limits.len();
-            Ok(self.run(&resolved, &mut ops[..n], &mut tats[..n]).await)
+            Ok(self
+                .run(&resolved, &mut ops[..n], None, &mut tats[..n])
+                .await)
         }
     }
 
@@ -226,20 +232,22 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         &self,
         r: &Resolved<'_>,
         ops: &mut [Op<'_>],
+        lease: Option<&Lease<'_>>,
         tats: &mut [Nanos],
     ) -> Verdict {
-        // 1. The deny cache: a key this process knows to be exhausted.
+        // 1. The deny cache: a key this process knows to be exhausted (a
+        // cap's seats are never cached: one frees whenever a holder goes).
         if let Some(cache) = &self.cache
             && cache.denies(&r.key, ops, tats)
         {
-            let mut verdict = Verdict::from_ops(r.id, r.limits, ops, tats, Outcome::Denied);
+            let mut verdict = self.verdict(r, ops, tats, Outcome::Denied, Seats::default());
             verdict.cached = true;
-            return self.settle(verdict, r.policy);
+            return verdict;
         }
         // 2. A held hot key, and 3. the circuit breaker. The breaker's
         // permit is taken last: it may be the one probe, which must then
         // call the store.
-        let now = ops[0].step.now();
+        let now = lease.map_or_else(|| ops[0].step.now(), |lease| lease.now);
         let permit = match self.failures.skip(&r.key, now) {
             Some(why) => Err(why),
             None => match self.failures.breaker.permit(now) {
@@ -261,24 +269,26 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         };
         // 4. The store.
         let generation = self.failures.breaker.generation();
-        let applied = self.store.apply(&r.key, ops, r.retention, tats).await;
+        let applied = self
+            .store
+            .apply(&r.key, ops, lease, r.retention, tats)
+            .await;
         // 5. The failure mode, or 6. the verdict.
         let mut verdict = match applied.outcome {
             Ok(outcome) => {
                 self.answered(&r.key, ops, outcome, tats);
-                Verdict::from_ops(r.id, r.limits, ops, tats, outcome)
+                self.verdict(r, ops, tats, outcome, applied.seats)
             }
             Err(error) => {
                 let now = self.clock.now();
                 let why = self
                     .failures
                     .failed(r.policy, &r.key, &error, generation, permit, now);
-                self.failures
-                    .decide(r.id, r.policy, r.limits, &r.key, ops, tats, why)
+                self.degraded(r, ops, tats, why)
             }
         };
         verdict.calls = applied.calls;
-        self.settle(verdict, r.policy)
+        verdict
     }
 
     /// The store answered `outcome` with `tats`: the breaker and the deny

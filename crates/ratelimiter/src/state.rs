@@ -3,10 +3,11 @@
 
 use crate::clock::Clock;
 use crate::gcra::Status;
-use crate::policy::Limit;
+use crate::lease::Lease;
+use crate::policy::{Limit, Policy};
 use crate::service::RateLimitService;
 use crate::store::Store;
-use crate::verdict::{RateLimitError, Request};
+use crate::verdict::{HolderProblem, RateLimitError, Request};
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// The status of every limit of the request's policy (or tier) for its
@@ -30,6 +31,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Result<Vec<Status>, RateLimitError> {
         let request = request.into();
         let (policy, limits) = self.resolve(&request)?;
+        not_a_cap(policy)?;
         let key = self.key(&request, policy);
         let slots: Vec<_> = limits.iter().map(Limit::slot).collect();
         let mut tats = vec![0; slots.len()];
@@ -63,6 +65,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     pub async fn reset<'r>(&self, request: impl Into<Request<'r>>) -> Result<(), RateLimitError> {
         let request = request.into();
         let policy = self.policy(request.policy)?;
+        not_a_cap(policy)?;
         let key = self.key(&request, policy);
         let mut slots: Vec<_> = policy.limits().iter().map(Limit::slot).collect();
         for (_, limits) in policy.tiers() {
@@ -76,5 +79,62 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             cache.forget(&key, &slots);
         }
         Ok(self.store.remove(&key, &slots).await?)
+    }
+}
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// Gives back the seat the request's holder took under its cap, as
+    /// `$disconnect` does: one store call. Releasing a seat that is not
+    /// held (given back already, or never taken) does nothing.
+    ///
+    /// ```
+    /// use ratelimiter::{Builder, Config, Request};
+    /// use ratelimiter::lease::Holder;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let config = Config::from_file_text("limits.toml", r#"
+    ///     [policy.open_per_ip]
+    ///     key = "ip"
+    ///     concurrent = 1
+    /// "#, |_| None)?;
+    /// let limiter = Builder::from_config(config).in_memory();
+    /// let cap = limiter.policy_id("open_per_ip").unwrap();
+    /// let now_ms = limiter.now_ms();
+    /// let connect = |id| Request::from((cap, "203.0.113.7")).holder(Holder::new(id, now_ms));
+    ///
+    /// assert!(limiter.decide(connect("conn-1")).await?.allowed());
+    /// assert!(!limiter.decide(connect("conn-2")).await?.allowed());
+    /// limiter.release(connect("conn-1")).await?;
+    /// assert!(limiter.decide(connect("conn-2")).await?.allowed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn release<'r>(&self, request: impl Into<Request<'r>>) -> Result<(), RateLimitError> {
+        let request = request.into();
+        let policy = self.policy(request.policy)?;
+        let problem = |problem| RateLimitError::Holder {
+            policy: policy.shared_name().clone(),
+            problem,
+        };
+        let cap = policy
+            .cap()
+            .ok_or_else(|| RateLimitError::NotACap(policy.shared_name().clone()))?;
+        let holder = request
+            .holder
+            .ok_or_else(|| problem(HolderProblem::Missing))?;
+        let key = self.key(&request, policy);
+        Ok(self
+            .store
+            .release(&key, &Lease::to_release(cap.slot(), holder))
+            .await?)
+    }
+}
+
+/// Status and reset are a rate's: a cap's seats are given back by
+/// [`RateLimitService::release`].
+fn not_a_cap(policy: &Policy) -> Result<(), RateLimitError> {
+    match policy.cap() {
+        Some(_) => Err(RateLimitError::Cap(policy.shared_name().clone())),
+        None => Ok(()),
     }
 }

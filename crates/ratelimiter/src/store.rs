@@ -16,6 +16,7 @@ use std::future::Future;
 
 use crate::gcra::{Nanos, Outcome, Step};
 use crate::key::{Key, Slot};
+use crate::lease::{Lease, Seats};
 
 /// One bucket of an item and the step a request takes on it.
 #[derive(Clone, Copy, Debug)]
@@ -78,6 +79,9 @@ pub struct Applied {
     /// Calls made to the backing service (1 for one in-memory atomic
     /// section).
     pub calls: u32,
+    /// The cap's seats, when the request had a lease and the store
+    /// answered: after the request if allowed, as found if denied.
+    pub seats: Seats,
 }
 
 /// Where TATs live.
@@ -91,19 +95,34 @@ pub trait Store: Send + Sync {
     const CALLS_METRIC: Option<&'static str> = None;
 
     /// Atomically applies every op to its bucket of `key`'s item (a missing
-    /// bucket has TAT 0): either every step allows and every TAT is
-    /// written, or none is. Then `tats[i]` holds the TAT of `ops[i]`'s
-    /// bucket: the new one when allowed, the current one when denied.
+    /// bucket has TAT 0), and takes `lease`'s seat if there is one: either
+    /// every step allows and the lease [fits](Lease::fits) among the live
+    /// leases of its slot, and every TAT and the lease are written, or
+    /// nothing is. Then `tats[i]` holds the TAT of `ops[i]`'s bucket: the
+    /// new one when allowed, the current one when denied; and
+    /// [`Applied::seats`] the lease's slot as found (denied) or left
+    /// (allowed).
     ///
     /// `tats` is as long as `ops`. An item not written for `retention`
-    /// holds only full buckets, so a store may forget it after that.
+    /// holds only full buckets, so a store may forget it after that; an
+    /// item holding a lease must be kept at least until the lease
+    /// [expires](Lease::expires).
     fn apply(
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
+        lease: Option<&Lease<'_>>,
         retention: Nanos,
         tats: &mut [Nanos],
     ) -> impl Future<Output = Applied> + Send;
+
+    /// Gives back `lease`'s seat, if it is held; releasing a lease that is
+    /// not held does nothing.
+    fn release(
+        &self,
+        key: &Key<'_>,
+        lease: &Lease<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Gives back what allowed `ops` took, where the bucket still holds it
     /// (its TAT is at least the step's [`Step::idle_target`]): for a request

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use crate::gcra::{CostExceedsCapacity, Decision, Nanos, Outcome, ceil_secs};
 use crate::key::Kind;
+use crate::lease::{Holder, HolderError};
 use crate::policy::{Limit, PolicyId, PolicyName};
 use crate::store::{Op, StoreError, StoreErrorKind};
 
@@ -56,6 +57,10 @@ pub struct Request<'a> {
     pub cost: u32,
     /// Count the identifier as this kind instead of the policy's.
     pub kind: Option<&'a Kind>,
+    /// Who takes a seat, for a cap (`concurrent = N`): the connection and
+    /// when it started. A cap needs one; a rate ignores it, so one holder
+    /// may go with every check of a `$connect`.
+    pub holder: Option<Holder<'a>>,
 }
 
 impl<'a, I: AsRef<str> + ?Sized> From<(PolicyId, &'a I)> for Request<'a> {
@@ -69,6 +74,7 @@ impl<'a, I: AsRef<str> + ?Sized> From<(PolicyId, &'a I)> for Request<'a> {
             tier: None,
             cost: 1,
             kind: None,
+            holder: None,
         }
     }
 }
@@ -92,6 +98,13 @@ impl<'a> Request<'a> {
     #[must_use]
     pub fn kind(mut self, kind: Option<&'a Kind>) -> Self {
         self.kind = kind;
+        self
+    }
+
+    /// The same request, taking a seat for `holder` if its policy is a cap.
+    #[must_use]
+    pub fn holder(mut self, holder: Holder<'a>) -> Self {
+        self.holder = Some(holder);
         self
     }
 }
@@ -367,9 +380,35 @@ pub enum RateLimitError {
     /// The policy id does not belong to this service's registry.
     #[error("no policy with id {0:?} in this service")]
     UnknownPolicy(PolicyId),
+    /// Status or reset asked of a cap, which has seats, not buckets.
+    #[error("policy {0} is a cap: it has no status or reset; its seats are given back by release")]
+    Cap(PolicyName),
+    /// A seat given back on a policy that is not a cap.
+    #[error("policy {0} is not a cap (concurrent = N): it has no seats to release")]
+    NotACap(PolicyName),
+    /// A cap was asked without a holder, or with one that cannot be a
+    /// live connection.
+    #[error("cap {policy}: {problem}")]
+    Holder {
+        /// The cap.
+        policy: PolicyName,
+        /// What was wrong: no holder, or a bad one.
+        problem: HolderProblem,
+    },
     /// The store failed where no failure mode decides (status, reset).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What was wrong with a cap's holder.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HolderProblem {
+    /// The request named none.
+    #[error("a cap needs a holder (Request::holder): the connection that takes the seat")]
+    Missing,
+    /// The holder cannot be a live connection.
+    #[error(transparent)]
+    Invalid(#[from] HolderError),
 }
 
 impl RateLimitError {

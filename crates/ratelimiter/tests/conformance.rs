@@ -45,3 +45,14 @@ async fn keyed_digests() {
     assert_eq!(identifiers.len(), 3);
     assert!(store.calls() > 0);
 }
+
+#[tokio::test]
+async fn caps() {
+    conformance::caps(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caps_never_over_admit() {
+    let store = Faulty::default();
+    conformance::caps_never_over_admit(vec![store.clone(), store], 32).await;
+}

@@ -1083,3 +1083,49 @@ async fn checks_in_turn_on_two_items_go_at_once_and_a_refused_first_gives_back_t
         "the refused attempt took nothing from dora"
     );
 }
+
+/// A cap of two per address under each failure mode, on a store that does
+/// not answer: only `closed` refuses; `local` lets it through, since a seat
+/// taken in this process could not be given back by another's
+/// `$disconnect`. Its fields name the unit the draft gives connections.
+#[tokio::test]
+async fn caps_fail_by_their_mode_and_report_concurrent_requests() {
+    use ratelimiter::lease::Holder;
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let file = "[policy.open]\nkey = \"ip\"\nconcurrent = 2\n";
+    let config = Config::from_file_text("limits.toml", file, |_| None).unwrap();
+    let service = Builder::from_config(config)
+        .clock(clock.clone())
+        .in_memory();
+    let cap = service.policy_id("open").unwrap();
+    let holder = Holder::new("conn-1", 1_700_000_000_000);
+    let verdict = service
+        .decide(Request::from((cap, "203.0.113.1")).holder(holder))
+        .await
+        .unwrap();
+    let report = service.report(&verdict).unwrap();
+    assert_eq!(
+        report.policy_field(),
+        "\"open\";q=2;qu=\"concurrent-requests\""
+    );
+    assert_eq!(report.state_field(), "\"open\";r=1;t=0");
+    for (mode, allowed) in [
+        (FailureMode::Open, true),
+        (FailureMode::Local, true),
+        (FailureMode::Closed, false),
+    ] {
+        let store = Faulty::default();
+        store.down(true);
+        let config = Config::from_file_text("limits.toml", file, |_| None).unwrap();
+        let service = Builder::from_config(config)
+            .clock(clock.clone())
+            .failure_mode(mode)
+            .build(store);
+        let verdict = service
+            .decide(Request::from((cap, "203.0.113.1")).holder(holder))
+            .await
+            .unwrap();
+        assert_eq!(verdict.allowed(), allowed, "{mode}: {verdict:?}");
+        assert_eq!(verdict.degraded, Some(Degradation::Timeout), "{mode}");
+    }
+}

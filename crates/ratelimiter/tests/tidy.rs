@@ -97,7 +97,7 @@ fn stores_never_compute_a_decision() {
     let found = find(
         &[
             "crates/ratelimiter/src/store.rs",
-            "crates/ratelimiter/src/memory.rs",
+            "crates/ratelimiter/src/memory",
             "crates/ratelimiter/src/cache.rs",
             "crates/ratelimiter-dynamodb/src",
         ],

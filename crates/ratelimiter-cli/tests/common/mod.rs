@@ -26,6 +26,28 @@ impl Server {
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
+        Self::start_in(dir, env)
+    }
+
+    /// Stops the server as a person does (SIGTERM), waits for it to exit,
+    /// and starts another in the same folder, on the same store, with
+    /// `env`.
+    pub fn restart(mut self, env: &[(&str, &str)]) -> Self {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exited = self.child.wait().expect("the server exits");
+        assert!(
+            exited.success(),
+            "the server exits cleanly on SIGTERM: {exited}"
+        );
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, env)
+    }
+
+    fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ratelimit"));
         for (name, _) in std::env::vars() {
             if name.starts_with("RATE_LIMIT_") || name.starts_with("AWS_") {

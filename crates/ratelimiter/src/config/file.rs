@@ -52,6 +52,8 @@ pub(super) struct PolicySpec {
     pub(super) failure_mode: Option<FailureMode>,
     pub(super) shadow: Option<bool>,
     pub(super) unit: Option<Spanned<String>>,
+    /// A cap on open connections instead of limits.
+    pub(super) concurrent: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) tier: BTreeMap<Spanned<String>, Spanned<TierSpec>>,
 }
@@ -139,13 +141,17 @@ impl<'a> FileSource<'a> {
                 ));
             }
         };
+        if let Some(concurrent) = &fields.concurrent {
+            return self.cap(name, fields, concurrent, kind, builtin.is_some(), &at);
+        }
         let limits = match (&fields.limits, builtin) {
             (Some(limits), _) => limits.get_ref().clone(),
             (None, Some(builtin)) => builtin.limits().iter().map(|l| l.spec()).collect(),
             (None, None) => {
                 return Err(at(
                     spec.span(),
-                    "missing `limits` (such as limits = [\"100/min\"])".to_owned(),
+                    "missing `limits` (such as limits = [\"100/min\"]) or `concurrent` (a cap on open connections)"
+                        .to_owned(),
                 ));
             }
         };
@@ -182,6 +188,55 @@ impl<'a> FileSource<'a> {
 }
 
 impl FileSource<'_> {
+    /// The cap `name` (`concurrent = N`): no limits, unit or tiers.
+    fn cap(
+        &self,
+        name: &Spanned<String>,
+        fields: &PolicySpec,
+        concurrent: &Spanned<i64>,
+        kind: Kind,
+        builtin: bool,
+        at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+    ) -> Result<Policy, ConfigError> {
+        if builtin {
+            return Err(at(
+                concurrent.span(),
+                "the seed's policies limit rates; give a cap a name of its own".to_owned(),
+            ));
+        }
+        let other = [
+            ("limits", fields.limits.as_ref().map(Spanned::span)),
+            ("unit", fields.unit.as_ref().map(Spanned::span)),
+            ("tiers", fields.tier.keys().next().map(Spanned::span)),
+        ];
+        if let Some((what, Some(span))) = other.into_iter().find(|(_, span)| span.is_some()) {
+            return Err(at(
+                span,
+                format!("a cap (concurrent = N) counts open connections: it takes no {what}"),
+            ));
+        }
+        let n = u32::try_from(*concurrent.get_ref())
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .ok_or_else(|| {
+                at(
+                    concurrent.span(),
+                    format!(
+                        "concurrent must be a whole number from 1 to {}, got {}",
+                        u32::MAX,
+                        concurrent.get_ref()
+                    ),
+                )
+            })?;
+        Policy::concurrent(name.get_ref(), kind, n).map_err(|e| {
+            let span = match e {
+                crate::policy::PolicyError::Name(_) => name.span(),
+                _ => concurrent.span(),
+            };
+            at(span, e.to_string())
+        })
+    }
+
     /// Adds the file's `[connect]` checks to `policies`, which hold the
     /// file's policies already.
     pub(super) fn connect(&self, policies: &mut Policies) -> Result<(), ConfigError> {

@@ -731,6 +731,68 @@ limits = ["10/min", "100/h"]
     }
 
     #[test]
+    fn caps_count_open_connections_and_take_nothing_else() {
+        let config = Config::from_file_text(
+            "limits.toml",
+            "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\nfailure_mode = \"closed\"\n\
+             [connect]\npolicies = [\"open_per_ip\"]\n",
+            |_| None,
+        )
+        .unwrap();
+        let id = config.policies.id("open_per_ip").unwrap();
+        let cap = &config.policies[id];
+        assert_eq!(cap.cap().map(|c| c.concurrent()), Some(2));
+        assert_eq!(cap.unit(), crate::policy::Unit::Connections);
+        assert_eq!(cap.failure_mode(), FailureMode::Closed);
+        assert!(config.policies.connect().every().contains(&id));
+        // An item holding leases outlives them.
+        assert!(config.policies.retention(&Kind::IP) > crate::lease::LEASE_LIFETIME);
+        for (text, line, expect) in [
+            (
+                "[policy.c]\nkey = \"ip\"\nconcurrent = 2\nlimits = [\"1/s\"]\n",
+                4,
+                "it takes no limits",
+            ),
+            (
+                "[policy.c]\nkey = \"ip\"\nconcurrent = 2\nunit = \"bytes\"\n",
+                4,
+                "it takes no unit",
+            ),
+            (
+                "[policy.c]\nkey = \"ip\"\nconcurrent = 2\n[policy.c.tier.pro]\nlimits = [\"1/s\"]\n",
+                4,
+                "it takes no tiers",
+            ),
+            ("[policy.c]\nkey = \"ip\"\nconcurrent = 0\n", 3, "from 1 to"),
+            ("[policy.c]\nkey = \"ip\"\nconcurrent = -3\n", 3, "got -3"),
+            (
+                "[policy.c]\nkey = \"ip\"\nconcurrent = 1001\n",
+                3,
+                "at most 1000",
+            ),
+            ("[policy.heartbeat]\nconcurrent = 2\n", 2, "name of its own"),
+            (
+                "[policy.c]\nkey = \"ip\"\nunit = \"connections\"\nlimits = [\"1/s\"]\n",
+                3,
+                "write concurrent = N",
+            ),
+            (
+                "[policy.c]\nkey = \"ip\"\nconcurrent = 2\n[route.send]\npolicies = [\"c\"]\n",
+                4,
+                "belongs in [connect]",
+            ),
+        ] {
+            let error = Config::from_file_text("limits.toml", text, |_| None).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(expect), "{text}: {message}");
+            assert!(
+                message.contains(&format!("limits.toml:{line}")),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
     fn missing_files_and_short_secrets_are_errors() {
         let err = Config::from_lookup(env(&[("RATE_LIMIT_CONFIG", "/nonexistent/limits.toml")]))
             .unwrap_err()

@@ -16,10 +16,14 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::gcra::{MAX_PERIOD, Quota};
+use crate::gcra::Quota;
 use crate::key::{Kind, NameError, Slot, check_name, shorten};
+use crate::lease::{Cap, LEASE_LIFETIME, MAX_CLOCK_AHEAD, MAX_CONCURRENT};
 
 mod registry;
+mod spec;
+
+pub use spec::{LimitError, LimitSpec};
 
 pub use registry::{
     BUILTINS, Builtin, ConnectChecks, DEFAULT_ROUTE, MAX_ROUTE_POLICIES, Policies, RouteError,
@@ -41,6 +45,9 @@ pub enum Unit {
     /// One byte of the request's content: a route handler charges a
     /// message's size, so a quota bounds bandwidth instead of counts.
     Bytes,
+    /// One open connection: the unit of a cap (`concurrent = N`), which
+    /// only [`Policy::concurrent`] makes.
+    Connections,
 }
 
 impl Unit {
@@ -49,6 +56,7 @@ impl Unit {
         match self {
             Unit::Requests => "requests",
             Unit::Bytes => "bytes",
+            Unit::Connections => "connections",
         }
     }
 }
@@ -60,6 +68,10 @@ impl std::str::FromStr for Unit {
         match s {
             "requests" => Ok(Unit::Requests),
             "bytes" => Ok(Unit::Bytes),
+            "connections" => Err(
+                "unit \"connections\" is a cap's: write concurrent = N instead of limits"
+                    .to_owned(),
+            ),
             other => Err(format!(
                 "unknown unit {:?}: use \"requests\" or \"bytes\"",
                 shorten(other)
@@ -162,98 +174,6 @@ impl Limit {
     }
 }
 
-/// A limit as configuration writes it: `N/PERIOD`, where PERIOD is `s`,
-/// `min`, `h` or `d`, optionally with a count (`10s`, `15min`).
-///
-/// ```
-/// use std::time::Duration;
-/// use ratelimiter::policy::LimitSpec;
-///
-/// let spec: LimitSpec = "3/10s".parse().unwrap();
-/// assert_eq!((spec.count, spec.period), (3, Duration::from_secs(10)));
-/// assert_eq!("100/60s".parse::<LimitSpec>().unwrap().to_string(), "100/min");
-/// assert!("5/fortnight".parse::<LimitSpec>().unwrap_err().to_string().contains("unknown unit"));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LimitSpec {
-    /// Requests per period, which is also the burst.
-    pub count: u32,
-    /// The period.
-    pub period: Duration,
-}
-
-/// Why a limit could not be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LimitError {
-    /// Not of the form `N/PERIOD`.
-    #[error("{0:?} is not a limit: write N/PERIOD, such as 100/min or 3/10s")]
-    Shape(String),
-    /// The count is zero or not a whole number.
-    #[error("{0:?}: the count must be a whole number from 1 to 4294967295")]
-    Count(String),
-    /// The period's unit is not one of `s`, `min`, `h`, `d`.
-    #[error("{0:?}: unknown unit {1:?}; use s, min, h or d, optionally with a count (10s, 15min)")]
-    Unit(String, String),
-    /// The period is outside 1 s to 1 day.
-    #[error("{0:?}: the period must be from 1s to 1d")]
-    Period(String),
-}
-
-const UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)];
-
-impl std::str::FromStr for LimitSpec {
-    type Err = LimitError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let quoted = shorten(text);
-        let (count, period) = text
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| LimitError::Shape(quoted.clone()))?;
-        let count = count
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| LimitError::Count(quoted.clone()))?;
-        let period = period.trim();
-        let digits = period.bytes().take_while(u8::is_ascii_digit).count();
-        let (multiple, unit) = period.split_at(digits);
-        let seconds = UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|(_, seconds)| *seconds)
-            .ok_or_else(|| LimitError::Unit(quoted.clone(), shorten(unit)))?;
-        let multiple = if multiple.is_empty() {
-            1
-        } else {
-            multiple
-                .parse::<u64>()
-                .map_err(|_| LimitError::Period(quoted.clone()))?
-        };
-        let period = Duration::from_secs(multiple.saturating_mul(seconds));
-        if !(MIN_PERIOD..=MAX_PERIOD).contains(&period) {
-            return Err(LimitError::Period(quoted));
-        }
-        Ok(Self { count, period })
-    }
-}
-
-impl fmt::Display for LimitSpec {
-    /// The shortest form: the largest unit that divides the period.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.period.as_secs();
-        let (name, unit) = UNITS
-            .iter()
-            .find(|(_, unit)| secs.is_multiple_of(*unit))
-            .expect("seconds divide every period");
-        match secs / unit {
-            1 => write!(f, "{}/{name}", self.count),
-            n => write!(f, "{}/{n}{name}", self.count),
-        }
-    }
-}
-
 /// A policy's name, shared cheaply by verdicts and errors.
 pub type PolicyName = std::sync::Arc<str>;
 
@@ -267,6 +187,8 @@ pub struct Policy {
     failure_mode: FailureMode,
     shadow: bool,
     unit: Unit,
+    /// A cap on open connections instead of limits.
+    cap: Option<Cap>,
 }
 
 /// Why a policy could not be built.
@@ -287,6 +209,12 @@ pub enum PolicyError {
     /// Two limits with one period.
     #[error("two limits have the same period ({0}); keep one")]
     SamePeriod(String),
+    /// More seats than a cap may have.
+    #[error("a cap may have at most {MAX_CONCURRENT} seats, got {0}: cap a smaller group")]
+    TooManySeats(u32),
+    /// Limits or tiers asked of a cap, which counts open connections.
+    #[error("a cap (concurrent = N) counts open connections: it takes no {0}")]
+    Cap(&'static str),
 }
 
 impl Policy {
@@ -313,6 +241,37 @@ impl Policy {
             failure_mode: FailureMode::default(),
             shadow: false,
             unit: Unit::Requests,
+            cap: None,
+        })
+    }
+
+    /// A cap called `name`: at most `concurrent` open connections per
+    /// identifier of `kind`, each holding a lease from `$connect` to
+    /// `$disconnect` (see [`crate::lease`]).
+    ///
+    /// ```
+    /// use ratelimiter::{Kind, Policy};
+    ///
+    /// let cap = Policy::concurrent("open_per_ip", Kind::IP, 2.try_into()?)?;
+    /// assert_eq!(cap.cap().map(|c| c.concurrent()), Some(2));
+    /// assert!(cap.limits().is_empty());
+    /// assert!(cap.with_tier("pro", &["5/s".parse()?]).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn concurrent(name: &str, kind: Kind, concurrent: NonZeroU32) -> Result<Self, PolicyError> {
+        check_name(name).map_err(PolicyError::Name)?;
+        if concurrent.get() > MAX_CONCURRENT {
+            return Err(PolicyError::TooManySeats(concurrent.get()));
+        }
+        Ok(Self {
+            name: name.into(),
+            kind,
+            limits: Box::new([]),
+            tiers: Vec::new(),
+            failure_mode: FailureMode::default(),
+            shadow: false,
+            unit: Unit::Connections,
+            cap: Some(Cap::new(concurrent, Slot::new(format!("{name}#open")))),
         })
     }
 
@@ -321,6 +280,9 @@ impl Policy {
     /// a caller moved to another tier starts with that tier's buckets full.
     /// A tier given twice keeps the last limits.
     pub fn with_tier(mut self, tier: &str, limits: &[LimitSpec]) -> Result<Self, PolicyError> {
+        if self.cap.is_some() {
+            return Err(PolicyError::Cap("tiers"));
+        }
         check_name(tier).map_err(PolicyError::Tier)?;
         let limits = build_limits(&format!("{}.{tier}", self.name), limits)?;
         self.tiers.retain(|(name, _)| &**name != tier);
@@ -330,6 +292,9 @@ impl Policy {
 
     /// The same policy with `limits` as its default limits.
     pub fn with_limits(mut self, limits: &[LimitSpec]) -> Result<Self, PolicyError> {
+        if self.cap.is_some() {
+            return Err(PolicyError::Cap("limits"));
+        }
         self.limits = build_limits(&self.name, limits)?;
         Ok(self)
     }
@@ -406,6 +371,13 @@ impl Policy {
         self
     }
 
+    /// The cap, for a policy that caps open connections instead of
+    /// limiting a rate; then [`Policy::limits`] is empty.
+    #[inline]
+    pub fn cap(&self) -> Option<&Cap> {
+        self.cap.as_ref()
+    }
+
     /// What one token stands for.
     #[inline]
     pub fn unit(&self) -> Unit {
@@ -430,8 +402,13 @@ impl Policy {
     }
 
     /// The longest time any of the policy's buckets takes to refill: no TAT
-    /// it writes is ever further than this ahead of the write.
+    /// it writes is ever further than this ahead of the write. For a cap,
+    /// the longest a lease lasts.
     pub fn capacity(&self) -> Duration {
+        if self.cap.is_some() {
+            // An item holding a lease must outlive it (see `Store::apply`).
+            return LEASE_LIFETIME + MAX_CLOCK_AHEAD;
+        }
         self.tiers
             .iter()
             .flat_map(|(_, limits)| limits.iter())

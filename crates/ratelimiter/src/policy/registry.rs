@@ -280,6 +280,11 @@ pub enum RouteError {
     /// An id this registry does not have.
     #[error("no policy with id {0:?}")]
     Unknown(PolicyId),
+    /// A cap on a route: it counts open connections, not messages.
+    #[error(
+        "policy {0:?} is a cap (concurrent = N): it counts open connections, so it belongs in [connect], not on a route"
+    )]
+    CapOnRoute(String),
 }
 
 impl Policies {
@@ -308,6 +313,9 @@ impl Policies {
             let policy = self.get(id).ok_or(RouteError::Unknown(id))?;
             if policies[..i].contains(&id) {
                 return Err(RouteError::Duplicate(policy.name().to_owned()));
+            }
+            if policy.cap().is_some() {
+                return Err(RouteError::CapOnRoute(policy.name().to_owned()));
             }
         }
         self.routes.retain(|(name, _)| &**name != action);

@@ -19,7 +19,12 @@ use hashbrown::HashTable;
 
 use crate::gcra::{Nanos, Outcome, Step};
 use crate::key::{Key, OwnedKey, Slot};
+use crate::lease::{Lease, Seats};
 use crate::store::{Applied, Op, Store, StoreError};
+
+mod leases;
+
+use leases::LeaseSet;
 
 /// How long a bucket must have been full before a sweep forgets it.
 /// The margin covers clocks of different threads that disagree slightly.
@@ -62,6 +67,10 @@ struct Shard(RwLock<ShardTable>);
 struct ShardTable {
     entries: HashTable<Entry>,
     sweep_at: usize,
+    /// The caps' leases, one set per key and cap: few, and only ever
+    /// touched under the write lock.
+    leases: HashTable<LeaseSet>,
+    leases_sweep_at: usize,
 }
 
 /// One bucket: four words.
@@ -116,6 +125,8 @@ impl MemoryStore {
                 Shard(RwLock::new(ShardTable {
                     entries: HashTable::new(),
                     sweep_at: MIN_SWEEP_LEN.min(max_keys_per_shard),
+                    leases: HashTable::new(),
+                    leases_sweep_at: MIN_SWEEP_LEN,
                 }))
             })
             .collect();
@@ -379,13 +390,28 @@ impl Store for MemoryStore {
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
+        lease: Option<&Lease<'_>>,
         _retention: Nanos,
         tats: &mut [Nanos],
     ) -> impl Future<Output = Applied> + Send {
+        let (outcome, seats) = match lease {
+            Some(lease) => self.apply_leased(key, ops, lease, tats),
+            None => (self.apply_sync(key, ops, tats), Seats::default()),
+        };
         std::future::ready(Applied {
-            outcome: Ok(self.apply_sync(key, ops, tats)),
+            outcome: Ok(outcome),
             calls: 1,
+            seats,
         })
+    }
+
+    fn release(
+        &self,
+        key: &Key<'_>,
+        lease: &Lease<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.release_sync(key, lease);
+        std::future::ready(Ok(()))
     }
 
     fn refund(

@@ -1,0 +1,101 @@
+//! The `$disconnect` handler: gives back the seats `$connect` took.
+//!
+//! A cap (`concurrent = N`) in `$connect`'s checks holds a seat per open
+//! connection. `$disconnect` releases the connection's seat under every
+//! cap of those checks whose identifier the event carries (the
+//! authorizer's context reaches `$disconnect` as it reached `$connect`):
+//! one DynamoDB call per cap, and none when no cap is configured.
+//! Releasing a seat the connection does not hold (a role's cap it never
+//! took) does nothing.
+//!
+//! API Gateway sends `$disconnect` on a best-effort basis, and ignores its
+//! response. A seat whose release is lost, or fails, ends by itself with
+//! its lease ([`ratelimiter::lease::LEASE_LIFETIME`]).
+
+use std::sync::Arc;
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use lambda_runtime::LambdaEvent;
+use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
+use serde_json::Value;
+
+use crate::event::{self, subjects};
+use crate::response::ok_response;
+
+/// The `$disconnect` handler: create one per container and share it.
+pub struct DisconnectHandler<S, C = SystemClock> {
+    limiter: Arc<RateLimitService<S, C>>,
+    /// Every cap `$connect` may take, whatever the role: computed once.
+    caps: Vec<PolicyId>,
+}
+
+impl<S, C> Clone for DisconnectHandler<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+            caps: self.caps.clone(),
+        }
+    }
+}
+
+impl<S: Store, C: Clock> DisconnectHandler<S, C> {
+    /// A handler on `limiter`.
+    pub fn new(limiter: Arc<RateLimitService<S, C>>) -> Self {
+        let policies = limiter.policies();
+        let checks = policies.connect();
+        let mut caps: Vec<PolicyId> = Vec::new();
+        for &id in [checks.every(), checks.speaker(), checks.listener()]
+            .concat()
+            .iter()
+        {
+            if policies[id].cap().is_some() && !caps.contains(&id) {
+                caps.push(id);
+            }
+        }
+        Self { limiter, caps }
+    }
+
+    /// The caps whose seats a `$disconnect` gives back.
+    pub fn caps(&self) -> &[PolicyId] {
+        &self.caps
+    }
+
+    /// Handles one raw Lambda invocation; a malformed event gets a 400.
+    pub async fn handle(
+        &self,
+        event: LambdaEvent<Value>,
+    ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
+        match event::parse(event.payload) {
+            Ok(request) => Ok(self.handle_event(&request).await),
+            Err(bad) => Ok(bad.reject("$disconnect", self.limiter.now_ms())),
+        }
+    }
+
+    /// Handles one typed `$disconnect` event: always a 200, which API
+    /// Gateway ignores; what could not be released is logged.
+    pub async fn handle_event(
+        &self,
+        event: &ApiGatewayWebsocketProxyRequest,
+    ) -> ApiGatewayProxyResponse {
+        if self.caps.is_empty() {
+            return ok_response();
+        }
+        let Some(holder) = event::holder(event) else {
+            tracing::warn!(
+                "$disconnect event without requestContext.connectionId or connectedAt: no seat released"
+            );
+            return ok_response();
+        };
+        for (id, identifier) in subjects(event, self.limiter.policies(), &self.caps) {
+            let request = Request::from((id, identifier.as_str())).holder(holder);
+            if let Err(error) = self.limiter.release(request).await {
+                tracing::warn!(
+                    policy = self.limiter.policies()[id].name(),
+                    %error,
+                    "could not release a connection's seat; it ends with its lease"
+                );
+            }
+        }
+        ok_response()
+    }
+}

@@ -1,0 +1,100 @@
+//! Two checks in a row with caps among them, as a `$connect` with
+//! `concurrent = N` policies has them: the rates first, then the seats.
+//!
+//! A rate counts attempts, a cap counts what is open: a connection refused
+//! by a full cap still counts against the rates it passed, so a client
+//! retrying against a full cap runs out of connection attempts, and its
+//! next retries are refused by the deny cache at no store call. The caps
+//! themselves are all or nothing: a seat taken under one cap is given back
+//! when another is full. When everything is on one item with one cap (a
+//! listener capped per address), [`RateLimitService::decide_in_turn`]
+//! decides it all in its one call and comes here only when that call was
+//! refused.
+
+use crate::clock::Clock;
+use crate::gcra::Nanos;
+use crate::lease::Lease;
+use crate::service::{RateLimitService, Resolved};
+use crate::store::Store;
+use crate::verdict::{HolderProblem, RateLimitError, Request, Verdict};
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// `first` and `second`'s rates in turn, then their caps, all or
+    /// nothing. `full`, when the caller's store call already found the
+    /// rates within their limits and a cap full, holds that cap's
+    /// refusal: it is not asked again.
+    ///
+    /// A refused cap's verdicts stand in place of the check it is listed
+    /// in; the rates before it stay counted.
+    pub(crate) async fn rates_then_caps(
+        &self,
+        first: &[Request<'_>],
+        second: &[Request<'_>],
+        now: Nanos,
+        full: Option<Vec<Verdict>>,
+    ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
+        let is_cap = |r: &&Request<'_>| self.policy(r.policy).is_ok_and(|p| p.cap().is_some());
+        let (caps1, rates1): (Vec<Request<'_>>, Vec<Request<'_>>) =
+            first.iter().partition(|r| is_cap(r));
+        let (caps2, rates2): (Vec<Request<'_>>, Vec<Request<'_>>) =
+            second.iter().partition(|r| is_cap(r));
+        let (mut v1, v2) = Box::pin(self.in_turn_at(&rates1, &rates2, now)).await?;
+        let Some(mut v2) = v2 else {
+            return Ok((v1, None));
+        };
+        if !v1.iter().all(Verdict::allowed) || !v2.iter().all(Verdict::allowed) {
+            return Ok((v1, Some(v2)));
+        }
+        let calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum();
+        for v in v1.iter_mut().chain(v2.iter_mut()) {
+            v.calls = 0;
+        }
+        let caps: Vec<Request<'_>> = caps1.iter().chain(&caps2).copied().collect();
+        let mut seats = match full {
+            Some(refused) => refused,
+            None => self.all_at(&caps, now).await?,
+        };
+        if seats.iter().all(Verdict::allowed) {
+            let in_second = seats.split_off(caps1.len());
+            v1.extend(seats);
+            v2.extend(in_second);
+        } else {
+            let refused_first = seats
+                .iter()
+                .any(|v| !v.allowed() && caps1.iter().any(|r| r.policy == v.policy));
+            if refused_first {
+                v1 = seats;
+            } else {
+                v2 = seats;
+            }
+        }
+        // Every call is counted once, under the first verdict returned
+        // (there is one: the caps have verdicts).
+        if let Some(v) = v1.first_mut().or(v2.first_mut()) {
+            v.calls += calls;
+        }
+        Ok((v1, Some(v2)))
+    }
+
+    /// The lease `request` takes at `now`, if its policy is a cap.
+    pub(crate) fn lease<'s>(
+        &self,
+        request: &Request<'s>,
+        r: &Resolved<'s>,
+        now: Nanos,
+    ) -> Result<Option<Lease<'s>>, RateLimitError> {
+        let Some(cap) = r.policy.cap() else {
+            return Ok(None);
+        };
+        let problem = |problem| RateLimitError::Holder {
+            policy: r.policy.shared_name().clone(),
+            problem,
+        };
+        let holder = request
+            .holder
+            .ok_or_else(|| problem(HolderProblem::Missing))?;
+        Lease::new(cap, holder, now)
+            .map(Some)
+            .map_err(|e| problem(HolderProblem::Invalid(e)))
+    }
+}
