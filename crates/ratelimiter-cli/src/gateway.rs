@@ -19,7 +19,8 @@
 //!   encoded, so a byte quota counts it.
 //! - `POST /{stage}/@connections/{connectionId}` is the Management API: the
 //!   handlers' unchanged `PostToConnection` calls reach the client; an
-//!   unknown connection gets 410. `DELETE` closes the connection.
+//!   unknown connection gets 410. `GET` answers 200 for an open connection
+//!   (`GetConnection`, which a full cap's repair asks), `DELETE` closes it.
 //! - Frames over 32 KB and messages over 128 KB close the connection with
 //!   code 1009, as API Gateway does.
 //! - A connection that goes away, however it goes (a close frame, a
@@ -49,7 +50,7 @@ use base64::Engine as _;
 use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::policy::DEFAULT_ROUTE;
 use ratelimiter::{RateLimitService, Store};
-use ratelimiter_lambda::connect::ConnectHandler;
+use ratelimiter_lambda::connect::{AcceptAll, ConnectHandler};
 use ratelimiter_lambda::disconnect::DisconnectHandler;
 use ratelimiter_lambda::event;
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
@@ -106,7 +107,7 @@ struct Connection {
 }
 
 struct Gateway<S> {
-    connect: ConnectHandler<S>,
+    connect: ConnectHandler<S, ratelimiter::SystemClock, AcceptAll, ManagementApi>,
     disconnect: DisconnectHandler<S>,
     heartbeat: HeartbeatHandler<S, ManagementApi>,
     message: MessageHandler<S, ManagementApi>,
@@ -139,7 +140,7 @@ pub async fn serve<S: Store + 'static>(
         "http://{address}/{DEFAULT_STAGE}"
     )));
     let gateway = Arc::new(Gateway {
-        connect: ConnectHandler::new(limiter.clone()),
+        connect: ConnectHandler::new(limiter.clone()).with_sender(management.clone()),
         disconnect: DisconnectHandler::new(limiter.clone()),
         heartbeat: HeartbeatHandler::new(limiter.clone(), management.clone()),
         message: MessageHandler::new(limiter, management),
@@ -154,7 +155,9 @@ pub async fn serve<S: Store + 'static>(
         .route("/{stage}", get(upgrade::<S>))
         .route(
             "/{stage}/@connections/{id}",
-            post(post_to_connection::<S>).delete(delete_connection::<S>),
+            post(post_to_connection::<S>)
+                .get(get_connection::<S>)
+                .delete(delete_connection::<S>),
         )
         .with_state(gateway.clone());
     // The first line on stdout says where to connect; tests read it.
@@ -496,6 +499,18 @@ async fn post_to_connection<S: Store + 'static>(
     let text = String::from_utf8_lossy(&body).into_owned();
     if gateway.send(&id, Outgoing::Text(text)) {
         StatusCode::OK.into_response()
+    } else {
+        gone()
+    }
+}
+
+/// `GetConnection`: 200 while the connection is open, else 410.
+async fn get_connection<S: Store + 'static>(
+    State(gateway): State<Arc<Gateway<S>>>,
+    Path((_stage, id)): Path<(String, String)>,
+) -> Response {
+    if gateway.lock().contains_key(&id) {
+        axum::Json(json!({"identity": {}})).into_response()
     } else {
         gone()
     }

@@ -419,3 +419,29 @@ async fn a_cap_is_released_however_a_connection_goes() {
     let fourth = server.connect(ip, None).await;
     assert!(fourth.is_ok(), "{:?}", fourth.err());
 }
+
+/// The Management API's `GetConnection`, through the SDK as the `$connect`
+/// handler asks it: an open connection is there, an unknown one gone.
+#[tokio::test]
+async fn get_connection_tells_open_connections_from_gone_ones() {
+    use ratelimiter_lambda::management::{ConnectionSender, ManagementApi};
+    let server = Server::start(&[]);
+    let endpoint = format!("http://{}/local", server.address);
+    let api = ManagementApi::local(endpoint.clone());
+    assert_eq!(api.gone(&endpoint, "nobody").await, Ok(true));
+    let mut socket = server.connect("127.0.0.71", None).await.unwrap();
+    // The connection's id: API Gateway's answer to a message no route
+    // takes ("Forbidden") names it.
+    send(&mut socket, r#"{"action":"nothing"}"#).await;
+    let answer = next_json(&mut socket).await;
+    let id = answer["connectionId"].as_str().unwrap().to_owned();
+    assert_eq!(api.gone(&endpoint, &id).await, Ok(false));
+    socket.close(None).await.unwrap();
+    for _ in 0..200 {
+        if api.gone(&endpoint, &id).await == Ok(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("a closed connection is never gone");
+}

@@ -651,6 +651,10 @@ impl Store for DynamoDbStore {
         }
     }
 
+    async fn leases(&self, key: &Key<'_>, slot: &Slot) -> Result<Vec<String>, StoreError> {
+        self.get(&key.to_string(), &[], &mut [], Some(slot)).await
+    }
+
     async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
         self.forget(&key.to_string(), lease.slot, vec![lease.member()])
             .await

@@ -383,3 +383,9 @@ async fn conformance_caps_two_containers_never_over_admit() {
     let b = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
     conformance::caps_never_over_admit(vec![a, b], 32).await;
 }
+
+#[tokio::test]
+async fn conformance_caps_on_two_items() {
+    let endpoint = dynoxide().await;
+    conformance::caps_on_two_items(store_with_table(&endpoint).await).await;
+}

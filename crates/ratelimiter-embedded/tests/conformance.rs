@@ -52,6 +52,12 @@ async fn caps() {
     conformance::caps(embedded(&dir).await).await;
 }
 
+#[tokio::test]
+async fn caps_on_two_items() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::caps_on_two_items(embedded(&dir).await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn caps_on_one_data_dir_never_over_admit() {
     let dir = tempfile::tempdir().unwrap();

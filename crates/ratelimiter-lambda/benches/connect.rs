@@ -8,7 +8,11 @@
 //! Each connect comes from a new address (and a new user), so every
 //! decision is allowed and reaches the table, as most connects do. The
 //! `[connect]` rows add a policy per address to everyone's check, from a
-//! configuration file.
+//! configuration file; the `cap` rows a cap of two open connections per
+//! address (`concurrent = 2`) instead. `$disconnect` gives back the seats
+//! of the `listener, cap` row's connections; `listener, full cap` is the
+//! third connection from addresses holding two (refused; the handler has
+//! no Management API, so no repair).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,11 +21,21 @@ use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::{Builder, Config};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 use ratelimiter_lambda::connect::ConnectHandler;
+use ratelimiter_lambda::disconnect::DisconnectHandler;
 use serde_json::{Value, json};
 
 const CONNECTS: usize = 2000;
 
 fn event(ip: &str, user: Option<&str>) -> LambdaEvent<Value> {
+    event_of(ip, user, "L0SM9cOFvHcCIhw=", 1_699_500_123_456)
+}
+
+fn event_of(
+    ip: &str,
+    user: Option<&str>,
+    connection: &str,
+    connected_at: u64,
+) -> LambdaEvent<Value> {
     let authorizer = match user {
         Some(user) => json!({"userId": user}),
         None => json!({}),
@@ -32,12 +46,12 @@ fn event(ip: &str, user: Option<&str>) -> LambdaEvent<Value> {
             "routeKey": "$connect",
             "eventType": "CONNECT",
             "stage": "prod",
-            "connectedAt": 1_699_500_123_456i64,
-            "requestTimeEpoch": 1_699_500_123_456i64,
+            "connectedAt": connected_at,
+            "requestTimeEpoch": connected_at,
             "identity": {"sourceIp": ip},
             "requestId": "r",
             "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-            "connectionId": "L0SM9cOFvHcCIhw=",
+            "connectionId": connection,
             "apiId": "abc123",
             "authorizer": authorizer,
         }
@@ -69,6 +83,16 @@ fn main() {
         .unwrap();
         let configured = Arc::new(Builder::from_config(config).build(second_store));
         let configured_handler = ConnectHandler::new(configured.clone());
+        let capped_config = Config::from_file_text(
+            "bench.toml",
+            "[policy.open]\nkey = \"ip\"\nconcurrent = 2\n[connect]\npolicies = [\"open\"]\n",
+            |_| None,
+        )
+        .unwrap();
+        let third_store = DynamoDbStore::new(configured.store().client().clone(), "RateLimits");
+        let capped = Arc::new(Builder::from_config(capped_config).build(third_store));
+        let capped_handler = ConnectHandler::new(capped.clone());
+        let disconnect = DisconnectHandler::new(capped.clone());
         println!(
             "{:<20} {:>10} {:>10} {:>10}",
             "connect", "calls", "p50 µs", "p99 µs"
@@ -111,5 +135,65 @@ fn main() {
                 latencies[CONNECTS * 99 / 100].as_secs_f64() * 1e6,
             );
         }
+        // Caps: seats taken, given back, and refused.
+        let since = capped.now_ms();
+        let row = |name: &str, calls: u64, latencies: &mut Vec<Duration>| {
+            latencies.sort();
+            println!(
+                "{name:<20} {:>10.2} {:>10.1} {:>10.1}",
+                calls as f64 / CONNECTS as f64,
+                latencies[CONNECTS / 2].as_secs_f64() * 1e6,
+                latencies[CONNECTS * 99 / 100].as_secs_f64() * 1e6,
+            );
+        };
+        for (round, (name, speaker)) in [("listener, cap", false), ("speaker, cap", true)]
+            .into_iter()
+            .enumerate()
+        {
+            let calls_before = capped.store().calls();
+            let mut latencies = Vec::with_capacity(CONNECTS);
+            for i in 0..CONNECTS {
+                let ip = format!("10.{}.{}.{}", 20 + round, i / 256, i % 256);
+                let user = format!("cap-{round}-{i}");
+                let id = format!("{round}-{i}");
+                let event = event_of(&ip, speaker.then_some(user.as_str()), &id, since);
+                let started = Instant::now();
+                let response = capped_handler.handle(event).await.unwrap();
+                latencies.push(started.elapsed());
+                assert_eq!(response.status_code, 200);
+            }
+            row(name, capped.store().calls() - calls_before, &mut latencies);
+        }
+        let calls_before = capped.store().calls();
+        let mut latencies = Vec::with_capacity(CONNECTS);
+        for i in 0..CONNECTS {
+            let ip = format!("10.20.{}.{}", i / 256, i % 256);
+            let mut event = event_of(&ip, None, &format!("0-{i}"), since);
+            event.payload["requestContext"]["routeKey"] = json!("$disconnect");
+            event.payload["requestContext"]["eventType"] = json!("DISCONNECT");
+            let started = Instant::now();
+            let response = disconnect.handle(event).await.unwrap();
+            latencies.push(started.elapsed());
+            assert_eq!(response.status_code, 200);
+        }
+        row("$disconnect", capped.store().calls() - calls_before, &mut latencies);
+        // Two seats taken per address (not measured), then the third.
+        let mut calls = 0;
+        let mut latencies = Vec::with_capacity(CONNECTS);
+        for i in 0..CONNECTS {
+            let ip = format!("10.30.{}.{}", i / 256, i % 256);
+            for n in 0..2 {
+                let event = event_of(&ip, None, &format!("full-{i}-{n}"), since);
+                assert_eq!(capped_handler.handle(event).await.unwrap().status_code, 200);
+            }
+            let calls_before = capped.store().calls();
+            let event = event_of(&ip, None, &format!("full-{i}-2"), since);
+            let started = Instant::now();
+            let response = capped_handler.handle(event).await.unwrap();
+            latencies.push(started.elapsed());
+            calls += capped.store().calls() - calls_before;
+            assert_eq!(response.status_code, 429);
+        }
+        row("listener, full cap", calls, &mut latencies);
     });
 }

@@ -71,6 +71,10 @@ impl ConnectionSender for Posts {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    async fn gone(&self, _: &str, _: &str) -> Result<bool, SendError> {
+        Ok(false)
+    }
 }
 
 fn event(route: &str, connection: &str, user: &str) -> LambdaEvent<Value> {

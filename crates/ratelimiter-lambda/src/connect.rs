@@ -33,6 +33,8 @@ use serde_json::Value;
 
 use crate::event::{self, authorizer_field, source_ip, subjects, user_id};
 use crate::layer::{Refusal, Responder, SeedResponses, refusal, refusal_all};
+use crate::management::{ConnectionSender, ManagementApi};
+use crate::repair;
 use crate::response::{internal_error_response, ok_response};
 
 /// Who is connecting, as the `$connect` handler sees it.
@@ -79,16 +81,20 @@ impl ConnectHook for AcceptAll {
 }
 
 /// The `$connect` handler: create one per container and share it.
-pub struct ConnectHandler<S, C = SystemClock, H = AcceptAll> {
+pub struct ConnectHandler<S, C = SystemClock, H = AcceptAll, N = ManagementApi> {
     limiter: Arc<RateLimitService<S, C>>,
     hook: Arc<H>,
+    /// Asks API Gateway which holders of a full cap are gone; without it,
+    /// a full cap refuses until its seats are released or end.
+    sender: Option<Arc<N>>,
 }
 
-impl<S, C, H> Clone for ConnectHandler<S, C, H> {
+impl<S, C, H, N> Clone for ConnectHandler<S, C, H, N> {
     fn clone(&self) -> Self {
         Self {
             limiter: self.limiter.clone(),
             hook: self.hook.clone(),
+            sender: self.sender.clone(),
         }
     }
 }
@@ -99,16 +105,32 @@ impl<S: Store + 'static, C: Clock + 'static> ConnectHandler<S, C, AcceptAll> {
         Self {
             limiter,
             hook: Arc::new(AcceptAll),
+            sender: None,
         }
     }
 }
 
-impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C, H> {
+impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender>
+    ConnectHandler<S, C, H, N>
+{
     /// The same handler, running `hook` after the limits pass.
-    pub fn with_hook<H2: ConnectHook>(self, hook: H2) -> ConnectHandler<S, C, H2> {
+    pub fn with_hook<H2: ConnectHook>(self, hook: H2) -> ConnectHandler<S, C, H2, N> {
         ConnectHandler {
             limiter: self.limiter,
             hook: Arc::new(hook),
+            sender: self.sender,
+        }
+    }
+
+    /// The same handler, repairing full caps through `sender` (the
+    /// Management API): before a cap refuses, the seats of its holders
+    /// that `GetConnection` finds gone are released, and the seat asked
+    /// for once more. See [`crate::repair`].
+    pub fn with_sender<N2: ConnectionSender>(self, sender: Arc<N2>) -> ConnectHandler<S, C, H, N2> {
+        ConnectHandler {
+            limiter: self.limiter,
+            hook: self.hook,
+            sender: Some(sender),
         }
     }
 
@@ -179,6 +201,26 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook> ConnectHandler<S, C
             Ok(decided) => decided,
             Err(error) => return refusal_all(&self.limiter, lead, Err(error)),
         };
+        let refused = v1
+            .iter()
+            .chain(v2.iter().flatten())
+            .find(|v| !v.allowed())
+            .map(|v| v.policy);
+        if let (Some(policy), Some(sender)) = (refused, &self.sender)
+            && self.limiter.policies()[policy].cap().is_some()
+        {
+            // Only caps refused: the rates before them passed and stay
+            // counted, so only the seats are asked for again.
+            let caps: Vec<Request<'_>> = first
+                .iter()
+                .chain(&second)
+                .filter(|r| self.limiter.policies()[r.policy].cap().is_some())
+                .copied()
+                .collect();
+            if repair::free_gone_seats(&self.limiter, &**sender, event, &caps).await > 0 {
+                return refusal_all(&self.limiter, lead, self.limiter.decide_all(&caps).await);
+            }
+        }
         refusal_all(&self.limiter, lead, Ok(v1))
             .or_else(|| v2.and_then(|v2| refusal_all(&self.limiter, lead, Ok(v2))))
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
-use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
+use ratelimiter::{Clock, Policies, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
 use crate::event::{self, subjects};
@@ -38,20 +38,55 @@ impl<S, C> Clone for DisconnectHandler<S, C> {
     }
 }
 
+/// Every cap `$connect` may take, whatever the role, each once.
+pub fn connect_caps(policies: &Policies) -> Vec<PolicyId> {
+    let checks = policies.connect();
+    let mut caps: Vec<PolicyId> = Vec::new();
+    for &id in [checks.every(), checks.speaker(), checks.listener()]
+        .concat()
+        .iter()
+    {
+        if policies[id].cap().is_some() && !caps.contains(&id) {
+            caps.push(id);
+        }
+    }
+    caps
+}
+
+/// Releases `event`'s connection's seats under `caps`: one store call per
+/// cap whose identifier the event carries; what fails is logged (the seat
+/// then ends with its lease). What `$disconnect` does, and what a handler
+/// does whose post found the connection gone (410).
+pub async fn release_seats<S: Store, C: Clock>(
+    limiter: &RateLimitService<S, C>,
+    caps: &[PolicyId],
+    event: &ApiGatewayWebsocketProxyRequest,
+) {
+    if caps.is_empty() {
+        return;
+    }
+    let Some(holder) = event::holder(event) else {
+        tracing::warn!(
+            "event without requestContext.connectionId or connectedAt: no seat released"
+        );
+        return;
+    };
+    for (id, identifier) in subjects(event, limiter.policies(), caps) {
+        let request = Request::from((id, identifier.as_str())).holder(holder);
+        if let Err(error) = limiter.release(request).await {
+            tracing::warn!(
+                policy = limiter.policies()[id].name(),
+                %error,
+                "could not release a connection's seat; it ends with its lease"
+            );
+        }
+    }
+}
+
 impl<S: Store, C: Clock> DisconnectHandler<S, C> {
     /// A handler on `limiter`.
     pub fn new(limiter: Arc<RateLimitService<S, C>>) -> Self {
-        let policies = limiter.policies();
-        let checks = policies.connect();
-        let mut caps: Vec<PolicyId> = Vec::new();
-        for &id in [checks.every(), checks.speaker(), checks.listener()]
-            .concat()
-            .iter()
-        {
-            if policies[id].cap().is_some() && !caps.contains(&id) {
-                caps.push(id);
-            }
-        }
+        let caps = connect_caps(limiter.policies());
         Self { limiter, caps }
     }
 
@@ -77,25 +112,7 @@ impl<S: Store, C: Clock> DisconnectHandler<S, C> {
         &self,
         event: &ApiGatewayWebsocketProxyRequest,
     ) -> ApiGatewayProxyResponse {
-        if self.caps.is_empty() {
-            return ok_response();
-        }
-        let Some(holder) = event::holder(event) else {
-            tracing::warn!(
-                "$disconnect event without requestContext.connectionId or connectedAt: no seat released"
-            );
-            return ok_response();
-        };
-        for (id, identifier) in subjects(event, self.limiter.policies(), &self.caps) {
-            let request = Request::from((id, identifier.as_str())).holder(holder);
-            if let Err(error) = self.limiter.release(request).await {
-                tracing::warn!(
-                    policy = self.limiter.policies()[id].name(),
-                    %error,
-                    "could not release a connection's seat; it ends with its lease"
-                );
-            }
-        }
+        release_seats(&self.limiter, &self.caps, event).await;
         ok_response()
     }
 }

@@ -14,7 +14,9 @@
 //! - [`layer::RateLimitLayer`]: any policy around any handler;
 //! - [`response`]: the seed's responses as API Gateway proxy responses;
 //! - [`emf`]: CloudWatch metrics, flushed after each invocation;
-//! - [`management`]: `PostToConnection` through the Management API;
+//! - [`management`]: `PostToConnection` and `GetConnection` through the
+//!   Management API;
+//! - [`repair`]: a full cap's seats whose connections are gone, released;
 //! - [`runtime`]: start-up (logging, configuration, clients) for the binaries.
 //!
 //! Handlers are plain async functions of a `LambdaEvent`, so they are tested
@@ -30,6 +32,7 @@ pub mod heartbeat;
 pub mod layer;
 pub mod management;
 pub mod message;
+pub mod repair;
 pub mod response;
 pub mod runtime;
 

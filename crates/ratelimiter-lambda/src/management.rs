@@ -48,23 +48,43 @@ pub trait ConnectionSender: Send + Sync + 'static {
         connection_id: &str,
         data: Vec<u8>,
     ) -> impl Future<Output = Result<(), SendError>> + Send;
+
+    /// Whether `connection_id` is gone: `GetConnection` answers 410. Asked
+    /// of the holders of a full cap, whose seats a lost `$disconnect`
+    /// left taken.
+    fn gone(
+        &self,
+        endpoint: &str,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<bool, SendError>> + Send;
+}
+
+/// What became of a post.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// API Gateway took it.
+    Sent,
+    /// The connection is gone (410): its seats are released
+    /// ([`crate::disconnect::release_seats`]), since its `$disconnect`
+    /// may never come.
+    Gone,
 }
 
 /// Posts `data` to `connection` through `sender`, as a handler does with
 /// an ack or an error body: a connection that is gone (410) is not an
-/// error, since its client cannot read an answer anyway; any other failure
-/// is logged and returned.
+/// error, since its client cannot read an answer anyway, but is said; any
+/// other failure is logged and returned.
 pub(crate) async fn post_to<N: ConnectionSender>(
     sender: &N,
     endpoint: &str,
     connection: &str,
     data: String,
-) -> Result<(), ()> {
+) -> Result<Delivered, ()> {
     match sender.post(endpoint, connection, data.into_bytes()).await {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Delivered::Sent),
         Err(SendError::Gone) => {
             tracing::info!("the connection is gone (410); nothing sent");
-            Ok(())
+            Ok(Delivered::Gone)
         }
         Err(SendError::Failed(error)) => {
             tracing::error!(%error, "could not post to the connection");
@@ -82,7 +102,7 @@ pub(crate) async fn post_refusal<N: ConnectionSender>(
     endpoint: &str,
     connection: &str,
     refused: &Refusal,
-) {
+) -> Delivered {
     if let Refusal::Limited {
         report,
         timestamp_ms,
@@ -91,8 +111,11 @@ pub(crate) async fn post_refusal<N: ConnectionSender>(
     {
         let body = ErrorBody::limited(report, *timestamp_ms).to_json();
         // Whatever happened to it, the 429 goes back to API Gateway.
-        let _ = post_to(sender, endpoint, connection, body).await;
+        return post_to(sender, endpoint, connection, body)
+            .await
+            .unwrap_or(Delivered::Sent);
     }
+    Delivered::Sent
 }
 
 /// The real Management API, one SDK client per endpoint, made once.
@@ -193,6 +216,22 @@ impl ConnectionSender for ManagementApi {
         match result {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_gone_exception() => Err(SendError::Gone),
+            Err(e) => Err(SendError::Failed(
+                aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e).to_string(),
+            )),
+        }
+    }
+
+    async fn gone(&self, endpoint: &str, connection_id: &str) -> Result<bool, SendError> {
+        let result = self
+            .client(endpoint)
+            .get_connection()
+            .connection_id(connection_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(false),
+            Err(SdkError::ServiceError(e)) if e.err().is_gone_exception() => Ok(true),
             Err(e) => Err(SendError::Failed(
                 aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e).to_string(),
             )),

@@ -41,9 +41,10 @@ use ratelimiter::response::ErrorBody;
 use ratelimiter::{Clock, PolicyId, RateLimitError, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
+use crate::disconnect::{connect_caps, release_seats};
 use crate::event::{self, authorizer_field, connection_id, subjects};
 use crate::layer::{Responder, SeedResponses, refusal_all};
-use crate::management::{ConnectionSender, post_refusal, post_to};
+use crate::management::{ConnectionSender, Delivered, post_refusal, post_to};
 use crate::response::{error_response, internal_error_response, ok_response};
 
 /// The code of a message larger than a byte quota's whole bucket.
@@ -188,7 +189,12 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
                 );
                 let now = self.limiter.now_ms();
                 let body = ErrorBody::new(MESSAGE_TOO_LARGE, &message, now).to_json();
-                let _ = post_to(&*self.sender, &endpoint, connection, body).await;
+                if let Ok(Delivered::Gone) =
+                    post_to(&*self.sender, &endpoint, connection, body).await
+                {
+                    release_seats(&self.limiter, &connect_caps(self.limiter.policies()), event)
+                        .await;
+                }
                 return Ok(error_response(413, MESSAGE_TOO_LARGE, &message, now));
             }
             decided => decided,
@@ -197,7 +203,10 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         let Some(refused) = refused else {
             return Ok(self.allowed(event).await);
         };
-        post_refusal(&*self.sender, &endpoint, connection, &refused).await;
+        if post_refusal(&*self.sender, &endpoint, connection, &refused).await == Delivered::Gone {
+            // Its `$disconnect` may never come: its seats go now.
+            release_seats(&self.limiter, &connect_caps(self.limiter.policies()), event).await;
+        }
         Ok(SeedResponses.respond(&refused))
     }
 

@@ -335,6 +335,10 @@ async fn malformed_connect_events_get_a_clear_400() {
 struct Recorder {
     posts: Mutex<Vec<(String, String, Value)>>,
     answer: Mutex<Option<SendError>>,
+    /// The connections `GetConnection` says are gone, and those it was
+    /// asked about.
+    gone: Mutex<Vec<String>>,
+    asked: Mutex<Vec<String>>,
 }
 
 impl ConnectionSender for Recorder {
@@ -353,6 +357,11 @@ impl ConnectionSender for Recorder {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+
+    async fn gone(&self, _: &str, connection_id: &str) -> Result<bool, SendError> {
+        self.asked.lock().unwrap().push(connection_id.to_owned());
+        Ok(self.gone.lock().unwrap().iter().any(|c| c == connection_id))
     }
 }
 
@@ -1101,4 +1110,70 @@ async fn a_cap_refuses_the_third_connection_until_one_disconnects() {
         .remove("connectedAt");
     let response = connect.handle(invoke(no_start)).await.unwrap();
     assert_eq!(response.status_code, 400, "{response:?}");
+}
+
+/// A full cap whose holders' `$disconnect`s were lost: `$connect` asks API
+/// Gateway about them, releases the gone ones' seats and admits the new
+/// connection; one still open keeps its seat. A heartbeat whose post finds
+/// its connection gone releases its seat at once.
+#[tokio::test]
+async fn a_full_cap_releases_the_seats_of_gone_connections() {
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n\
+         [connect]\npolicies = [\"open_per_ip\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let limiter: Limiter = Arc::new(
+        Builder::from_config(config)
+            .clock(FakeClock::at_secs(1_700_000_000))
+            .in_memory(),
+    );
+    let sender = Arc::new(Recorder::default());
+    let connect = ConnectHandler::new(limiter.clone()).with_sender(sender.clone());
+    let event = |connection: &str| {
+        let mut event = connect_event(Some("192.0.2.90"), None);
+        event["requestContext"]["connectionId"] = json!(connection);
+        event["requestContext"]["connectedAt"] = json!(1_700_000_000_000i64);
+        event
+    };
+    for connection in ["c1", "c2"] {
+        let response = connect.handle(invoke(event(connection))).await.unwrap();
+        assert_eq!(response.status_code, 200, "{connection}");
+    }
+    // Both open: the third is refused after asking about both.
+    let refused = connect.handle(invoke(event("c3"))).await.unwrap();
+    assert_rate_limited(&refused, 30);
+    assert_eq!(*sender.asked.lock().unwrap(), ["c1", "c2"]);
+    // c1 went without a $disconnect: its seat is given to c3.
+    sender.gone.lock().unwrap().push("c1".to_owned());
+    let admitted = connect.handle(invoke(event("c3"))).await.unwrap();
+    assert_eq!(admitted.status_code, 200, "{admitted:?}");
+    let seats = |limiter: &Limiter| {
+        let cap = limiter.policy_id("open_per_ip").unwrap();
+        let limiter = limiter.clone();
+        async move {
+            let mut ids: Vec<String> = limiter
+                .seats((cap, "192.0.2.90"))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(seats(&limiter).await, ["c2", "c3"]);
+    // c2's heartbeat finds it gone (410): its seat goes at once.
+    *sender.answer.lock().unwrap() = Some(SendError::Gone);
+    let heartbeat = HeartbeatHandler::new(limiter.clone(), sender.clone());
+    let mut beat = event("c2");
+    beat["requestContext"]["routeKey"] = json!("heartbeat");
+    beat["requestContext"]["eventType"] = json!("MESSAGE");
+    beat["body"] = json!(r#"{"action":"heartbeat"}"#);
+    let response = heartbeat.handle(invoke(beat)).await.unwrap();
+    assert_eq!(response.status_code, 200);
+    assert_eq!(seats(&limiter).await, ["c3"]);
 }

@@ -486,6 +486,10 @@ pub async fn caps<S: Store>(store: S) {
             "{id}: the attempt, the seat and the join in one call"
         );
     }
+    let mut seats = service.seats((cap, ip)).await.unwrap();
+    seats.sort_by(|a, b| a.id.cmp(&b.id));
+    let held: Vec<(&str, u64)> = seats.iter().map(|s| (s.id.as_str(), s.since_ms)).collect();
+    assert_eq!(held, [("c1", since), ("c2", since)]);
     let (first, second) = connect("c3", since);
     let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -519,6 +523,7 @@ pub async fn caps<S: Store>(store: S) {
     assert_eq!(refused.len(), 1, "c2 and c3 hold both seats");
     // Lost releases: the leases end by themselves.
     clock.advance(LEASE_LIFETIME);
+    assert_eq!(service.seats((cap, ip)).await.unwrap(), []);
     let since = service.now_ms();
     for (id, allowed) in [("c5", true), ("c6", true), ("c7", false)] {
         let (first, second) = connect(id, since);
@@ -578,4 +583,71 @@ pub async fn caps_never_over_admit<S: Store + 'static>(stores: Vec<S>, tasks: us
             services[0].release(request).await.unwrap();
         }
     }
+}
+
+/// A cap per address for speakers, whose checks are on two items (the
+/// address and the user): a full cap still counts the attempt and the
+/// session; a refused session gives back the seat taken at once with it.
+pub async fn caps_on_two_items<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service_with(
+        store,
+        &clock,
+        "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 1\n\
+         [policy.session_create]\nlimits = [\"1/h\"]\n\
+         [connect]\npolicies = [\"open_per_ip\"]\n",
+    );
+    let cap = service.policy_id("open_per_ip").unwrap();
+    let since = service.now_ms();
+    let connect = |ip: &'static str, user: &'static str, id: &'static str| {
+        let holder = Holder::new(id, since);
+        (
+            [
+                Request::from((PolicyId::CONNECTION_ATTEMPT, ip)).holder(holder),
+                Request::from((cap, ip)).holder(holder),
+            ],
+            [Request::from((PolicyId::SESSION_CREATE, user)).holder(holder)],
+        )
+    };
+    let refusals = |(v1, v2): (Vec<ratelimiter::Verdict>, Option<Vec<ratelimiter::Verdict>>)| {
+        v1.into_iter()
+            .chain(v2.into_iter().flatten())
+            .filter(|v| !v.allowed())
+            .map(|v| v.policy)
+            .collect::<Vec<_>>()
+    };
+    let (first, second) = connect("198.51.100.30", "u1", "c1");
+    let decided = service.decide_in_turn(&first, &second).await.unwrap();
+    assert_eq!(refusals(decided), []);
+    // The address's one seat is taken: refused by the cap, counted by the
+    // rates.
+    let (first, second) = connect("198.51.100.30", "u2", "c2");
+    let decided = service.decide_in_turn(&first, &second).await.unwrap();
+    assert_eq!(refusals(decided), [cap]);
+    let count = |policy, kind: &'static Kind, id: &'static str| {
+        service.get_rate_limit_status(policy, kind, id)
+    };
+    assert_eq!(
+        count(PolicyId::CONNECTION_ATTEMPT, &Kind::IP, "198.51.100.30")
+            .await
+            .unwrap()
+            .count,
+        2
+    );
+    assert_eq!(
+        count(PolicyId::SESSION_CREATE, &Kind::USER, "u2")
+            .await
+            .unwrap()
+            .count,
+        1
+    );
+    // u1's second session is refused: the seat taken on the other address
+    // at once with it is given back.
+    let (first, second) = connect("198.51.100.31", "u1", "c3");
+    let decided = service.decide_in_turn(&first, &second).await.unwrap();
+    assert_eq!(refusals(decided), [PolicyId::SESSION_CREATE]);
+    assert_eq!(service.seats((cap, "198.51.100.31")).await.unwrap(), []);
+    let seats = service.seats((cap, "198.51.100.30")).await.unwrap();
+    assert_eq!(seats.len(), 1);
+    assert_eq!(seats[0].id, "c1");
 }

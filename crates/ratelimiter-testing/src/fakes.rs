@@ -128,6 +128,13 @@ impl Store for Faulty {
         self.0.memory.refund(key, ops).await
     }
 
+    async fn leases(&self, key: &Key<'_>, slot: &Slot) -> Result<Vec<String>, StoreError> {
+        if self.gone() {
+            return Err(StoreError::new(StoreErrorKind::Timeout, "no answer"));
+        }
+        self.0.memory.leases(key, slot).await
+    }
+
     async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
         if self.gone() {
             return self.failure(StoreErrorKind::Timeout, "no answer");
@@ -188,6 +195,10 @@ impl Store for Slow {
     ) -> Applied {
         self.clock.advance(self.delay);
         self.memory.apply(key, ops, lease, retention, tats).await
+    }
+
+    async fn leases(&self, key: &Key<'_>, slot: &Slot) -> Result<Vec<String>, StoreError> {
+        self.memory.leases(key, slot).await
     }
 
     async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {

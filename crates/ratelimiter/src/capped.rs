@@ -6,7 +6,9 @@
 //! retrying against a full cap runs out of connection attempts, and its
 //! next retries are refused by the deny cache at no store call. The caps
 //! themselves are all or nothing: a seat taken under one cap is given back
-//! when another is full. When everything is on one item with one cap (a
+//! when another is full. The seats are asked for at once with the rates,
+//! and given back when a rate refuses, so that an allowed connection waits
+//! for one round trip. When everything is on one item with one cap (a
 //! listener capped per address), [`RateLimitService::decide_in_turn`]
 //! decides it all in its one call and comes here only when that call was
 //! refused.
@@ -14,6 +16,7 @@
 use crate::clock::Clock;
 use crate::gcra::Nanos;
 use crate::lease::Lease;
+use crate::pair::join;
 use crate::service::{RateLimitService, Resolved};
 use crate::store::Store;
 use crate::verdict::{HolderProblem, RateLimitError, Request, Verdict};
@@ -38,22 +41,55 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             first.iter().partition(|r| is_cap(r));
         let (caps2, rates2): (Vec<Request<'_>>, Vec<Request<'_>>) =
             second.iter().partition(|r| is_cap(r));
-        let (mut v1, v2) = Box::pin(self.in_turn_at(&rates1, &rates2, now)).await?;
-        let Some(mut v2) = v2 else {
-            return Ok((v1, None));
+        let caps: Vec<Request<'_>> = caps1.iter().chain(&caps2).copied().collect();
+        // The seats are asked for at once with the rates, and given back
+        // if a rate refuses: the common case, everything allowed, takes
+        // one round trip.
+        let rates = Box::pin(self.in_turn_at(&rates1, &rates2, now));
+        let (rated, mut seats) = match full {
+            Some(refused) => (rates.await?, refused),
+            None => {
+                let (rated, seats) = join(rates, self.all_at(&caps, now)).await;
+                (rated?, seats?)
+            }
         };
-        if !v1.iter().all(Verdict::allowed) || !v2.iter().all(Verdict::allowed) {
-            return Ok((v1, Some(v2)));
+        let seat_calls: u32 = seats.iter().map(|v| v.calls).sum();
+        for v in &mut seats {
+            v.calls = 0;
         }
-        let calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum();
+        let (mut v1, mut v2) = rated;
+        let rates_allowed = v1.iter().all(Verdict::allowed)
+            && v2
+                .as_ref()
+                .is_some_and(|v2| v2.iter().all(Verdict::allowed));
+        if !rates_allowed {
+            let mut calls = seat_calls;
+            if seats.iter().all(Verdict::allowed) {
+                // Allowed, `seats` holds a verdict per cap, in order.
+                for (cap, verdict) in caps.iter().zip(&seats) {
+                    if verdict.decision.allowed && verdict.degraded.is_none() {
+                        calls += 1;
+                        if let Err(error) = self.release(*cap).await {
+                            // The seat ends with its lease: stricter.
+                            tracing::warn!(%error, "could not give back a refused connection's seat");
+                        }
+                    }
+                }
+            }
+            let lead = match v1.first_mut() {
+                Some(v) => Some(v),
+                None => v2.as_mut().and_then(|v2| v2.first_mut()),
+            };
+            if let Some(v) = lead {
+                v.calls += calls;
+            }
+            return Ok((v1, v2));
+        }
+        let mut v2 = v2.expect("rates allowed in both checks");
+        let calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum::<u32>() + seat_calls;
         for v in v1.iter_mut().chain(v2.iter_mut()) {
             v.calls = 0;
         }
-        let caps: Vec<Request<'_>> = caps1.iter().chain(&caps2).copied().collect();
-        let mut seats = match full {
-            Some(refused) => refused,
-            None => self.all_at(&caps, now).await?,
-        };
         if seats.iter().all(Verdict::allowed) {
             let in_second = seats.split_off(caps1.len());
             v1.extend(seats);

@@ -163,8 +163,10 @@ impl Failures {
         if let Some(cap) = policy.cap() {
             // Seats are not counted here in `local` mode: the release of a
             // seat taken here would reach another process's store, and the
-            // holder would be refused for two hours. Only `closed` refuses.
-            let allowed = mode != FailureMode::Closed;
+            // holder would be refused for two hours. So `local` admits, as
+            // `open` does, and `closed` refuses, as a hot key is (never
+            // failed open: its seats cannot be counted here).
+            let allowed = mode != FailureMode::Closed && !why.is_hot_key();
             let mut decision = cap.decision(Seats::default(), allowed);
             if !allowed {
                 decision.retry_after = Duration::from_secs(1);

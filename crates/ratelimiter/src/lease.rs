@@ -229,6 +229,31 @@ fn expiry(since_ms: u64) -> Nanos {
         .saturating_add(LEASE_LIFETIME.as_nanos() as Nanos)
 }
 
+/// A seat held under a cap, as read back from a store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Seat {
+    /// The holder's id: a connection id.
+    pub id: String,
+    /// When the holder connected, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+}
+
+impl Seat {
+    /// The seat a stored member names (`<since ms>|<id>`), if it names one.
+    pub fn from_member(member: &str) -> Option<Self> {
+        let (since_ms, id) = member.split_once('|')?;
+        Some(Self {
+            id: id.to_owned(),
+            since_ms: since_ms.parse().ok()?,
+        })
+    }
+
+    /// The holder of this seat, to release it.
+    pub fn holder(&self) -> Holder<'_> {
+        Holder::new(&self.id, self.since_ms)
+    }
+}
+
 /// A cap's seats as a store found them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seats {

@@ -202,7 +202,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
 }
 
 /// Polls two futures until both are done: `$connect`'s two decisions at once.
-async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+pub(crate) async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     let mut a = std::pin::pin!(a);
     let mut b = std::pin::pin!(b);
     let (mut ra, mut rb) = (None, None);

@@ -3,7 +3,7 @@
 
 use crate::clock::Clock;
 use crate::gcra::Status;
-use crate::lease::Lease;
+use crate::lease::{Lease, Seat};
 use crate::policy::{Limit, Policy};
 use crate::service::RateLimitService;
 use crate::store::Store;
@@ -127,6 +127,30 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .store
             .release(&key, &Lease::to_release(cap.slot(), holder))
             .await?)
+    }
+}
+
+impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// The live seats of the request's cap for its identifier (its holder
+    /// does not matter): one consistent read. What a full cap's repair
+    /// asks about, to release the seats of connections that are gone.
+    pub async fn seats<'r>(
+        &self,
+        request: impl Into<Request<'r>>,
+    ) -> Result<Vec<Seat>, RateLimitError> {
+        let request = request.into();
+        let policy = self.policy(request.policy)?;
+        let cap = policy
+            .cap()
+            .ok_or_else(|| RateLimitError::NotACap(policy.shared_name().clone()))?;
+        let key = self.key(&request, policy);
+        let now = self.clock.now();
+        let members = self.store.leases(&key, cap.slot()).await?;
+        Ok(members
+            .iter()
+            .filter(|m| Lease::live_at(m, now))
+            .filter_map(|m| Seat::from_member(m))
+            .collect())
     }
 }
 

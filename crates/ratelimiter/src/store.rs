@@ -116,6 +116,15 @@ pub trait Store: Send + Sync {
         tats: &mut [Nanos],
     ) -> impl Future<Output = Applied> + Send;
 
+    /// The members of the lease set `slot` of `key`'s item, read
+    /// consistently, as [`Lease::member`] names them: ended ones included
+    /// (the caller skips them with [`Lease::live_at`]).
+    fn leases(
+        &self,
+        key: &Key<'_>,
+        slot: &Slot,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// Gives back `lease`'s seat, if it is held; releasing a lease that is
     /// not held does nothing.
     fn release(

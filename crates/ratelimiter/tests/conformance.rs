@@ -56,3 +56,8 @@ async fn caps_never_over_admit() {
     let store = Faulty::default();
     conformance::caps_never_over_admit(vec![store.clone(), store], 32).await;
 }
+
+#[tokio::test]
+async fn caps_on_two_items() {
+    conformance::caps_on_two_items(MemoryStore::new()).await;
+}

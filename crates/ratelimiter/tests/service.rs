@@ -1129,3 +1129,30 @@ async fn caps_fail_by_their_mode_and_report_concurrent_requests() {
         assert_eq!(verdict.degraded, Some(Degradation::Timeout), "{mode}");
     }
 }
+
+/// A throttled key is never failed open: its cap refuses, whatever the
+/// mode, since its seats cannot be counted in this process.
+#[tokio::test]
+async fn a_cap_on_a_hot_key_refuses() {
+    use ratelimiter::lease::Holder;
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let store = Faulty::default();
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.open]\nkey = \"ip\"\nconcurrent = 2\n",
+        |_| None,
+    )
+    .unwrap();
+    let service = Builder::from_config(config)
+        .clock(clock.clone())
+        .failure_mode(FailureMode::Open)
+        .build(store.clone());
+    let cap = service.policy_id("open").unwrap();
+    store.throttle(Some("ip#203.0.113.2"));
+    let verdict = service
+        .decide(Request::from((cap, "203.0.113.2")).holder(Holder::new("c", 1_700_000_000_000)))
+        .await
+        .unwrap();
+    assert_eq!(verdict.degraded, Some(Degradation::Throttled));
+    assert!(!verdict.allowed(), "{verdict:?}");
+}

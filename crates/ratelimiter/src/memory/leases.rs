@@ -94,6 +94,18 @@ impl MemoryStore {
         (Outcome::Allowed, seats.taking())
     }
 
+    /// [`Store::leases`], synchronously.
+    pub fn leases_sync(&self, key: &Key<'_>, slot: &crate::key::Slot) -> Vec<String> {
+        let place = self.place(key, slot);
+        let table = super::read(&self.shards[place.shard]);
+        table
+            .leases
+            .find(place.hash, |s| s.tag == place.tag && key.matches(&s.key))
+            .map_or_else(Vec::new, |set| {
+                set.members.iter().map(|m| m.to_string()).collect()
+            })
+    }
+
     /// [`Store::release`], synchronously.
     pub fn release_sync(&self, key: &Key<'_>, lease: &Lease<'_>) {
         let place = self.place(key, lease.slot);

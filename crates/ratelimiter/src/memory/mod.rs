@@ -405,6 +405,14 @@ impl Store for MemoryStore {
         })
     }
 
+    fn leases(
+        &self,
+        key: &Key<'_>,
+        slot: &Slot,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        std::future::ready(Ok(self.leases_sync(key, slot)))
+    }
+
     fn release(
         &self,
         key: &Key<'_>,

@@ -1,0 +1,74 @@
+//! Repairing a full cap: seats whose `$disconnect` never came.
+//!
+//! API Gateway sends `$disconnect` on a best-effort basis, so a cap can be
+//! full of seats whose connections are gone; their leases end by
+//! themselves (`ratelimiter::lease::LEASE_LIFETIME`), but a user would be
+//! refused until then. So before `$connect` refuses on a full cap, it asks
+//! API Gateway about the cap's holders (`GetConnection`, oldest first, at
+//! most [`MAX_CHECKED`]), releases the seats of those that are gone (410),
+//! and, if any was, asks for the seat once more.
+//!
+//! It costs nothing while a cap has room. A refused connection costs one
+//! read of the seats, up to [`MAX_CHECKED`] `GetConnection` calls, and one
+//! release per gone holder: only when the cap is full, and the rate checks
+//! before the cap (counted even when it refuses) bound how often.
+
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use ratelimiter::{Clock, RateLimitService, Request, Store};
+
+use crate::management::{ConnectionSender, SendError};
+
+/// The most holders one repair asks about.
+pub const MAX_CHECKED: usize = 10;
+
+/// Releases the seats of `caps`' holders that API Gateway says are gone
+/// (the connection of `event` aside); how many it released.
+pub async fn free_gone_seats<S: Store, C: Clock, N: ConnectionSender>(
+    limiter: &RateLimitService<S, C>,
+    sender: &N,
+    event: &ApiGatewayWebsocketProxyRequest,
+    caps: &[Request<'_>],
+) -> u32 {
+    let endpoint = match sender.endpoint(event) {
+        Ok(endpoint) => endpoint,
+        Err(bad) => {
+            tracing::warn!(%bad, "cannot ask API Gateway about a full cap's holders");
+            return 0;
+        }
+    };
+    let own = event.request_context.connection_id.as_deref();
+    let mut released = 0;
+    for cap in caps {
+        let policy = limiter.policies()[cap.policy].name();
+        let mut seats = match limiter.seats(*cap).await {
+            Ok(seats) => seats,
+            Err(error) => {
+                tracing::warn!(policy, %error, "cannot read a full cap's seats");
+                continue;
+            }
+        };
+        // The oldest are the likeliest to have lost their `$disconnect`.
+        seats.sort_by_key(|seat| seat.since_ms);
+        for seat in seats
+            .iter()
+            .filter(|seat| Some(seat.id.as_str()) != own)
+            .take(MAX_CHECKED)
+        {
+            match sender.gone(&endpoint, &seat.id).await {
+                Ok(true) => match limiter.release(cap.holder(seat.holder())).await {
+                    Ok(()) => released += 1,
+                    Err(error) => tracing::warn!(policy, %error, "cannot release a gone seat"),
+                },
+                Ok(false) => {}
+                Err(SendError::Gone) => {}
+                Err(SendError::Failed(error)) => {
+                    tracing::warn!(policy, %error, "GetConnection failed; the seat stays");
+                }
+            }
+        }
+        if released > 0 {
+            tracing::info!(policy, released, "released the seats of gone connections");
+        }
+    }
+    released
+}
