@@ -4,6 +4,10 @@
 //!
 //! `cargo bench -p ratelimiter-lambda --bench startup`
 //!
+//! `connect, caps` is the `connect` binary with a configuration that caps
+//! open connections per address, so that it also builds its Management
+//! API client (to repair full caps).
+//!
 //! The binaries are the bench profile's (the release settings) unless
 //! `LAMBDA_BIN_DIR` names a folder with other builds, such as the shipped
 //! ones: `cargo build --profile lambda -p ratelimiter-lambda --bins`, then
@@ -16,12 +20,16 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 40;
 
-fn time_to_ready(binary: &str) -> Duration {
+fn time_to_ready(binary: &str, config: Option<&str>) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
+    let mut command = Command::new(binary);
+    command.env_clear();
+    if let Some(config) = config {
+        command.env("RATE_LIMIT_CONFIG", config);
+    }
     let started = Instant::now();
-    let mut child = Command::new(binary)
-        .env_clear()
+    let mut child = command
         .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
@@ -54,28 +62,53 @@ fn time_to_ready(binary: &str) -> Duration {
 fn main() {
     println!("binary       min ms   p50 ms   p90 ms   max ms  (of {RUNS} starts)");
     let dir = std::env::var("LAMBDA_BIN_DIR").ok();
-    for (name, built) in [
-        ("connect", env!("CARGO_BIN_EXE_connect")),
-        ("heartbeat", env!("CARGO_BIN_EXE_heartbeat")),
-        ("message", env!("CARGO_BIN_EXE_message")),
+    let caps = std::env::temp_dir().join(format!("startup-caps-{}.toml", std::process::id()));
+    std::fs::write(
+        &caps,
+        "[policy.open]\nkey = \"ip\"\nconcurrent = 2\n[connect]\npolicies = [\"open\"]\n",
+    )
+    .unwrap();
+    let caps = caps.to_str().unwrap().to_owned();
+    for (name, file, built, config) in [
+        ("connect", "connect", env!("CARGO_BIN_EXE_connect"), None),
+        (
+            "connect, caps",
+            "connect",
+            env!("CARGO_BIN_EXE_connect"),
+            Some(caps.as_str()),
+        ),
+        (
+            "disconnect",
+            "disconnect",
+            env!("CARGO_BIN_EXE_disconnect"),
+            None,
+        ),
+        (
+            "heartbeat",
+            "heartbeat",
+            env!("CARGO_BIN_EXE_heartbeat"),
+            None,
+        ),
+        ("message", "message", env!("CARGO_BIN_EXE_message"), None),
     ] {
         // Relative to the workspace, where the command is documented to run.
         let binary = match &dir {
-            Some(dir) => format!("{}/../../{dir}/{name}", env!("CARGO_MANIFEST_DIR")),
+            Some(dir) => format!("{}/../../{dir}/{file}", env!("CARGO_MANIFEST_DIR")),
             None => built.to_owned(),
         };
         let size = std::fs::metadata(&binary).unwrap().len();
         println!("{name}: {binary} ({size} bytes)");
-        time_to_ready(&binary); // warm the page cache
-        let mut times: Vec<Duration> = (0..RUNS).map(|_| time_to_ready(&binary)).collect();
+        time_to_ready(&binary, config); // warm the page cache
+        let mut times: Vec<Duration> = (0..RUNS).map(|_| time_to_ready(&binary, config)).collect();
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{name:<10} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            "{name:<14} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             ms(times[0]),
             ms(times[RUNS / 2]),
             ms(times[RUNS * 9 / 10]),
             ms(times[RUNS - 1]),
         );
     }
+    let _ = std::fs::remove_file(&caps);
 }

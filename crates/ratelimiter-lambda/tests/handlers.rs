@@ -1052,10 +1052,9 @@ async fn connect_checks_from_the_file_come_after_the_seeds_per_role() {
     assert_eq!(status(PolicyId::LISTENER_JOIN).await.unwrap().count, 1);
 }
 
-/// A cap of two open connections per address: the third is refused with
-/// the cap's numbers, and `$disconnect` gives a seat back.
-#[tokio::test]
-async fn a_cap_refuses_the_third_connection_until_one_disconnects() {
+/// A limiter with a cap of two open connections per address, checked at
+/// every `$connect`.
+fn capped_limiter() -> Limiter {
     let config = Config::from_file_text(
         "limits.toml",
         "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n\
@@ -1063,11 +1062,18 @@ async fn a_cap_refuses_the_third_connection_until_one_disconnects() {
         |_| None,
     )
     .unwrap();
-    let limiter: Limiter = Arc::new(
+    Arc::new(
         Builder::from_config(config)
             .clock(FakeClock::at_secs(1_700_000_000))
             .in_memory(),
-    );
+    )
+}
+
+/// A cap of two open connections per address: the third is refused with
+/// the cap's numbers, and `$disconnect` gives a seat back.
+#[tokio::test]
+async fn a_cap_refuses_the_third_connection_until_one_disconnects() {
+    let limiter = capped_limiter();
     let (connect, disconnect) = (
         ConnectHandler::new(limiter.clone()),
         DisconnectHandler::new(limiter.clone()),
@@ -1118,18 +1124,7 @@ async fn a_cap_refuses_the_third_connection_until_one_disconnects() {
 /// its connection gone releases its seat at once.
 #[tokio::test]
 async fn a_full_cap_releases_the_seats_of_gone_connections() {
-    let config = Config::from_file_text(
-        "limits.toml",
-        "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n\
-         [connect]\npolicies = [\"open_per_ip\"]\n",
-        |_| None,
-    )
-    .unwrap();
-    let limiter: Limiter = Arc::new(
-        Builder::from_config(config)
-            .clock(FakeClock::at_secs(1_700_000_000))
-            .in_memory(),
-    );
+    let limiter = capped_limiter();
     let sender = Arc::new(Recorder::default());
     let connect = ConnectHandler::new(limiter.clone()).with_sender(sender.clone());
     let event = |connection: &str| {

@@ -3,10 +3,9 @@
 //! shard a request touches, so that the seat and the request's buckets
 //! change together.
 
-use std::sync::RwLockWriteGuard;
 use std::sync::atomic::Ordering;
 
-use super::{Entry, MIN_SWEEP_LEN, MemoryStore, Place, ShardTable, write};
+use super::{Entry, Locked, MIN_SWEEP_LEN, MemoryStore, Place, ShardTable, write};
 use crate::gcra::{Nanos, Outcome};
 use crate::key::{Key, OwnedKey};
 use crate::lease::{Lease, Seats};
@@ -33,27 +32,19 @@ impl MemoryStore {
         let set_place = self.place(key, lease.slot);
         let mut shards: Vec<usize> = places.iter().map(|p| p.shard).collect();
         shards.push(set_place.shard);
-        shards.sort_unstable();
-        shards.dedup();
-        let mut tables: Vec<RwLockWriteGuard<'_, ShardTable>> =
-            shards.iter().map(|&i| write(&self.shards[i])).collect();
-        let at = |shard: usize| {
-            shards
-                .iter()
-                .position(|&i| i == shard)
-                .expect("every shard involved is locked")
-        };
+        let mut locked = Locked::new(self, shards);
         let found = |e: &Entry, place: &Place| e.tag == place.tag && key.matches(&e.key);
         let mut allowed = true;
         for ((op, place), tat) in ops.iter().zip(&places).zip(tats.iter_mut()) {
-            *tat = tables[at(place.shard)]
+            *tat = locked
+                .table(place.shard)
                 .entries
                 .find(place.hash, |e| found(e, place))
                 .map_or(0, |e| e.tat.load(Ordering::Acquire));
             allowed &= op.step.apply(*tat).0 == Outcome::Allowed;
         }
         let same_set = |s: &LeaseSet| s.tag == set_place.tag && key.matches(&s.key);
-        let set_table = &mut *tables[at(set_place.shard)];
+        let set_table = locked.table(set_place.shard);
         let seats = match set_table.leases.find_mut(set_place.hash, same_set) {
             Some(set) => {
                 // Forgetting an ended lease changes no decision.
@@ -85,7 +76,7 @@ impl MemoryStore {
         for ((op, place), tat) in ops.iter().zip(&places).zip(tats.iter_mut()) {
             let (_, new) = op.step.apply(*tat);
             *tat = new;
-            let table = &mut *tables[at(place.shard)];
+            let table = locked.table(place.shard);
             match table.entries.find(place.hash, |e| found(e, place)) {
                 Some(entry) => entry.tat.store(new, Ordering::Release),
                 None => self.insert(table, *place, key, new, op.step.now()),

@@ -199,22 +199,11 @@ impl MemoryStore {
             return outcome;
         }
         let places: Vec<Place> = ops.iter().map(|op| self.place(key, op.slot)).collect();
-        let mut shards: Vec<usize> = places.iter().map(|p| p.shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        // Write locks on every shard involved, in shard order (so that two
-        // such requests cannot deadlock), keep every other writer out.
-        let mut tables: Vec<RwLockWriteGuard<'_, ShardTable>> =
-            shards.iter().map(|&i| write(&self.shards[i])).collect();
-        let at = |shard: usize| {
-            shards
-                .iter()
-                .position(|&i| i == shard)
-                .expect("every shard involved is locked")
-        };
+        let mut locked = Locked::new(self, places.iter().map(|p| p.shard).collect());
         let mut allowed = true;
         for ((op, place), tat) in ops.iter().zip(&places).zip(tats.iter_mut()) {
-            *tat = tables[at(place.shard)]
+            *tat = locked
+                .table(place.shard)
                 .entries
                 .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
                 .map_or(0, |e| e.tat.load(Ordering::Acquire));
@@ -227,7 +216,7 @@ impl MemoryStore {
             // Every step was allowed above, on these very TATs.
             let (_, new) = op.step.apply(*tat);
             *tat = new;
-            let table = &mut *tables[at(place.shard)];
+            let table = locked.table(place.shard);
             match table
                 .entries
                 .find(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
@@ -352,6 +341,33 @@ impl MemoryStore {
         table.sweep_at = (table.entries.len() * 2)
             .max(MIN_SWEEP_LEN)
             .min(self.max_keys_per_shard);
+    }
+}
+
+/// The write locks of every shard a request touches, taken in shard order
+/// (so that two such requests cannot deadlock): every other writer is
+/// kept out of them until it is dropped.
+struct Locked<'a> {
+    shards: Vec<usize>,
+    tables: Vec<RwLockWriteGuard<'a, ShardTable>>,
+}
+
+impl<'a> Locked<'a> {
+    fn new(store: &'a MemoryStore, mut shards: Vec<usize>) -> Self {
+        shards.sort_unstable();
+        shards.dedup();
+        let tables = shards.iter().map(|&i| write(&store.shards[i])).collect();
+        Self { shards, tables }
+    }
+
+    /// The table of `shard`, which must be one of those locked.
+    fn table(&mut self, shard: usize) -> &mut ShardTable {
+        let at = self
+            .shards
+            .iter()
+            .position(|&i| i == shard)
+            .expect("every shard involved is locked");
+        &mut self.tables[at]
     }
 }
 
