@@ -44,10 +44,27 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let caps: Vec<Request<'_>> = caps1.iter().chain(&caps2).copied().collect();
         // The seats are asked for at once with the rates, and given back
         // if a rate refuses: the common case, everything allowed, takes
-        // one round trip.
+        // one round trip. Not when this process knows a rate refuses: then
+        // the rates alone, from its cache, at no call.
+        let rate_plans = rates1
+            .iter()
+            .chain(&rates2)
+            .map(|r| self.plan(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
         let rates = Box::pin(self.in_turn_at(&rates1, &rates2, now));
         let (rated, mut seats) = match full {
             Some(refused) => (rates.await?, refused),
+            None if self.known_denied(&rate_plans) => {
+                let rated = rates.await?;
+                let (v1, v2) = &rated;
+                let allowed = v1.iter().chain(v2.iter().flatten()).all(Verdict::allowed);
+                let seats = if allowed && v2.is_some() {
+                    self.all_at(&caps, now).await?
+                } else {
+                    Vec::new()
+                };
+                (rated, seats)
+            }
             None => {
                 let (rated, seats) = join(rates, self.all_at(&caps, now)).await;
                 (rated?, seats?)

@@ -433,14 +433,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         plans2: &[Plan<'_>],
         now: Nanos,
     ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
-        let known_denied = self.cache.as_ref().is_some_and(|cache| {
-            plans1.iter().any(|plan| {
-                let mut ops = plan.ops.clone();
-                let mut tats = vec![0; ops.len()];
-                cache.denies(&plan.resolved.key, &mut ops, &mut tats)
-            })
-        });
-        if known_denied {
+        if self.known_denied(plans1) {
             return self.one_then_other(first, second, now).await;
         }
         let (v1, v2) = join(self.all_at(first, now), self.all_at(second, now)).await;

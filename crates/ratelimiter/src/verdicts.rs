@@ -19,6 +19,22 @@ pub(crate) struct Plan<'s> {
 }
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
+    /// Whether this process's deny cache already refuses one of `plans`:
+    /// a store call for them would be made in vain.
+    pub(crate) fn known_denied<'a, 'p: 'a>(
+        &self,
+        plans: impl IntoIterator<Item = &'a Plan<'p>>,
+    ) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        plans.into_iter().any(|plan| {
+            let mut ops = plan.ops.clone();
+            let mut tats = vec![0; ops.len()];
+            cache.denies(&plan.resolved.key, &mut ops, &mut tats)
+        })
+    }
+
     /// The verdicts of the plans whose own steps are refused on `tats`
     /// (their share of `ops`), or whose lease does not fit in `seats`:
     /// what refused the item.

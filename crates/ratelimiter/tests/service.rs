@@ -1156,3 +1156,56 @@ async fn a_cap_on_a_hot_key_refuses() {
     assert_eq!(verdict.degraded, Some(Degradation::Throttled));
     assert!(!verdict.allowed(), "{verdict:?}");
 }
+
+/// A client hammering `$connect` once its attempts are spent: with a cap
+/// among the checks, a denial this process knows still costs no call, and
+/// takes no seat (on one item, as a listener's, or two, as a speaker's).
+#[tokio::test]
+async fn a_known_denial_with_a_cap_costs_no_call() {
+    use ratelimiter::lease::Holder;
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let store = Faulty::default();
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.open]\nkey = \"ip\"\nconcurrent = 5\n\
+         [policy.connection_attempt]\nlimits = [\"1/min\"]\n\
+         [connect]\npolicies = [\"open\"]\n",
+        |_| None,
+    )
+    .unwrap();
+    let service = Builder::from_config(config)
+        .clock(clock.clone())
+        .build(store.clone());
+    let cap = service.policy_id("open").unwrap();
+    for (i, user) in [None, None, Some("u1"), Some("u2")].into_iter().enumerate() {
+        let id = format!("c{i}");
+        let holder = Holder::new(&id, 1_700_000_000_000);
+        let first = [
+            Request::from((PolicyId::CONNECTION_ATTEMPT, "203.0.113.9")).holder(holder),
+            Request::from((cap, "203.0.113.9")).holder(holder),
+        ];
+        let second = [match user {
+            Some(user) => Request::from((PolicyId::SESSION_CREATE, user)),
+            None => Request::from((PolicyId::LISTENER_JOIN, "203.0.113.9")),
+        }
+        .holder(holder)];
+        let before = store.calls();
+        let (v1, v2) = service.decide_in_turn(&first, &second).await.unwrap();
+        let calls = store.calls() - before;
+        if i == 0 {
+            assert!(v1.iter().all(Verdict::allowed) && v2.is_some(), "{v1:?}");
+            continue;
+        }
+        // The second attempt goes to the store; the container then knows.
+        assert!(!v1.iter().all(Verdict::allowed), "{i}: {v1:?}");
+        if i > 1 {
+            assert_eq!(calls, 0, "{i}: a known denial asks nothing");
+        }
+    }
+    let seats = service.seats((cap, "203.0.113.9")).await.unwrap();
+    assert_eq!(
+        seats.len(),
+        1,
+        "only the first connection holds a seat: {seats:?}"
+    );
+}
