@@ -367,17 +367,31 @@ impl DynamoDbStore {
             .chain(lease.map(Lease::expires))
             .fold(now.saturating_add(retention), Nanos::max);
         let mut first_call = true;
+        // The lease to add: none once its holder is found to hold it
+        // already, whose seats are then kept here.
+        let mut taking = lease;
+        let mut held: Option<Seats> = None;
         loop {
+            if let (Some(seats), true) = (held, ops.is_empty()) {
+                // Nothing to write: the holder has its seat.
+                return Ok((Outcome::Allowed, seats));
+            }
             *calls += 1;
             let result = self
-                .update(&pk, ops, lease, now, first_call, keep_until, tats)
+                .update(&pk, ops, taking, now, first_call, keep_until, tats)
                 .await?;
             first_call = false;
             let members = match result {
                 UpdateResult::Written { members } => {
-                    let seats = lease.map_or_else(Seats::default, |lease| {
-                        lease.seats(members.iter().map(String::as_str))
-                    });
+                    let seats = match (taking, held) {
+                        (Some(lease), _) => Seats {
+                            // The condition said it was not held before.
+                            fresh: true,
+                            ..lease.seats(members.iter().map(String::as_str))
+                        },
+                        (None, Some(seats)) => seats,
+                        (None, None) => Seats::default(),
+                    };
                     return Ok((Outcome::Allowed, seats));
                 }
                 UpdateResult::Rejected {
@@ -392,15 +406,23 @@ impl DynamoDbStore {
                     self.get(&pk, &slots, tats, lease.map(|l| l.slot)).await?
                 }
             };
-            let seats = lease.map_or_else(Seats::default, |lease| {
-                lease.seats(members.iter().map(String::as_str))
-            });
+            let seats = match (lease, held) {
+                (_, Some(seats)) => seats,
+                (Some(lease), None) => lease.seats(members.iter().map(String::as_str)),
+                (None, None) => Seats::default(),
+            };
             let denied = ops
                 .iter()
                 .zip(tats.iter())
                 .any(|(op, &tat)| op.step.apply(tat).0 == Outcome::Denied);
             if denied || lease.is_some_and(|lease| !lease.fits(seats)) {
                 return Ok((Outcome::Denied, seats));
+            }
+            if taking.is_some() && seats.mine {
+                // Asked again by its holder: the seat is there already;
+                // the steps alone are written (a rare path: one more call).
+                taking = None;
+                held = Some(seats);
             }
             if *calls >= MAX_CALLS_PER_DECISION - 1 {
                 return Err(StoreError::new(
@@ -410,7 +432,7 @@ impl DynamoDbStore {
                     ),
                 ));
             }
-            if let Some(lease) = lease {
+            if let Some(lease) = taking {
                 // The set is full of leases that ended: forget those (the
                 // write's condition counts every member), then try again.
                 let ended: Vec<String> = members
@@ -513,12 +535,14 @@ impl DynamoDbStore {
         }
         set.push_str("#ttl = :ttl");
         if let Some(lease) = lease {
-            // The seat: taken if the set has room for one more, or holds
-            // this lease already (the same connection asking again).
+            // The seat: taken if the set has room for one more and does
+            // not hold this lease already (the same connection asking
+            // again, which the caller then learns from the old item).
             if !condition.is_empty() {
                 condition.push_str(" AND ");
             }
-            condition.push_str("(attribute_not_exists(#l) OR size(#l) < :cap OR contains(#l, :m))");
+            condition
+                .push_str("NOT contains(#l, :m) AND (attribute_not_exists(#l) OR size(#l) < :cap)");
             set.push_str(" ADD #l :lm");
             let member = lease.member();
             request = request

@@ -444,6 +444,7 @@ pub async fn checks_in_turn<S: Store>(store: S) {
 /// The configuration of the cap scenarios: two open connections per
 /// address, checked at every `$connect`.
 const CAP_FILE: &str = "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n\
+                        [policy.hourly_user]\nkey = \"user\"\nlimits = [\"1/h\"]\n\
                         [connect]\npolicies = [\"open_per_ip\"]\n";
 
 /// A cap of two open connections per address beside the seed's checks (a
@@ -477,15 +478,34 @@ pub async fn caps<S: Store>(store: S) {
             .collect();
         (refused, calls)
     };
-    for id in ["c1", "c1", "c2"] {
+    for (id, new) in [("c1", true), ("c1", false), ("c2", true)] {
         let (first, second) = connect(id, since);
         let (refused, calls) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
         assert!(refused.is_empty(), "{id}: {refused:?}");
-        assert_eq!(
-            calls, 1,
-            "{id}: the attempt, the seat and the join in one call"
-        );
+        if new {
+            assert_eq!(
+                calls, 1,
+                "{id}: the attempt, the seat and the join in one call"
+            );
+        }
     }
+    // c1 asking again, in an action another item refuses: the seat it
+    // held before is not given back with the refusal.
+    let hourly = service.policy_id("hourly_user").unwrap();
+    let again = [
+        Request::from((cap, ip)).holder(Holder::new("c1", since)),
+        Request::from((hourly, "someone")),
+    ];
+    assert!(
+        service
+            .decide_all(&again)
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.allowed())
+    );
+    let refused = service.decide_all(&again).await.unwrap();
+    assert_eq!((refused.len(), refused[0].policy), (1, hourly));
     let mut seats = service.seats((cap, ip)).await.unwrap();
     seats.sort_by(|a, b| a.id.cmp(&b.id));
     let held: Vec<(&str, u64)> = seats.iter().map(|s| (s.id.as_str(), s.since_ms)).collect();
@@ -586,8 +606,9 @@ pub async fn caps_never_over_admit<S: Store + 'static>(stores: Vec<S>, tasks: us
 }
 
 /// A cap per address for speakers, whose checks are on two items (the
-/// address and the user): a full cap still counts the attempt and the
-/// session; a refused session gives back the seat taken at once with it.
+/// address and the user): allowed, a call per item; a full cap still
+/// counts the attempt and the session; a refused session gives back the
+/// seat taken at once with it.
 pub async fn caps_on_two_items<S: Store>(store: S) {
     let clock = clock_now();
     let service = service_with(
@@ -618,6 +639,13 @@ pub async fn caps_on_two_items<S: Store>(store: S) {
     };
     let (first, second) = connect("198.51.100.30", "u1", "c1");
     let decided = service.decide_in_turn(&first, &second).await.unwrap();
+    let calls: u32 = decided
+        .0
+        .iter()
+        .chain(decided.1.iter().flatten())
+        .map(|v| v.calls)
+        .sum();
+    assert_eq!(calls, 2, "a call per item, the seat with the attempt");
     assert_eq!(refusals(decided), []);
     // The address's one seat is taken: refused by the cap, counted by the
     // rates.

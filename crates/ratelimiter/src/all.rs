@@ -210,7 +210,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                         verdicts: self.verdicts(plans, &ops, &tats, Outcome::Allowed, seats),
                         allowed: true,
                         taken: ops,
-                        leases: lease.copied().into_iter().collect(),
+                        // A seat its holder had already stays with it.
+                        leases: lease.copied().into_iter().filter(|_| seats.fresh).collect(),
                     },
                     Outcome::Denied => Decided {
                         verdicts: self.refused(plans, &ops, &tats, seats),
@@ -264,7 +265,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 // shadow policy's would-be denial, nor a failure mode's.
                 if verdict.decision.allowed && verdict.degraded.is_none() {
                     taken.extend(plan.ops.iter().copied());
-                    leases.extend(plan.lease);
+                    leases.extend(plan.lease.filter(|_| verdict.fresh_seat));
                 }
                 verdicts.push(verdict);
                 continue;

@@ -11,7 +11,10 @@
 //! for one round trip. When everything is on one item with one cap (a
 //! listener capped per address), [`RateLimitService::decide_in_turn`]
 //! decides it all in its one call and comes here only when that call was
-//! refused.
+//! refused. On several items (a speaker: its address and its user), each
+//! check goes in its items' calls at once, seats included
+//! ([`RateLimitService::caps_apart`]), and only a refusal costs more: what
+//! was taken is given back and the checks are decided again, rates first.
 
 use crate::clock::Clock;
 use crate::gcra::Nanos;
@@ -20,6 +23,7 @@ use crate::pair::join;
 use crate::service::{RateLimitService, Resolved};
 use crate::store::Store;
 use crate::verdict::{HolderProblem, RateLimitError, Request, Verdict};
+use crate::verdicts::Plan;
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// `first` and `second`'s rates in turn, then their caps, all or
@@ -84,7 +88,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             if seats.iter().all(Verdict::allowed) {
                 // Allowed, `seats` holds a verdict per cap, in order.
                 for (cap, verdict) in caps.iter().zip(&seats) {
-                    if verdict.decision.allowed && verdict.degraded.is_none() {
+                    // A seat its holder had already stays with it.
+                    if verdict.fresh_seat {
                         calls += 1;
                         if let Err(error) = self.release(*cap).await {
                             // The seat ends with its lease: stricter.
@@ -127,6 +132,52 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             v.calls += calls;
         }
         Ok((v1, Some(v2)))
+    }
+
+    /// Two checks on several items with caps among them, optimistically:
+    /// each check all or nothing, both at once, a seat in the call of the
+    /// item it shares with its check's rates, so that an allowed speaker
+    /// capped per address costs a call per item. If anything refused, what
+    /// was taken is given back and [`RateLimitService::rates_then_caps`]
+    /// decides again with the exact order (rates first, then seats).
+    pub(crate) async fn caps_apart(
+        &self,
+        first: &[Request<'_>],
+        plans1: &[Plan<'_>],
+        second: &[Request<'_>],
+        plans2: &[Plan<'_>],
+        now: Nanos,
+    ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
+        let (v1, v2) = join(self.all_at(first, now), self.all_at(second, now)).await;
+        let (v1, v2) = (v1?, v2?);
+        let allowed = |v: &[Verdict]| v.iter().all(Verdict::allowed);
+        if allowed(&v1) && allowed(&v2) {
+            return Ok((v1, Some(v2)));
+        }
+        let mut calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum();
+        for (verdicts, plans) in [(&v1, plans1), (&v2, plans2)] {
+            if !allowed(verdicts) {
+                // A refused check took nothing.
+                continue;
+            }
+            // Allowed, `verdicts` holds one per request, in order.
+            for (plan, verdict) in plans.iter().zip(verdicts) {
+                if verdict.decision.allowed && verdict.degraded.is_none() {
+                    let fresh = plan.lease.filter(|_| verdict.fresh_seat);
+                    let leases: Vec<_> = fresh.into_iter().collect();
+                    calls += self.give_back(plan, &plan.ops, &leases).await;
+                }
+            }
+        }
+        let (mut v1, mut v2) = self.rates_then_caps(first, second, now, None).await?;
+        let lead = match v1.first_mut() {
+            Some(v) => Some(v),
+            None => v2.as_mut().and_then(|v2| v2.first_mut()),
+        };
+        if let Some(v) = lead {
+            v.calls += calls;
+        }
+        Ok((v1, v2))
     }
 
     /// The lease `request` takes at `now`, if its policy is a cap.

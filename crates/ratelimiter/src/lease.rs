@@ -262,18 +262,26 @@ pub struct Seats {
     pub held: u32,
     /// Whether the request's own lease is among them.
     pub mine: bool,
+    /// Whether this request took the seat, which its holder did not hold
+    /// before: only such a seat is given back when the request is refused
+    /// as a whole (a holder asking again keeps the seat it had).
+    pub fresh: bool,
 }
 
 impl Seats {
-    /// The seats after `lease` took its seat in these.
+    /// The seats after `lease` took its seat in these (found before it).
     #[must_use]
     pub fn taking(self) -> Self {
         if self.mine {
-            self
+            Self {
+                fresh: false,
+                ..self
+            }
         } else {
             Self {
                 held: self.held + 1,
                 mine: true,
+                fresh: true,
             }
         }
     }
@@ -312,26 +320,24 @@ mod tests {
         let lease = Lease::new(&cap, Holder::new("me", 1_700_000_000_000), now).unwrap();
         let old = format!("{}|gone", 1_700_000_000_000_u64 - 3 * 3600 * 1000);
         let seats = lease.seats(["1699999999000|other", old.as_str()]);
-        assert_eq!(
-            seats,
-            Seats {
-                held: 1,
-                mine: false
-            }
-        );
+        let found = Seats {
+            held: 1,
+            mine: false,
+            fresh: false,
+        };
+        assert_eq!(seats, found);
         assert!(lease.fits(seats));
         let full = lease.seats(["1699999999000|a", "1699999999001|b"]);
         assert!(!lease.fits(full));
         let again = lease.seats(["1699999999000|a", "1700000000000|me"]);
         assert!(lease.fits(again), "a holder keeps its own seat");
-        assert_eq!(again.taking(), again);
-        assert_eq!(
-            seats.taking(),
-            Seats {
-                held: 2,
-                mine: true
-            }
-        );
+        assert_eq!(again.taking(), again, "asked again: not fresh");
+        let taken = Seats {
+            held: 2,
+            mine: true,
+            fresh: true,
+        };
+        assert_eq!(seats.taking(), taken);
     }
 
     #[test]

@@ -319,6 +319,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         };
         if permit == Permit::Skip {
             if lease.is_some() {
+                let apart = !one_item && !plans1.is_empty() && !plans2.is_empty();
+                if apart && !self.known_denied(all.iter().copied()) {
+                    return self.caps_apart(first, &plans1, second, &plans2, now).await;
+                }
                 return self.rates_then_caps(first, second, now, None).await;
             }
             if one_item || plans1.is_empty() || plans2.is_empty() {
@@ -448,7 +452,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             // Allowed, `v2` holds a verdict per request, in order.
             for (plan, verdict) in plans2.iter().zip(&v2) {
                 if verdict.decision.allowed && verdict.degraded.is_none() {
-                    let leases: Vec<_> = plan.lease.into_iter().collect();
+                    let fresh = plan.lease.filter(|_| verdict.fresh_seat);
+                    let leases: Vec<_> = fresh.into_iter().collect();
                     v1[0].calls += self.give_back(plan, &plan.ops, &leases).await;
                 }
             }

@@ -190,6 +190,9 @@ pub struct Verdict {
     /// The policy's name, kept for a denial only: what [`Denied`] says.
     /// An allowed verdict does not pay for it.
     name: Option<PolicyName>,
+    /// For a cap: whether this decision took a seat its holder did not hold
+    /// before, the only kind a refused action gives back.
+    pub(crate) fresh_seat: bool,
 }
 
 impl Verdict {
@@ -252,6 +255,7 @@ impl Verdict {
             calls: 0,
             cached: false,
             name: None,
+            fresh_seat: false,
         }
     }
 

@@ -118,7 +118,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         seats: Seats,
     ) -> Verdict {
         let verdict = match r.policy.cap() {
-            Some(cap) => Verdict::single(r.id, cap.decision(seats, outcome == Outcome::Allowed)),
+            Some(cap) => {
+                let allowed = outcome == Outcome::Allowed;
+                let mut verdict = Verdict::single(r.id, cap.decision(seats, allowed));
+                verdict.fresh_seat = allowed && seats.fresh;
+                verdict
+            }
             None => Verdict::from_ops(r.id, r.limits, ops, tats, outcome),
         };
         self.settle(verdict, r.policy)
