@@ -313,6 +313,26 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         })
     }
 
+    /// Gives back what a check of `plans` took, if it was allowed (a
+    /// refused check took nothing): each stored (not degraded) decision's
+    /// tokens, and the seats it took; the calls that cost. `verdicts` are
+    /// the check's, one per plan when allowed.
+    pub(crate) async fn give_back_check(&self, plans: &[Plan<'_>], verdicts: &[Verdict]) -> u32 {
+        if !verdicts.iter().all(Verdict::allowed) {
+            return 0;
+        }
+        let mut calls = 0;
+        for (plan, verdict) in plans.iter().zip(verdicts) {
+            if verdict.decision.allowed && verdict.degraded.is_none() {
+                // A seat its holder had already stays with it.
+                let fresh = plan.lease.filter(|_| verdict.fresh_seat);
+                let leases: Vec<_> = fresh.into_iter().collect();
+                calls += self.give_back(plan, &plan.ops, &leases).await;
+            }
+        }
+        calls
+    }
+
     /// Gives back `taken` and `leases` on `plan`'s item, for an action
     /// refused after they were taken; the calls that cost.
     pub(crate) async fn give_back(

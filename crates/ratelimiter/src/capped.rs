@@ -155,20 +155,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return Ok((v1, Some(v2)));
         }
         let mut calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum();
-        for (verdicts, plans) in [(&v1, plans1), (&v2, plans2)] {
-            if !allowed(verdicts) {
-                // A refused check took nothing.
-                continue;
-            }
-            // Allowed, `verdicts` holds one per request, in order.
-            for (plan, verdict) in plans.iter().zip(verdicts) {
-                if verdict.decision.allowed && verdict.degraded.is_none() {
-                    let fresh = plan.lease.filter(|_| verdict.fresh_seat);
-                    let leases: Vec<_> = fresh.into_iter().collect();
-                    calls += self.give_back(plan, &plan.ops, &leases).await;
-                }
-            }
-        }
+        calls += self.give_back_check(plans1, &v1).await;
+        calls += self.give_back_check(plans2, &v2).await;
         let (mut v1, mut v2) = self.rates_then_caps(first, second, now, None).await?;
         let lead = match v1.first_mut() {
             Some(v) => Some(v),

@@ -448,16 +448,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // A refused first takes nothing from the second: what it took is
         // given back; its calls were made for this decision.
         v1[0].calls += v2.iter().map(|v| v.calls).sum::<u32>();
-        if v2.iter().all(Verdict::allowed) {
-            // Allowed, `v2` holds a verdict per request, in order.
-            for (plan, verdict) in plans2.iter().zip(&v2) {
-                if verdict.decision.allowed && verdict.degraded.is_none() {
-                    let fresh = plan.lease.filter(|_| verdict.fresh_seat);
-                    let leases: Vec<_> = fresh.into_iter().collect();
-                    v1[0].calls += self.give_back(plan, &plan.ops, &leases).await;
-                }
-            }
-        }
+        v1[0].calls += self.give_back_check(plans2, &v2).await;
         Ok((v1, None))
     }
 }
