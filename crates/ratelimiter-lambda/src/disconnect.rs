@@ -10,8 +10,11 @@
 //!
 //! API Gateway sends `$disconnect` on a best-effort basis, and ignores its
 //! response. A seat whose release is lost, or fails, ends by itself with
-//! its lease ([`ratelimiter::lease::LEASE_LIFETIME`]).
+//! its lease ([`ratelimiter::lease::LEASE_LIFETIME`]). The application's
+//! own cleanup (leaving a session) goes in a [`DisconnectHook`], which runs
+//! after the seats are given back, whatever became of them.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
@@ -22,18 +25,44 @@ use serde_json::Value;
 use crate::event::{self, subjects};
 use crate::response::ok_response;
 
+/// The application's logic when a connection goes. An error is logged;
+/// API Gateway ignores `$disconnect`'s response anyway.
+pub trait DisconnectHook: Send + Sync + 'static {
+    /// Runs once per `$disconnect`, after the connection's seats are given
+    /// back.
+    fn on_disconnect(
+        &self,
+        event: &ApiGatewayWebsocketProxyRequest,
+    ) -> impl Future<Output = Result<(), lambda_runtime::Error>> + Send;
+}
+
+/// The default hook: nothing to clean up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NothingToClean;
+
+impl DisconnectHook for NothingToClean {
+    async fn on_disconnect(
+        &self,
+        _: &ApiGatewayWebsocketProxyRequest,
+    ) -> Result<(), lambda_runtime::Error> {
+        Ok(())
+    }
+}
+
 /// The `$disconnect` handler: create one per container and share it.
-pub struct DisconnectHandler<S, C = SystemClock> {
+pub struct DisconnectHandler<S, C = SystemClock, H = NothingToClean> {
     limiter: Arc<RateLimitService<S, C>>,
     /// Every cap `$connect` may take, whatever the role: computed once.
     caps: Vec<PolicyId>,
+    hook: Arc<H>,
 }
 
-impl<S, C> Clone for DisconnectHandler<S, C> {
+impl<S, C, H> Clone for DisconnectHandler<S, C, H> {
     fn clone(&self) -> Self {
         Self {
             limiter: self.limiter.clone(),
             caps: self.caps.clone(),
+            hook: self.hook.clone(),
         }
     }
 }
@@ -84,10 +113,25 @@ pub async fn release_seats<S: Store, C: Clock>(
 }
 
 impl<S: Store, C: Clock> DisconnectHandler<S, C> {
-    /// A handler on `limiter`.
+    /// A handler on `limiter`, with nothing of the application's to run.
     pub fn new(limiter: Arc<RateLimitService<S, C>>) -> Self {
         let caps = connect_caps(limiter.policies());
-        Self { limiter, caps }
+        Self {
+            limiter,
+            caps,
+            hook: Arc::new(NothingToClean),
+        }
+    }
+}
+
+impl<S: Store, C: Clock, H: DisconnectHook> DisconnectHandler<S, C, H> {
+    /// The same handler, running `hook` after the seats are given back.
+    pub fn with_hook<H2: DisconnectHook>(self, hook: H2) -> DisconnectHandler<S, C, H2> {
+        DisconnectHandler {
+            limiter: self.limiter,
+            caps: self.caps,
+            hook: Arc::new(hook),
+        }
     }
 
     /// The caps whose seats a `$disconnect` gives back.
@@ -107,12 +151,16 @@ impl<S: Store, C: Clock> DisconnectHandler<S, C> {
     }
 
     /// Handles one typed `$disconnect` event: always a 200, which API
-    /// Gateway ignores; what could not be released is logged.
+    /// Gateway ignores; what could not be released, and a failing hook,
+    /// are logged.
     pub async fn handle_event(
         &self,
         event: &ApiGatewayWebsocketProxyRequest,
     ) -> ApiGatewayProxyResponse {
         release_seats(&self.limiter, &self.caps, event).await;
+        if let Err(error) = self.hook.on_disconnect(event).await {
+            tracing::error!(%error, "the $disconnect hook failed");
+        }
         ok_response()
     }
 }

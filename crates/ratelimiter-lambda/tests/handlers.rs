@@ -8,7 +8,7 @@ use aws_lambda_events::encodings::Body;
 use lambda_runtime::{Context, LambdaEvent};
 use ratelimiter::{Builder, Config, FakeClock, Kind, MemoryStore, PolicyId, RateLimitService};
 use ratelimiter_lambda::connect::{ConnectHandler, ConnectHook, Role};
-use ratelimiter_lambda::disconnect::DisconnectHandler;
+use ratelimiter_lambda::disconnect::{DisconnectHandler, DisconnectHook};
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::layer::{RateLimitLayer, Refusal, Subject};
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
@@ -1171,4 +1171,55 @@ async fn a_full_cap_releases_the_seats_of_gone_connections() {
     let response = heartbeat.handle(invoke(beat)).await.unwrap();
     assert_eq!(response.status_code, 200);
     assert_eq!(seats(&limiter).await, ["c3"]);
+}
+
+/// The application's cleanup runs on `$disconnect`, once the seat is given
+/// back; a failing hook is logged and the answer is still a 200.
+#[tokio::test]
+async fn the_disconnect_hook_runs_after_the_seats_are_given_back() {
+    struct Cleanup {
+        limiter: Limiter,
+        seen: Mutex<Vec<(String, usize)>>,
+        fail: bool,
+    }
+    /// The hook, shared with the test that reads what it saw.
+    struct Shared(Arc<Cleanup>);
+    impl DisconnectHook for Shared {
+        async fn on_disconnect(
+            &self,
+            event: &ApiGatewayWebsocketProxyRequest,
+        ) -> Result<(), lambda_runtime::Error> {
+            let this = &self.0;
+            let cap = this.limiter.policy_id("open_per_ip").unwrap();
+            let held = this.limiter.seats((cap, "192.0.2.95")).await?.len();
+            let id = event.request_context.connection_id.clone().unwrap();
+            this.seen.lock().unwrap().push((id, held));
+            if this.fail {
+                return Err("the session store is down".into());
+            }
+            Ok(())
+        }
+    }
+    let limiter = capped_limiter();
+    let connect = ConnectHandler::new(limiter.clone());
+    let event = |connection: &str, route: &str| {
+        let mut event = connect_event(Some("192.0.2.95"), None);
+        event["requestContext"]["connectionId"] = json!(connection);
+        event["requestContext"]["connectedAt"] = json!(1_700_000_000_000i64);
+        event["requestContext"]["routeKey"] = json!(route);
+        invoke(event)
+    };
+    for fail in [false, true] {
+        let cleanup = Arc::new(Cleanup {
+            limiter: limiter.clone(),
+            seen: Mutex::default(),
+            fail,
+        });
+        let disconnect = DisconnectHandler::new(limiter.clone()).with_hook(Shared(cleanup.clone()));
+        let response = connect.handle(event("c1", "$connect")).await.unwrap();
+        assert_eq!(response.status_code, 200);
+        let response = disconnect.handle(event("c1", "$disconnect")).await.unwrap();
+        assert_eq!(response.status_code, 200, "fail: {fail}");
+        assert_eq!(*cleanup.seen.lock().unwrap(), [("c1".to_owned(), 0)]);
+    }
 }
