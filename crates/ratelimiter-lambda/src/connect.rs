@@ -87,6 +87,8 @@ pub struct ConnectHandler<S, C = SystemClock, H = AcceptAll, N = ManagementApi> 
     /// Asks API Gateway which holders of a full cap are gone; without it,
     /// a full cap refuses until its seats are released or end.
     sender: Option<Arc<N>>,
+    /// The holders found open lately, not asked about again.
+    verified: Arc<repair::Verified>,
 }
 
 impl<S, C, H, N> Clone for ConnectHandler<S, C, H, N> {
@@ -95,6 +97,7 @@ impl<S, C, H, N> Clone for ConnectHandler<S, C, H, N> {
             limiter: self.limiter.clone(),
             hook: self.hook.clone(),
             sender: self.sender.clone(),
+            verified: self.verified.clone(),
         }
     }
 }
@@ -106,6 +109,7 @@ impl<S: Store + 'static, C: Clock + 'static> ConnectHandler<S, C, AcceptAll> {
             limiter,
             hook: Arc::new(AcceptAll),
             sender: None,
+            verified: Arc::default(),
         }
     }
 }
@@ -119,6 +123,7 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
             limiter: self.limiter,
             hook: Arc::new(hook),
             sender: self.sender,
+            verified: self.verified,
         }
     }
 
@@ -131,6 +136,7 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
             limiter: self.limiter,
             hook: self.hook,
             sender: Some(sender),
+            verified: self.verified,
         }
     }
 
@@ -217,7 +223,10 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
                 .filter(|r| self.limiter.policies()[r.policy].cap().is_some())
                 .copied()
                 .collect();
-            if repair::free_gone_seats(&self.limiter, &**sender, event, &caps).await > 0 {
+            let freed =
+                repair::free_gone_seats(&self.limiter, &**sender, &self.verified, event, &caps)
+                    .await;
+            if freed > 0 {
                 return refusal_all(&self.limiter, lead, self.limiter.decide_all(&caps).await);
             }
         }

@@ -11,7 +11,13 @@
 //! It costs nothing while a cap has room. A refused connection costs one
 //! read of the seats, up to [`MAX_CHECKED`] `GetConnection` calls, and one
 //! release per gone holder: only when the cap is full, and the rate checks
-//! before the cap (counted even when it refuses) bound how often.
+//! before the cap (counted even when it refuses) bound how often. A holder
+//! found open is not asked about again for [`RECHECK_AFTER_MS`] by the same
+//! container ([`Verified`]), so a client retrying against a cap full of
+//! open connections costs the read alone.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use ratelimiter::{Clock, RateLimitService, Request, Store};
@@ -21,11 +27,50 @@ use crate::management::{ConnectionSender, SendError};
 /// The most holders one repair asks about.
 pub const MAX_CHECKED: usize = 10;
 
+/// How long a holder found open is not asked about again, in milliseconds.
+pub const RECHECK_AFTER_MS: u64 = 60_000;
+
+/// The most holders a container remembers as open.
+const MAX_VERIFIED: usize = 10_000;
+
+/// The holders this container found open, and when (milliseconds by the
+/// limiter's clock). Bounded: when full, the entries past
+/// [`RECHECK_AFTER_MS`] go, and if none did, all of them (asking again is
+/// only a cost).
+#[derive(Debug, Default)]
+pub struct Verified(Mutex<HashMap<String, u64>>);
+
+impl Verified {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `id` was found open less than [`RECHECK_AFTER_MS`] ago.
+    fn recent(&self, id: &str, now_ms: u64) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|&at| now_ms < at.saturating_add(RECHECK_AFTER_MS))
+    }
+
+    fn found_open(&self, id: &str, now_ms: u64) {
+        let mut open = self.lock();
+        if open.len() >= MAX_VERIFIED {
+            open.retain(|_, at| now_ms < at.saturating_add(RECHECK_AFTER_MS));
+            if open.len() >= MAX_VERIFIED {
+                open.clear();
+            }
+        }
+        open.insert(id.to_owned(), now_ms);
+    }
+}
+
 /// Releases the seats of `caps`' holders that API Gateway says are gone
-/// (the connection of `event` aside); how many it released.
+/// (the connection of `event` aside, and those `verified` lately); how
+/// many it released.
 pub async fn free_gone_seats<S: Store, C: Clock, N: ConnectionSender>(
     limiter: &RateLimitService<S, C>,
     sender: &N,
+    verified: &Verified,
     event: &ApiGatewayWebsocketProxyRequest,
     caps: &[Request<'_>],
 ) -> u32 {
@@ -49,9 +94,10 @@ pub async fn free_gone_seats<S: Store, C: Clock, N: ConnectionSender>(
         };
         // The oldest are the likeliest to have lost their `$disconnect`.
         seats.sort_by_key(|seat| seat.since_ms);
+        let now_ms = limiter.now_ms();
         for seat in seats
             .iter()
-            .filter(|seat| Some(seat.id.as_str()) != own)
+            .filter(|seat| Some(seat.id.as_str()) != own && !verified.recent(&seat.id, now_ms))
             .take(MAX_CHECKED)
         {
             match sender.gone(&endpoint, &seat.id).await {
@@ -59,7 +105,7 @@ pub async fn free_gone_seats<S: Store, C: Clock, N: ConnectionSender>(
                     Ok(()) => released += 1,
                     Err(error) => tracing::warn!(policy, %error, "cannot release a gone seat"),
                 },
-                Ok(false) => {}
+                Ok(false) => verified.found_open(&seat.id, now_ms),
                 Err(SendError::Gone) => {}
                 Err(SendError::Failed(error)) => {
                     tracing::warn!(policy, %error, "GetConnection failed; the seat stays");

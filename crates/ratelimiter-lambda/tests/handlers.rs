@@ -1055,6 +1055,11 @@ async fn connect_checks_from_the_file_come_after_the_seeds_per_role() {
 /// A limiter with a cap of two open connections per address, checked at
 /// every `$connect`.
 fn capped_limiter() -> Limiter {
+    capped_limiter_on(&FakeClock::at_secs(1_700_000_000))
+}
+
+/// [`capped_limiter`], on `clock`.
+fn capped_limiter_on(clock: &FakeClock) -> Limiter {
     let config = Config::from_file_text(
         "limits.toml",
         "[policy.open_per_ip]\nkey = \"ip\"\nconcurrent = 2\n\
@@ -1064,7 +1069,7 @@ fn capped_limiter() -> Limiter {
     .unwrap();
     Arc::new(
         Builder::from_config(config)
-            .clock(FakeClock::at_secs(1_700_000_000))
+            .clock(clock.clone())
             .in_memory(),
     )
 }
@@ -1124,7 +1129,8 @@ async fn a_cap_refuses_the_third_connection_until_one_disconnects() {
 /// its connection gone releases its seat at once.
 #[tokio::test]
 async fn a_full_cap_releases_the_seats_of_gone_connections() {
-    let limiter = capped_limiter();
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let limiter = capped_limiter_on(&clock);
     let sender = Arc::new(Recorder::default());
     let connect = ConnectHandler::new(limiter.clone()).with_sender(sender.clone());
     let event = |connection: &str| {
@@ -1141,8 +1147,14 @@ async fn a_full_cap_releases_the_seats_of_gone_connections() {
     let refused = connect.handle(invoke(event("c3"))).await.unwrap();
     assert_rate_limited(&refused, 30);
     assert_eq!(*sender.asked.lock().unwrap(), ["c1", "c2"]);
-    // c1 went without a $disconnect: its seat is given to c3.
+    // c1 went without a $disconnect, but it was found open a moment ago:
+    // not asked about again for a minute.
     sender.gone.lock().unwrap().push("c1".to_owned());
+    let refused = connect.handle(invoke(event("c3"))).await.unwrap();
+    assert_rate_limited(&refused, 30);
+    assert_eq!(sender.asked.lock().unwrap().len(), 2);
+    // A minute on, c1 is asked about again, and its seat given to c3.
+    clock.advance(std::time::Duration::from_secs(61));
     let admitted = connect.handle(invoke(event("c3"))).await.unwrap();
     assert_eq!(admitted.status_code, 200, "{admitted:?}");
     let seats = |limiter: &Limiter| {
