@@ -700,7 +700,7 @@ fn status_shows_every_limit_of_a_policy() {
 }
 
 #[test]
-fn caps_are_listed_with_their_seats_and_have_no_status() {
+fn caps_are_listed_with_their_seats_and_their_status() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("limits.toml"),
@@ -733,7 +733,13 @@ fn caps_are_listed_with_their_seats_and_have_no_status() {
         json(&listed)["connect"]["every"],
         serde_json::json!(["connection_attempt", "open_per_ip"])
     );
+    // A cap's status: its seats held, out of N; reset gives them back.
     let status = with_config(&["status", "open_per_ip", "192.0.2.1"]);
-    assert_eq!(code(&status), 3);
-    assert!(stderr(&status).contains("is a cap"), "{}", stderr(&status));
+    assert_eq!(code(&status), 0, "{}", stderr(&status));
+    assert_eq!(
+        (&json(&status)["count"], &json(&status)["limit"]),
+        (&serde_json::json!(0), &serde_json::json!(2))
+    );
+    let reset = with_config(&["reset", "open_per_ip", "192.0.2.1"]);
+    assert_eq!(code(&reset), 0, "{}", stderr(&reset));
 }

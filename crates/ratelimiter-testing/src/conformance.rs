@@ -510,6 +510,8 @@ pub async fn caps<S: Store>(store: S) {
     seats.sort_by(|a, b| a.id.cmp(&b.id));
     let held: Vec<(&str, u64)> = seats.iter().map(|s| (s.id.as_str(), s.since_ms)).collect();
     assert_eq!(held, [("c1", since), ("c2", since)]);
+    let status = service.status((cap, ip)).await.unwrap();
+    assert_eq!((status[0].count, status[0].limit), (2, 2));
     let (first, second) = connect("c3", since);
     let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -550,6 +552,12 @@ pub async fn caps<S: Store>(store: S) {
         let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
         assert_eq!(refused.is_empty(), allowed, "{id}: {refused:?}");
     }
+    // A reset gives every seat back at once.
+    service.reset((cap, ip)).await.unwrap();
+    assert_eq!(service.seats((cap, ip)).await.unwrap(), []);
+    let (first, second) = connect("c8", since);
+    let (refused, _) = outcome(service.decide_in_turn(&first, &second).await.unwrap());
+    assert!(refused.is_empty(), "{refused:?}");
     // A cap needs a holder that can be a live connection.
     let no_holder = service.decide((cap, ip)).await.unwrap_err();
     assert!(

@@ -1,10 +1,11 @@
 //! A key's state, read or forgotten without consuming anything: the status
-//! of every limit of a request's policy, and its reset.
+//! of every limit of a request's policy, and its reset; for a cap, its
+//! seats (held out of N), given back all at once or one by one.
 
 use crate::clock::Clock;
 use crate::gcra::Status;
 use crate::lease::{Lease, Seat};
-use crate::policy::{Limit, Policy};
+use crate::policy::Limit;
 use crate::service::RateLimitService;
 use crate::store::Store;
 use crate::verdict::{HolderProblem, RateLimitError, Request};
@@ -12,7 +13,8 @@ use crate::verdict::{HolderProblem, RateLimitError, Request};
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// The status of every limit of the request's policy (or tier) for its
     /// identifier, in the order of the limits, consuming nothing. The
-    /// request's cost does not matter.
+    /// request's cost does not matter. For a cap, one status: its live
+    /// seats (`count`) out of `limit`, with no window.
     ///
     /// ```
     /// use ratelimiter::{Builder, PolicyId};
@@ -31,7 +33,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Result<Vec<Status>, RateLimitError> {
         let request = request.into();
         let (policy, limits) = self.resolve(&request)?;
-        not_a_cap(policy)?;
+        if let Some(cap) = policy.cap() {
+            let held = self.seats(request).await?.len();
+            return Ok(vec![Status {
+                count: u32::try_from(held).unwrap_or(u32::MAX),
+                limit: cap.concurrent(),
+                reset_in_seconds: 0,
+                window_duration: 0,
+            }]);
+        }
         let key = self.key(&request, policy);
         let slots: Vec<_> = limits.iter().map(Limit::slot).collect();
         let mut tats = vec![0; slots.len()];
@@ -47,7 +57,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// Forgets the identifier's usage of the request's policy (every limit
     /// and every tier), so that its buckets are full again. Other policies
     /// sharing the item keep theirs; the request's tier and cost do not
-    /// matter.
+    /// matter. For a cap, every seat is given back (the connections stay
+    /// open, uncounted, until they go).
     ///
     /// ```
     /// use ratelimiter::{Builder, PolicyId};
@@ -65,8 +76,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     pub async fn reset<'r>(&self, request: impl Into<Request<'r>>) -> Result<(), RateLimitError> {
         let request = request.into();
         let policy = self.policy(request.policy)?;
-        not_a_cap(policy)?;
         let key = self.key(&request, policy);
+        if let Some(cap) = policy.cap() {
+            // Every seat given back at once: the lease set goes.
+            return Ok(self.store.remove(&key, &[cap.slot()]).await?);
+        }
         let mut slots: Vec<_> = policy.limits().iter().map(Limit::slot).collect();
         for (_, limits) in policy.tiers() {
             for limit in limits {
@@ -151,14 +165,5 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .filter(|m| Lease::live_at(m, now))
             .filter_map(|m| Seat::from_member(m))
             .collect())
-    }
-}
-
-/// Status and reset are a rate's: a cap's seats are given back by
-/// [`RateLimitService::release`].
-fn not_a_cap(policy: &Policy) -> Result<(), RateLimitError> {
-    match policy.cap() {
-        Some(_) => Err(RateLimitError::Cap(policy.shared_name().clone())),
-        None => Ok(()),
     }
 }

@@ -384,9 +384,6 @@ pub enum RateLimitError {
     /// The policy id does not belong to this service's registry.
     #[error("no policy with id {0:?} in this service")]
     UnknownPolicy(PolicyId),
-    /// Status or reset asked of a cap, which has seats, not buckets.
-    #[error("policy {0} is a cap: it has no status or reset; its seats are given back by release")]
-    Cap(PolicyName),
     /// A seat given back on a policy that is not a cap.
     #[error("policy {0} is not a cap (concurrent = N): it has no seats to release")]
     NotACap(PolicyName),

@@ -296,15 +296,21 @@ impl MemoryStore {
         }
     }
 
-    /// [`Store::remove`], synchronously.
+    /// [`Store::remove`], synchronously: the buckets, or a cap's leases,
+    /// named by `slots`.
     pub(crate) fn remove_sync(&self, key: &Key<'_>, slots: &[&Slot]) {
         for slot in slots {
             let place = self.place(key, slot);
-            if let Ok(entry) = write(&self.shards[place.shard])
+            let mut table = write(&self.shards[place.shard]);
+            let same = |tag: u64, owner: &OwnedKey| tag == place.tag && key.matches(owner);
+            if let Ok(entry) = table
                 .entries
-                .find_entry(place.hash, |e| e.tag == place.tag && key.matches(&e.key))
+                .find_entry(place.hash, |e| same(e.tag, &e.key))
             {
                 entry.remove();
+            }
+            if let Ok(set) = table.leases.find_entry(place.hash, |s| same(s.tag, &s.key)) {
+                set.remove();
             }
         }
     }
