@@ -348,6 +348,13 @@ async fn check<S: Store>(
     cost: u32,
 ) -> Result<ExitCode, CliError> {
     let request = request(service, target)?.cost(cost);
+    if service.policies()[request.policy].cap().is_some() {
+        // A seat belongs to a connection, which only `$connect` has.
+        return Err(CliError::Usage(format!(
+            "{} is a cap (concurrent = N): its seats are taken by connections at $connect; `status` shows them, `reset` gives them back",
+            target.policy
+        )));
+    }
     let verdict = match service.decide(request).await {
         Ok(verdict) => verdict,
         Err(RateLimitError::InvalidCost { source, .. }) => {

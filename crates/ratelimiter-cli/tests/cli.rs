@@ -733,6 +733,10 @@ fn caps_are_listed_with_their_seats_and_their_status() {
         json(&listed)["connect"]["every"],
         serde_json::json!(["connection_attempt", "open_per_ip"])
     );
+    // `check` takes no seat: a seat is a connection's.
+    let check = with_config(&["check", "open_per_ip", "192.0.2.1"]);
+    assert_eq!(code(&check), 2, "{}", stderr(&check));
+    assert!(stderr(&check).contains("is a cap"), "{}", stderr(&check));
     // A cap's status: its seats held, out of N; reset gives them back.
     let status = with_config(&["status", "open_per_ip", "192.0.2.1"]);
     assert_eq!(code(&status), 0, "{}", stderr(&status));
