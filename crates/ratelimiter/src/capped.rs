@@ -18,8 +18,9 @@
 
 use crate::clock::Clock;
 use crate::gcra::Nanos;
-use crate::lease::Lease;
+use crate::lease::{Cap, Holder, Lease};
 use crate::pair::join;
+use crate::policy::Policy;
 use crate::service::{RateLimitService, Resolved};
 use crate::store::Store;
 use crate::verdict::{HolderProblem, RateLimitError, Request, Verdict};
@@ -27,9 +28,10 @@ use crate::verdicts::Plan;
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// `first` and `second`'s rates in turn, then their caps, all or
-    /// nothing. `full`, when the caller's store call already found the
-    /// rates within their limits and a cap full, holds that cap's
-    /// refusal: it is not asked again.
+    /// nothing. `plans` are the caller's plans of both checks' requests.
+    /// `full`, when the caller's store call already found the rates within
+    /// their limits and a cap full, holds that cap's refusal: it is not
+    /// asked again.
     ///
     /// A refused cap's verdicts stand in place of the check it is listed
     /// in; the rates before it stay counted.
@@ -37,6 +39,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         &self,
         first: &[Request<'_>],
         second: &[Request<'_>],
+        plans: &[&Plan<'_>],
         now: Nanos,
         full: Option<Vec<Verdict>>,
     ) -> Result<(Vec<Verdict>, Option<Vec<Verdict>>), RateLimitError> {
@@ -50,15 +53,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // if a rate refuses: the common case, everything allowed, takes
         // one round trip. Not when this process knows a rate refuses: then
         // the rates alone, from its cache, at no call.
-        let rate_plans = rates1
-            .iter()
-            .chain(&rates2)
-            .map(|r| self.plan(r, now))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rate_plans = plans.iter().copied().filter(|plan| plan.lease.is_none());
         let rates = Box::pin(self.in_turn_at(&rates1, &rates2, now));
         let (rated, mut seats) = match full {
             Some(refused) => (rates.await?, refused),
-            None if self.known_denied(&rate_plans) => {
+            None if self.known_denied(rate_plans) => {
                 let rated = rates.await?;
                 let (v1, v2) = &rated;
                 let allowed = v1.iter().chain(v2.iter().flatten()).all(Verdict::allowed);
@@ -98,13 +97,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                     }
                 }
             }
-            let lead = match v1.first_mut() {
-                Some(v) => Some(v),
-                None => v2.as_mut().and_then(|v2| v2.first_mut()),
-            };
-            if let Some(v) = lead {
-                v.calls += calls;
-            }
+            count_calls(&mut v1, v2.as_mut(), calls);
             return Ok((v1, v2));
         }
         let mut v2 = v2.expect("rates allowed in both checks");
@@ -126,11 +119,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 v2 = seats;
             }
         }
-        // Every call is counted once, under the first verdict returned
-        // (there is one: the caps have verdicts).
-        if let Some(v) = v1.first_mut().or(v2.first_mut()) {
-            v.calls += calls;
-        }
+        // There is a verdict to count them under: the caps have verdicts.
+        count_calls(&mut v1, Some(&mut v2), calls);
         Ok((v1, Some(v2)))
     }
 
@@ -157,14 +147,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let mut calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum();
         calls += self.give_back_check(plans1, &v1).await;
         calls += self.give_back_check(plans2, &v2).await;
-        let (mut v1, mut v2) = self.rates_then_caps(first, second, now, None).await?;
-        let lead = match v1.first_mut() {
-            Some(v) => Some(v),
-            None => v2.as_mut().and_then(|v2| v2.first_mut()),
-        };
-        if let Some(v) = lead {
-            v.calls += calls;
-        }
+        let plans: Vec<&Plan<'_>> = plans1.iter().chain(plans2).collect();
+        let (mut v1, mut v2) = self
+            .rates_then_caps(first, second, &plans, now, None)
+            .await?;
+        count_calls(&mut v1, v2.as_mut(), calls);
         Ok((v1, v2))
     }
 
@@ -178,15 +165,46 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let Some(cap) = r.policy.cap() else {
             return Ok(None);
         };
-        let problem = |problem| RateLimitError::Holder {
-            policy: r.policy.shared_name().clone(),
-            problem,
-        };
-        let holder = request
-            .holder
-            .ok_or_else(|| problem(HolderProblem::Missing))?;
+        let holder = holder_of(r.policy, request)?;
         Lease::new(cap, holder, now)
             .map(Some)
-            .map_err(|e| problem(HolderProblem::Invalid(e)))
+            .map_err(|e| holder_error(r.policy, HolderProblem::Invalid(e)))
+    }
+}
+
+/// Counts `calls` under the first verdict returned, `first`'s or else
+/// `second`'s: every call of a decision is counted once, there.
+fn count_calls(first: &mut [Verdict], second: Option<&mut Vec<Verdict>>, calls: u32) {
+    let lead = match first.first_mut() {
+        Some(v) => Some(v),
+        None => second.and_then(|v| v.first_mut()),
+    };
+    if let Some(v) = lead {
+        v.calls += calls;
+    }
+}
+
+/// `policy`'s cap, or the error for asking a rate for seats.
+pub(crate) fn cap_of(policy: &Policy) -> Result<&Cap, RateLimitError> {
+    policy
+        .cap()
+        .ok_or_else(|| RateLimitError::NotACap(policy.shared_name().clone()))
+}
+
+/// The holder of `request` on the cap `policy`, or the error for a cap
+/// asked without one.
+pub(crate) fn holder_of<'r>(
+    policy: &Policy,
+    request: &Request<'r>,
+) -> Result<Holder<'r>, RateLimitError> {
+    request
+        .holder
+        .ok_or_else(|| holder_error(policy, HolderProblem::Missing))
+}
+
+fn holder_error(policy: &Policy, problem: HolderProblem) -> RateLimitError {
+    RateLimitError::Holder {
+        policy: policy.shared_name().clone(),
+        problem,
     }
 }

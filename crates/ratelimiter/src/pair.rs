@@ -323,7 +323,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 if apart && !self.known_denied(all.iter().copied()) {
                     return self.caps_apart(first, &plans1, second, &plans2, now).await;
                 }
-                return self.rates_then_caps(first, second, now, None).await;
+                return self.rates_then_caps(first, second, &all, now, None).await;
             }
             if one_item || plans1.is_empty() || plans2.is_empty() {
                 return self.one_then_other(first, second, now).await;
@@ -388,7 +388,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 plan.lease.is_none() && refuses(plan, &ops[span.clone()], &tats[span], seats)
             });
             let full = rates_fit.then(|| self.refused(&all, &ops, &tats, seats));
-            let (mut v1, v2) = self.rates_then_caps(first, second, now, full).await?;
+            let (mut v1, v2) = self.rates_then_caps(first, second, &all, now, full).await?;
             if let Some(v) = v1.first_mut() {
                 v.calls += applied.calls;
             }

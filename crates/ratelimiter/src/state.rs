@@ -2,13 +2,14 @@
 //! of every limit of a request's policy, and its reset; for a cap, its
 //! seats (held out of N), given back all at once or one by one.
 
+use crate::capped::{cap_of, holder_of};
 use crate::clock::Clock;
 use crate::gcra::Status;
 use crate::lease::{Lease, Seat};
 use crate::policy::Limit;
 use crate::service::RateLimitService;
 use crate::store::Store;
-use crate::verdict::{HolderProblem, RateLimitError, Request};
+use crate::verdict::{RateLimitError, Request};
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// The status of every limit of the request's policy (or tier) for its
@@ -126,16 +127,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     pub async fn release<'r>(&self, request: impl Into<Request<'r>>) -> Result<(), RateLimitError> {
         let request = request.into();
         let policy = self.policy(request.policy)?;
-        let problem = |problem| RateLimitError::Holder {
-            policy: policy.shared_name().clone(),
-            problem,
-        };
-        let cap = policy
-            .cap()
-            .ok_or_else(|| RateLimitError::NotACap(policy.shared_name().clone()))?;
-        let holder = request
-            .holder
-            .ok_or_else(|| problem(HolderProblem::Missing))?;
+        let cap = cap_of(policy)?;
+        let holder = holder_of(policy, &request)?;
         let key = self.key(&request, policy);
         Ok(self
             .store
@@ -154,9 +147,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> Result<Vec<Seat>, RateLimitError> {
         let request = request.into();
         let policy = self.policy(request.policy)?;
-        let cap = policy
-            .cap()
-            .ok_or_else(|| RateLimitError::NotACap(policy.shared_name().clone()))?;
+        let cap = cap_of(policy)?;
         let key = self.key(&request, policy);
         let now = self.clock.now();
         let members = self.store.leases(&key, cap.slot()).await?;
