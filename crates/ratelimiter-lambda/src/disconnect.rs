@@ -23,6 +23,7 @@ use ratelimiter::{Clock, Policies, PolicyId, RateLimitService, Request, Store, S
 use serde_json::Value;
 
 use crate::event::{self, subjects};
+use crate::management::Delivered;
 use crate::response::ok_response;
 
 /// The application's logic when a connection goes. An error is logged;
@@ -109,6 +110,19 @@ pub async fn release_seats<S: Store, C: Clock>(
                 "could not release a connection's seat; it ends with its lease"
             );
         }
+    }
+}
+
+/// After a post to `event`'s connection: if it found the connection gone
+/// (410), its `$disconnect` may never come, so its seats under `$connect`'s
+/// caps are released now.
+pub(crate) async fn release_if_gone<S: Store, C: Clock>(
+    limiter: &RateLimitService<S, C>,
+    delivered: Delivered,
+    event: &ApiGatewayWebsocketProxyRequest,
+) {
+    if delivered == Delivered::Gone {
+        release_seats(limiter, &connect_caps(limiter.policies()), event).await;
     }
 }
 

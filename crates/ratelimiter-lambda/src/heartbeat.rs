@@ -14,10 +14,10 @@ use lambda_runtime::LambdaEvent;
 use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::{Value, json};
 
-use crate::disconnect::{connect_caps, release_seats};
+use crate::disconnect::release_if_gone;
 use crate::event::{self, authorizer_field, body_json, connection_id};
 use crate::layer::{Responder, SeedResponses, refusal};
-use crate::management::{ConnectionSender, Delivered, post_refusal, post_to};
+use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{internal_error_response, ok_response};
 
 /// The heartbeat handler: create one per container and share it.
@@ -78,7 +78,7 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": self.limiter.now_ms()});
                 match post_to(&*self.sender, &endpoint, connection, ack.to_string()).await {
                     Ok(delivered) => {
-                        self.gone_if(delivered, event).await;
+                        release_if_gone(&self.limiter, delivered, event).await;
                         ok_response()
                     }
                     Err(()) => internal_error_response(self.limiter.now_ms()),
@@ -86,18 +86,9 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
             }
             Some(refused) => {
                 let delivered = post_refusal(&*self.sender, &endpoint, connection, &refused).await;
-                self.gone_if(delivered, event).await;
+                release_if_gone(&self.limiter, delivered, event).await;
                 SeedResponses.respond(&refused)
             }
-        }
-    }
-
-    /// A connection found gone when posting: its `$disconnect` may never
-    /// come, so its seats are released now.
-    async fn gone_if(&self, delivered: Delivered, event: &ApiGatewayWebsocketProxyRequest) {
-        if delivered == Delivered::Gone {
-            let caps = connect_caps(self.limiter.policies());
-            release_seats(&self.limiter, &caps, event).await;
         }
     }
 }

@@ -41,10 +41,10 @@ use ratelimiter::response::ErrorBody;
 use ratelimiter::{Clock, PolicyId, RateLimitError, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
-use crate::disconnect::{connect_caps, release_seats};
+use crate::disconnect::release_if_gone;
 use crate::event::{self, authorizer_field, connection_id, subjects};
 use crate::layer::{Responder, SeedResponses, refusal_all};
-use crate::management::{ConnectionSender, Delivered, post_refusal, post_to};
+use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{error_response, internal_error_response, ok_response};
 
 /// The code of a message larger than a byte quota's whole bucket.
@@ -189,11 +189,8 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
                 );
                 let now = self.limiter.now_ms();
                 let body = ErrorBody::new(MESSAGE_TOO_LARGE, &message, now).to_json();
-                if let Ok(Delivered::Gone) =
-                    post_to(&*self.sender, &endpoint, connection, body).await
-                {
-                    release_seats(&self.limiter, &connect_caps(self.limiter.policies()), event)
-                        .await;
+                if let Ok(delivered) = post_to(&*self.sender, &endpoint, connection, body).await {
+                    release_if_gone(&self.limiter, delivered, event).await;
                 }
                 return Ok(error_response(413, MESSAGE_TOO_LARGE, &message, now));
             }
@@ -203,10 +200,8 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         let Some(refused) = refused else {
             return Ok(self.allowed(event).await);
         };
-        if post_refusal(&*self.sender, &endpoint, connection, &refused).await == Delivered::Gone {
-            // Its `$disconnect` may never come: its seats go now.
-            release_seats(&self.limiter, &connect_caps(self.limiter.policies()), event).await;
-        }
+        let delivered = post_refusal(&*self.sender, &endpoint, connection, &refused).await;
+        release_if_gone(&self.limiter, delivered, event).await;
         Ok(SeedResponses.respond(&refused))
     }
 
