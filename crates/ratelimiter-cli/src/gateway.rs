@@ -41,7 +41,7 @@ use aws_lambda_events::apigw::ApiGatewayProxyResponse;
 use aws_lambda_events::encodings::Body as EventBody;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,6 +56,7 @@ use ratelimiter_lambda::event;
 use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::management::ManagementApi;
 use ratelimiter_lambda::message::MessageHandler;
+use ratelimiter_lambda::soft::{self, Delivery, FollowUp, Scheduled, SoftReject};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -73,7 +74,41 @@ pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// What a connection's socket is told to do.
 enum Outgoing {
     Text(String),
-    Close,
+    /// Close, with this code and reason if any.
+    Close(Option<CloseFrame>),
+}
+
+/// The open connections, by id: how posts and closes reach their sockets.
+type Connections = Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>;
+
+/// Soft rejection's follow-up in the local gateway: a task that posts the
+/// reason through the Management API (this server's own, through the
+/// SDK), again while the connection is not open yet, as the Lambda
+/// follow-up does; then closes the socket with 1008 and a reason, which
+/// API Gateway's `DeleteConnection` cannot give.
+struct LocalFollowUp {
+    management: Arc<ManagementApi>,
+    connections: Arc<Connections>,
+}
+
+impl FollowUp for LocalFollowUp {
+    fn schedule(&self, job: SoftReject) -> Scheduled<'_> {
+        let (management, connections) = (self.management.clone(), self.connections.clone());
+        tokio::spawn(async move {
+            if job.deliver(&*management).await == Delivery::NeverOpen {
+                return;
+            }
+            let close = CloseFrame {
+                code: soft::CLOSE_CODE,
+                reason: job.close_reason().into(),
+            };
+            let connections = connections.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(socket) = connections.get(&job.connection_id) {
+                let _ = socket.send(Outgoing::Close(Some(close)));
+            }
+        });
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The kinds of event the gateway sends to handlers.
@@ -112,7 +147,7 @@ struct Gateway<S> {
     heartbeat: HeartbeatHandler<S, ManagementApi>,
     message: MessageHandler<S, ManagementApi>,
     domain: String,
-    connections: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
+    connections: Arc<Connections>,
     ids: AtomicU64,
     random: std::collections::hash_map::RandomState,
     /// Connections whose `$disconnect` has not run yet.
@@ -139,13 +174,25 @@ pub async fn serve<S: Store + 'static>(
     let management = Arc::new(ManagementApi::local(format!(
         "http://{address}/{DEFAULT_STAGE}"
     )));
+    let connections = Arc::new(Connections::default());
+    let mut connect = ConnectHandler::new(limiter.clone()).with_sender(management.clone());
+    if soft::mark_of(limiter.policies()).is_some() {
+        let follow_up = LocalFollowUp {
+            management: management.clone(),
+            connections: connections.clone(),
+        };
+        connect = connect.with_soft_rejection(Arc::new(follow_up))?;
+        tracing::info!(
+            "soft rejection: a refused connection is accepted, told why, then closed (1008)"
+        );
+    }
     let gateway = Arc::new(Gateway {
-        connect: ConnectHandler::new(limiter.clone()).with_sender(management.clone()),
+        connect,
         disconnect: DisconnectHandler::new(limiter.clone()),
         heartbeat: HeartbeatHandler::new(limiter.clone(), management.clone()),
         message: MessageHandler::new(limiter, management),
         domain: address.to_string(),
-        connections: Mutex::default(),
+        connections,
         ids: AtomicU64::new(0),
         random: Default::default(),
         live: AtomicUsize::new(0),
@@ -176,7 +223,7 @@ pub async fn serve<S: Store + 'static>(
         tracing::info!("shutting down: closing every connection");
         let senders: Vec<_> = closing.lock().values().cloned().collect();
         for sender in senders {
-            let _ = sender.send(Outgoing::Close);
+            let _ = sender.send(Outgoing::Close(None));
         }
     })
     .await
@@ -405,7 +452,11 @@ impl<S: Store + 'static> Gateway<S> {
                             break;
                         }
                     }
-                    Some(Outgoing::Close) | None => {
+                    Some(Outgoing::Close(frame)) => {
+                        let _ = socket.send(Message::Close(frame)).await;
+                        break;
+                    }
+                    None => {
                         let _ = socket.send(Message::Close(None)).await;
                         break;
                     }
@@ -521,7 +572,7 @@ async fn delete_connection<S: Store + 'static>(
     State(gateway): State<Arc<Gateway<S>>>,
     Path((_stage, id)): Path<(String, String)>,
 ) -> Response {
-    if gateway.send(&id, Outgoing::Close) {
+    if gateway.send(&id, Outgoing::Close(None)) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         gone()

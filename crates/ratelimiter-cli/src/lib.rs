@@ -20,6 +20,7 @@ use ratelimiter::gcra::{Status, ceil_secs};
 use ratelimiter::{
     Builder, Config, Policies, Policy, RateLimitError, RateLimitService, Request, Store,
 };
+use ratelimiter_lambda::soft::ConnectReject;
 use serde_json::{Value, json};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -84,7 +85,7 @@ pub fn main() -> ExitCode {
 
 /// The configuration `cli` runs with: the file `config check` names, for
 /// that command; else `--config` if given, else `RATE_LIMIT_CONFIG`; then
-/// the environment.
+/// the environment, `RATE_LIMIT_CONNECT_REJECT` included.
 ///
 /// Only one file is read. `config check` is how a fixed file is tried
 /// before `--config` or `RATE_LIMIT_CONFIG` points at it, so the file in
@@ -97,10 +98,13 @@ fn configuration(cli: &Cli) -> Result<Config, CliError> {
         } => Some(file),
         _ => cli.global.config.as_ref(),
     };
-    Ok(match file {
+    let mut config = match file {
         Some(path) => Config::from_file(path, env)?,
         None => Config::from_lookup(env)?,
-    })
+    };
+    // Soft rejection's mark is a policy like any: listed, and served.
+    ConnectReject::from_lookup(env)?.apply(&mut config.policies)?;
+    Ok(config)
 }
 
 /// Runs one parsed command; returns the exit status.

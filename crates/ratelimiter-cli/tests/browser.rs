@@ -167,3 +167,27 @@ fn a_browser_refused_at_the_handshake_sees_1006_and_nothing_else() {
         "no status, no body, no retryAfter: a script cannot tell a limit from an outage"
     );
 }
+
+#[test]
+fn a_browser_rejected_softly_reads_the_body_and_retry_after_then_the_close() {
+    // The same page and limit, with RATE_LIMIT_CONNECT_REJECT=soft: the
+    // second socket opens, receives the seed's 429 body, then closes with
+    // 1008 and a reason that says so.
+    let server = Server::start(&[
+        ("RATE_LIMIT_LISTENER_JOINS_PER_MIN", "1"),
+        ("RATE_LIMIT_CONNECT_REJECT", "soft"),
+    ]);
+    let seen = browse(&server);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen[0], json!({"socket": 1, "event": "open"}));
+    assert_eq!(seen[1], json!({"socket": 2, "event": "open"}));
+    assert_eq!(seen[2]["event"], "message", "{seen:?}");
+    let body: Value = serde_json::from_str(seen[2]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(body["details"]["retryAfter"], 60);
+    assert_eq!(body["details"]["policy"], "listener_join");
+    assert_eq!(
+        seen[3],
+        json!({"socket": 2, "event": "close", "code": 1008, "reason": "RATE_LIMIT_EXCEEDED: retry after 60 s"}),
+    );
+}

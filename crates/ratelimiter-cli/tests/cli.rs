@@ -747,3 +747,51 @@ fn caps_are_listed_with_their_seats_and_their_status() {
     let reset = with_config(&["reset", "open_per_ip", "192.0.2.1"]);
     assert_eq!(code(&reset), 0, "{}", stderr(&reset));
 }
+
+#[test]
+fn soft_rejection_lists_its_mark_and_a_bad_mode_or_a_taken_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Soft: the mark is a policy like any, listed with its one token per
+    // lease lifetime, counted per connection.
+    let listed = run(ratelimit(dir.path())
+        .args(["--store", "memory", "policies"])
+        .env("RATE_LIMIT_CONNECT_REJECT", "soft"));
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let policies = json(&listed)["policies"].as_array().unwrap().clone();
+    let mark = policies
+        .iter()
+        .find(|p| p["name"] == "connection_refused")
+        .expect("the mark's policy is listed");
+    assert_eq!(mark["key"], "connection", "{mark}");
+    let hard = run(ratelimit(dir.path()).args(["--store", "memory", "policies"]));
+    assert!(
+        !json(&hard)["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "connection_refused"),
+        "hard by default: no mark"
+    );
+    // Anything but hard or soft stops `serve` before it listens.
+    let bad = run(ratelimit(dir.path())
+        .args(["--store", "memory", "serve", "--listen", "127.0.0.1:0"])
+        .env("RATE_LIMIT_CONNECT_REJECT", "polite"));
+    assert_eq!(code(&bad), 2, "{}", stderr(&bad));
+    assert!(
+        stderr(&bad)
+            .contains(r#"RATE_LIMIT_CONNECT_REJECT must be one of hard or soft, got "polite""#),
+        "{}",
+        stderr(&bad)
+    );
+    // A configuration's own policy of that name is not replaced.
+    std::fs::write(
+        dir.path().join("limits.toml"),
+        "[policy.connection_refused]\nkey = \"ip\"\nlimits = [\"5/min\"]\n",
+    )
+    .unwrap();
+    let taken = run(ratelimit(dir.path())
+        .args(["--store", "memory", "--config", "limits.toml", "policies"])
+        .env("RATE_LIMIT_CONNECT_REJECT", "soft"));
+    assert_eq!(code(&taken), 2, "{}", stderr(&taken));
+    assert!(stderr(&taken).contains("reserves"), "{}", stderr(&taken));
+}

@@ -445,3 +445,71 @@ async fn get_connection_tells_open_connections_from_gone_ones() {
     }
     panic!("a closed connection is never gone");
 }
+
+/// What a socket receives until the server closes it: its texts, and the
+/// close frame's code and reason.
+async fn until_closed(socket: &mut Socket) -> (Vec<Value>, Option<(u16, String)>) {
+    use futures_util::StreamExt;
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("closed within 10 s")
+        {
+            Some(Ok(Message::Text(text))) => {
+                texts.push(serde_json::from_str(text.as_str()).unwrap())
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return (
+                    texts,
+                    frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                );
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn soft_rejection_accepts_tells_why_then_closes_with_1008() {
+    let server = Server::start(&[
+        ("RATE_LIMIT_CONNECT_REJECT", "soft"),
+        ("RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN", "2"),
+    ]);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(server.connect("127.0.0.31", None).await.unwrap());
+    }
+    // The third handshake succeeds: a client that cannot read a refused
+    // handshake (a browser) reads this instead.
+    let mut refused = server
+        .connect("127.0.0.31", None)
+        .await
+        .expect("accepted, softly");
+    // At once, a heartbeat: in the window before the close, it is refused
+    // without an ack.
+    send(&mut refused, r#"{"action":"heartbeat"}"#).await;
+    let (texts, close) = until_closed(&mut refused).await;
+    assert_eq!(texts.len(), 1, "the reason alone, no ack: {texts:?}");
+    let body = &texts[0];
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(
+        body["message"],
+        "Rate limit exceeded. Retry after 30 seconds."
+    );
+    assert_eq!(body["details"]["retryAfter"], 30);
+    assert_eq!(
+        close,
+        Some((1008, "RATE_LIMIT_EXCEEDED: retry after 30 s".to_owned()))
+    );
+    // Told once: connecting again before its retryAfter is refused at the
+    // handshake, at no cost.
+    assert_refused(server.connect("127.0.0.31", None).await, 30);
+    // The accepted connections were not touched.
+    for socket in &mut open {
+        send(socket, r#"{"action":"heartbeat"}"#).await;
+        assert_eq!(next_json(socket).await["type"], "heartbeat_ack");
+    }
+}

@@ -55,6 +55,12 @@ async fn conformance_seed_scenarios() {
 }
 
 #[tokio::test]
+async fn conformance_probes() {
+    let endpoint = dynoxide().await;
+    conformance::probes(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test]
 async fn conformance_route_policies() {
     let endpoint = dynoxide().await;
     conformance::route_policies(store_with_table(&endpoint).await).await;

@@ -29,6 +29,12 @@ async fn route_policies() {
 }
 
 #[tokio::test]
+async fn probes() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::probes(embedded(&dir).await).await;
+}
+
+#[tokio::test]
 async fn checks_in_turn() {
     let dir = tempfile::tempdir().unwrap();
     conformance::checks_in_turn(embedded(&dir).await).await;

@@ -12,9 +12,13 @@
 //! address (`concurrent = 2`) instead. `$disconnect` gives back the seats
 //! of the `listener, cap` row's connections; `listener, full cap` is the
 //! third connection from addresses holding two (refused; the handler has
-//! no Management API, so no repair).
+//! no Management API, so no repair). `listener, soft` is a connection
+//! rejected softly (`RATE_LIMIT_CONNECT_REJECT=soft`): refused by its
+//! attempts, marked, its follow-up scheduled; `listener, told` the same
+//! client connecting again before its `retryAfter`, refused hard.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lambda_runtime::{Context, LambdaEvent};
@@ -22,6 +26,8 @@ use ratelimiter::{Builder, Config};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 use ratelimiter_lambda::connect::ConnectHandler;
 use ratelimiter_lambda::disconnect::DisconnectHandler;
+use ratelimiter_lambda::management::{ConnectionSender, SendError};
+use ratelimiter_lambda::soft::{self, ConnectReject, FollowUp, SoftReject};
 use serde_json::{Value, json};
 
 const CONNECTS: usize = 2000;
@@ -195,5 +201,69 @@ fn main() {
             assert_eq!(response.status_code, 429);
         }
         row("listener, full cap", calls, &mut latencies);
+        // Soft rejection: one attempt a minute per address; the second is
+        // rejected softly (the refusal, then the mark), the third, from a
+        // client told, hard. The follow-up is counted, not run.
+        let mut soft_config =
+            Config::from_lookup(|var| (var == "RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN").then(|| "1".into()))
+                .unwrap();
+        ConnectReject::Soft.apply(&mut soft_config.policies).unwrap();
+        let fourth_store = DynamoDbStore::new(capped.store().client().clone(), "RateLimits");
+        let soft = Arc::new(Builder::from_config(soft_config).build(fourth_store));
+        let follow_ups = Arc::new(Scheduled::default());
+        let soft_handler = ConnectHandler::new(soft.clone())
+            .with_sender(Arc::new(Nowhere))
+            .with_soft_rejection(follow_ups.clone())
+            .unwrap();
+        let (mut soft_calls, mut hard_calls) = (0, 0);
+        let (mut soft_latencies, mut hard_latencies) = (Vec::new(), Vec::new());
+        for i in 0..CONNECTS {
+            let ip = format!("10.40.{}.{}", i / 256, i % 256);
+            let first = event_of(&ip, None, &format!("soft-{i}-0"), since);
+            assert_eq!(soft_handler.handle(first).await.unwrap().status_code, 200);
+            for (n, status, calls, latencies) in [
+                (1, 200, &mut soft_calls, &mut soft_latencies),
+                (2, 429, &mut hard_calls, &mut hard_latencies),
+            ] {
+                let calls_before = soft.store().calls();
+                let event = event_of(&ip, None, &format!("soft-{i}-{n}"), since);
+                let started = Instant::now();
+                let response = soft_handler.handle(event).await.unwrap();
+                latencies.push(started.elapsed());
+                *calls += soft.store().calls() - calls_before;
+                assert_eq!(response.status_code, status);
+            }
+        }
+        assert_eq!(follow_ups.0.load(Ordering::Relaxed), CONNECTS as u64);
+        row("listener, soft", soft_calls, &mut soft_latencies);
+        row("listener, told", hard_calls, &mut hard_latencies);
     });
+}
+
+/// A Management API that is never reached: the follow-ups are not run.
+struct Nowhere;
+
+impl ConnectionSender for Nowhere {
+    async fn post(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), SendError> {
+        Ok(())
+    }
+
+    async fn gone(&self, _: &str, _: &str) -> Result<bool, SendError> {
+        Ok(false)
+    }
+
+    async fn delete(&self, _: &str, _: &str) -> Result<(), SendError> {
+        Ok(())
+    }
+}
+
+/// Counts the follow-ups scheduled.
+#[derive(Default)]
+struct Scheduled(AtomicU64);
+
+impl FollowUp for Scheduled {
+    fn schedule(&self, _: SoftReject) -> soft::Scheduled<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -12,7 +12,12 @@
 //! - `one, forwarded`: as `one`, then the event handed to another function
 //!   (`Forward`, an asynchronous `Invoke`) on a local stand-in of Lambda's
 //!   API that answers 202 at once: what forwarding adds in this process,
-//!   without the network to Lambda's service.
+//!   without the network to Lambda's service;
+//! - `unlimited`: a route with no policy (no call);
+//! - `soft: ...`: the same with soft rejection on
+//!   (`RATE_LIMIT_CONNECT_REJECT=soft`), each message probing its
+//!   connection's mark; `soft: marked`, messages of a softly rejected
+//!   connection, refused.
 //!
 //! Allowed messages each come from a new connection (and user), so every
 //! decision reaches the table.
@@ -22,11 +27,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lambda_runtime::{Context, LambdaEvent};
-use ratelimiter::{Builder, Config};
+use ratelimiter::{Builder, Config, Request};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 use ratelimiter_lambda::forward::Forward;
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
 use ratelimiter_lambda::message::MessageHandler;
+use ratelimiter_lambda::soft::{ConnectReject, mark_of};
 use serde_json::{Value, json};
 
 const MESSAGES: usize = 2000;
@@ -74,6 +80,10 @@ impl ConnectionSender for Posts {
 
     async fn gone(&self, _: &str, _: &str) -> Result<bool, SendError> {
         Ok(false)
+    }
+
+    async fn delete(&self, _: &str, _: &str) -> Result<(), SendError> {
+        Ok(())
     }
 }
 
@@ -134,20 +144,33 @@ fn main() {
         );
         store.create_table().await.unwrap();
         let config = Config::from_file_text("bench.toml", CONFIG, |_| None).unwrap();
+        // The same policies with soft rejection on: the mark's probe too.
+        let mut soft_config = Config::from_file_text("bench.toml", CONFIG, |_| None).unwrap();
+        ConnectReject::Soft
+            .apply(&mut soft_config.policies)
+            .unwrap();
+        let soft_store = DynamoDbStore::new(store.client().clone(), "RateLimits");
         let limiter = Arc::new(Builder::from_config(config).build(store));
+        let soft = Arc::new(Builder::from_config(soft_config).build(soft_store));
         let posts = Arc::new(Posts::default());
         // One type for both: the message binary's optional forwarder.
         let handler =
             MessageHandler::new(limiter.clone(), posts.clone()).with_hook(None::<Forward>);
         let forwarded = MessageHandler::new(limiter.clone(), posts.clone())
             .with_hook(Some(Forward::new(lambda_stand_in().await, "backend")));
+        let soft_handler =
+            MessageHandler::new(soft.clone(), posts.clone()).with_hook(None::<Forward>);
         println!(
-            "{:<14} {:>8} {:>8} {:>10} {:>10}",
+            "{:<16} {:>8} {:>8} {:>10} {:>10}",
             "message", "status", "calls", "p50 µs", "p99 µs"
         );
-        // A spent connection for the known denials: its 1/h taken.
+        // A spent connection for the known denials: its 1/h taken; and a
+        // softly rejected one, marked.
         let spent = handler.handle(event("hourly", "spent", "u")).await.unwrap();
         assert_eq!(spent.status_code, 200);
+        soft.decide(Request::from((mark_of(soft.policies()).unwrap(), "marked")))
+            .await
+            .unwrap();
         for (round, name) in [
             "warm-up",
             "one",
@@ -155,26 +178,38 @@ fn main() {
             "items",
             "known denial",
             "one, forwarded",
+            "unlimited",
+            "soft: one",
+            "soft: two",
+            "soft: items",
+            "soft: unlimited",
+            "soft: marked",
         ]
         .into_iter()
         .enumerate()
         {
-            let route = match name {
+            let route = match name.trim_start_matches("soft: ") {
                 "known denial" => "hourly",
-                "warm-up" | "one, forwarded" => "one",
+                "warm-up" | "one, forwarded" | "marked" => "one",
+                "unlimited" => "free",
                 route => route,
             };
-            let handler = if name == "one, forwarded" {
-                &forwarded
-            } else {
-                &handler
+            let (handler, limiter) = match name {
+                "one, forwarded" => (&forwarded, &limiter),
+                _ if name.starts_with("soft: ") => (&soft_handler, &soft),
+                _ => (&handler, &limiter),
             };
-            let expected = if name == "known denial" { 429 } else { 200 };
+            let expected = match name {
+                "known denial" => 429,
+                "soft: marked" => 403,
+                _ => 200,
+            };
             let calls_before = limiter.store().calls();
             let mut latencies = Vec::with_capacity(MESSAGES);
             for i in 0..MESSAGES {
                 let connection = match name {
                     "known denial" => "spent".to_owned(),
+                    "soft: marked" => "marked".to_owned(),
                     _ => format!("c{round}-{i}"),
                 };
                 let user = format!("u{round}-{i}");
@@ -190,7 +225,7 @@ fn main() {
             latencies.sort();
             let calls = limiter.store().calls() - calls_before;
             println!(
-                "{name:<14} {expected:>8} {:>8.2} {:>10.1} {:>10.1}",
+                "{name:<16} {expected:>8} {:>8.2} {:>10.1} {:>10.1}",
                 calls as f64 / MESSAGES as f64,
                 latencies[MESSAGES / 2].as_secs_f64() * 1e6,
                 latencies[MESSAGES * 99 / 100].as_secs_f64() * 1e6,

@@ -28,14 +28,16 @@ use std::sync::Arc;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use lambda_runtime::LambdaEvent;
 use ratelimiter::lease::Holder;
-use ratelimiter::{Clock, PolicyId, RateLimitService, Request, Store, SystemClock};
+use ratelimiter::response::ErrorBody;
+use ratelimiter::{Clock, ConfigError, PolicyId, RateLimitService, Request, Store, SystemClock};
 use serde_json::Value;
 
-use crate::event::{self, authorizer_field, source_ip, subjects, user_id};
+use crate::event::{self, authorizer_field, connection_id, source_ip, subjects, user_id};
 use crate::layer::{Refusal, Responder, SeedResponses, refusal, refusal_all};
 use crate::management::{ConnectionSender, ManagementApi};
 use crate::repair;
-use crate::response::{internal_error_response, ok_response};
+use crate::response::{error_response, internal_error_response, ok_response};
+use crate::soft::{CONNECT_REJECT_VAR, FOLLOW_UP_FIELD, FollowUp, SoftReject, mark_of};
 
 /// Who is connecting, as the `$connect` handler sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +91,17 @@ pub struct ConnectHandler<S, C = SystemClock, H = AcceptAll, N = ManagementApi> 
     sender: Option<Arc<N>>,
     /// The holders found open lately, not asked about again.
     verified: Arc<repair::Verified>,
+    /// Soft rejection's mark and follow-up, when it is on.
+    soft: Option<Soft>,
+}
+
+/// What soft rejection needs: the mark's policy and the follow-up, and
+/// the clients this container told lately, until their `retryAfter`.
+#[derive(Clone)]
+struct Soft {
+    mark: PolicyId,
+    follow_up: Arc<dyn FollowUp>,
+    told: Arc<repair::Recent>,
 }
 
 impl<S, C, H, N> Clone for ConnectHandler<S, C, H, N> {
@@ -98,6 +111,7 @@ impl<S, C, H, N> Clone for ConnectHandler<S, C, H, N> {
             hook: self.hook.clone(),
             sender: self.sender.clone(),
             verified: self.verified.clone(),
+            soft: self.soft.clone(),
         }
     }
 }
@@ -110,6 +124,7 @@ impl<S: Store + 'static, C: Clock + 'static> ConnectHandler<S, C, AcceptAll> {
             hook: Arc::new(AcceptAll),
             sender: None,
             verified: Arc::default(),
+            soft: None,
         }
     }
 }
@@ -124,6 +139,7 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
             hook: Arc::new(hook),
             sender: self.sender,
             verified: self.verified,
+            soft: self.soft,
         }
     }
 
@@ -137,7 +153,39 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
             hook: self.hook,
             sender: Some(sender),
             verified: self.verified,
+            soft: self.soft,
         }
+    }
+
+    /// The same handler, rejecting softly ([`crate::soft`]): a connection
+    /// its limits refuse is marked, accepted, told why by `follow_up`, and
+    /// closed. Needs the mark's policy in the limiter
+    /// ([`ConnectReject::apply`](crate::soft::ConnectReject::apply)) and a
+    /// sender ([`ConnectHandler::with_sender`]) for the follow-up to post
+    /// and close through.
+    pub fn with_soft_rejection(
+        mut self,
+        follow_up: Arc<dyn FollowUp>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |expected| ConfigError::Invalid {
+            var: CONNECT_REJECT_VAR.to_owned(),
+            value: "soft".to_owned(),
+            expected,
+        };
+        let mark = mark_of(self.limiter.policies()).ok_or_else(|| {
+            invalid("hard on a limiter without the mark's policy (ConnectReject::apply adds it)")
+        })?;
+        if self.sender.is_none() {
+            return Err(invalid(
+                "hard on a handler without a sender (with_sender) to post and close through",
+            ));
+        }
+        self.soft = Some(Soft {
+            mark,
+            follow_up,
+            told: Arc::default(),
+        });
+        Ok(self)
     }
 
     /// The rate limiter the handler uses.
@@ -151,6 +199,9 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
         event: LambdaEvent<Value>,
     ) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error> {
         let (payload, context) = event.into_parts();
+        if let Some(job) = payload.get(FOLLOW_UP_FIELD) {
+            return Ok(self.follow_up(job.clone()).await);
+        }
         match event::parse(payload) {
             Ok(request) => self.handle_event(LambdaEvent::new(request, context)).await,
             Err(bad) => Ok(bad.reject("$connect", self.limiter.now_ms())),
@@ -234,6 +285,101 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
             .or_else(|| v2.and_then(|v2| refusal_all(&self.limiter, lead, Ok(v2))))
     }
 
+    /// Rejects `refused` softly, if soft rejection is on and this
+    /// container has not told the same client (address and user) of a
+    /// soft rejection whose `retryAfter` has not passed: marks the
+    /// connection, schedules the follow-up, and says so. Any step failing
+    /// leaves the rejection hard, and so does a client connecting again
+    /// before its `retryAfter`: it was told, and a hard refusal costs
+    /// nothing more, where a soft one costs a store call and an
+    /// invocation.
+    async fn rejected_softly(
+        &self,
+        event: &ApiGatewayWebsocketProxyRequest,
+        refused: &Refusal,
+    ) -> bool {
+        let (Some(soft), Some(sender)) = (&self.soft, &self.sender) else {
+            return false;
+        };
+        let Refusal::Limited {
+            denied,
+            report,
+            timestamp_ms,
+        } = refused
+        else {
+            return false;
+        };
+        let client = format!(
+            "{}|{}",
+            source_ip(event),
+            user_id(event).unwrap_or_default()
+        );
+        let now = self.limiter.now_ms();
+        if soft.told.recent(&client, now) {
+            return false;
+        }
+        let (Ok(connection), Ok(endpoint)) = (connection_id(event), sender.endpoint(event)) else {
+            return false;
+        };
+        match self
+            .limiter
+            .decide(Request::from((soft.mark, connection)))
+            .await
+        {
+            Ok(mark) if mark.allowed() && mark.degraded.is_none() => {}
+            Ok(_) => {
+                tracing::warn!("could not mark a connection to reject softly: rejected hard");
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not mark a connection to reject softly: rejected hard");
+                return false;
+            }
+        }
+        let job = SoftReject {
+            endpoint,
+            connection_id: connection.to_owned(),
+            body: ErrorBody::limited(report, *timestamp_ms).to_json(),
+            retry_after: denied.retry_after_secs(),
+        };
+        match soft.follow_up.schedule(job).await {
+            Ok(()) => {
+                tracing::info!(
+                    policy = denied.policy_name(),
+                    "rejected softly: accepted, to be told why and closed"
+                );
+                let until = now.saturating_add(denied.retry_after_secs().saturating_mul(1000));
+                soft.told.remember(&client, now, until);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not schedule a soft rejection: rejected hard");
+                false
+            }
+        }
+    }
+
+    /// Runs a soft rejection's follow-up (the payload of
+    /// [`crate::soft::SelfInvoke`]): posts the reason, then closes the
+    /// connection.
+    async fn follow_up(&self, job: Value) -> ApiGatewayProxyResponse {
+        let now = self.limiter.now_ms();
+        let job: SoftReject = match serde_json::from_value(job) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(%error, "a follow-up payload that is not a soft rejection");
+                return error_response(400, "INVALID_FOLLOW_UP", "Not a soft rejection.", now);
+            }
+        };
+        let Some(sender) = &self.sender else {
+            tracing::error!("a soft rejection's follow-up, but no sender to post through");
+            return internal_error_response(now);
+        };
+        let delivery = job.run(&**sender).await;
+        tracing::info!(?delivery, "soft rejection followed up");
+        ok_response()
+    }
+
     /// Handles one typed `$connect` event.
     pub async fn handle_event(
         &self,
@@ -270,6 +416,9 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
             self.configured(request, role, tier.as_deref()).await
         };
         if let Some(refused) = refused {
+            if self.rejected_softly(request, &refused).await {
+                return Ok(ok_response());
+            }
             return Ok(SeedResponses.respond(&refused));
         }
         Ok(match self.hook.on_connect(request, role).await {

@@ -16,9 +16,10 @@ use serde_json::{Value, json};
 
 use crate::disconnect::release_if_gone;
 use crate::event::{self, authorizer_field, body_json, connection_id};
-use crate::layer::{Responder, SeedResponses, refusal};
+use crate::layer::{Responder, SeedResponses, refusal, refusal_all};
 use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{internal_error_response, ok_response};
+use crate::soft::{is_marked, mark_of, marked, probe};
 
 /// The heartbeat handler: create one per container and share it.
 pub struct HeartbeatHandler<S, N, C = SystemClock> {
@@ -72,8 +73,28 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
         };
         let tier = authorizer_field(event, self.limiter.tier_field());
         let request = Request::from((PolicyId::HEARTBEAT, connection)).tier(tier.as_deref());
-        let decided = self.limiter.decide(request).await;
-        match refusal(&self.limiter, request.policy, decided) {
+        let refused = match mark_of(self.limiter.policies()) {
+            None => refusal(
+                &self.limiter,
+                request.policy,
+                self.limiter.decide(request).await,
+            ),
+            // Soft rejection on: the mark is probed in the heartbeat's own
+            // call (both count the connection).
+            Some(mark) => {
+                let decided = self
+                    .limiter
+                    .decide_all(&[request, probe(mark, connection)])
+                    .await;
+                if let Ok(verdicts) = &decided
+                    && is_marked(verdicts, mark)
+                {
+                    return marked(&self.limiter, &*self.sender, &endpoint, event).await;
+                }
+                refusal_all(&self.limiter, request.policy, decided)
+            }
+        };
+        match refused {
             None => {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": self.limiter.now_ms()});
                 match post_to(&*self.sender, &endpoint, connection, ack.to_string()).await {

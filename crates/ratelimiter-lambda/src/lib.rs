@@ -17,6 +17,8 @@
 //! - [`management`]: `PostToConnection` and `GetConnection` through the
 //!   Management API;
 //! - [`repair`]: a full cap's seats whose connections are gone, released;
+//! - [`soft`]: soft rejection (`RATE_LIMIT_CONNECT_REJECT=soft`), a refused
+//!   `$connect` a browser can read;
 //! - [`runtime`]: start-up (logging, configuration, clients) for the binaries.
 //!
 //! Handlers are plain async functions of a `LambdaEvent`, so they are tested
@@ -35,6 +37,7 @@ pub mod message;
 pub mod repair;
 pub mod response;
 pub mod runtime;
+pub mod soft;
 
 pub use response::ok_response;
 

@@ -57,6 +57,15 @@ pub trait ConnectionSender: Send + Sync + 'static {
         endpoint: &str,
         connection_id: &str,
     ) -> impl Future<Output = Result<bool, SendError>> + Send;
+
+    /// Closes `connection_id` (`DeleteConnection`): the follow-up of a
+    /// soft rejection ([`crate::soft`]). A connection already gone is
+    /// [`SendError::Gone`].
+    fn delete(
+        &self,
+        endpoint: &str,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<(), SendError>> + Send;
 }
 
 /// What became of a post.
@@ -211,6 +220,22 @@ impl ConnectionSender for ManagementApi {
             .post_to_connection()
             .connection_id(connection_id)
             .data(Blob::new(data))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_gone_exception() => Err(SendError::Gone),
+            Err(e) => Err(SendError::Failed(
+                aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e).to_string(),
+            )),
+        }
+    }
+
+    async fn delete(&self, endpoint: &str, connection_id: &str) -> Result<(), SendError> {
+        let result = self
+            .client(endpoint)
+            .delete_connection()
+            .connection_id(connection_id)
             .send()
             .await;
         match result {

@@ -46,6 +46,7 @@ use crate::event::{self, authorizer_field, connection_id, subjects};
 use crate::layer::{Responder, SeedResponses, refusal_all};
 use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{error_response, internal_error_response, ok_response};
+use crate::soft::{is_marked, mark_of, marked, probe};
 
 /// The code of a message larger than a byte quota's whole bucket.
 pub const MESSAGE_TOO_LARGE: &str = "MESSAGE_TOO_LARGE";
@@ -155,13 +156,13 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             Ok(found) => found,
             Err(bad) => return Ok(bad.reject("message", self.limiter.now_ms())),
         };
-        let Some(policies) = self.route(event) else {
-            return Ok(self.allowed(event).await);
-        };
         let size = message_size(event);
         let tier = authorizer_field(event, self.limiter.tier_field());
-        let identifiers = subjects(event, self.limiter.policies(), policies);
-        let requests: Vec<Request<'_>> = identifiers
+        let identifiers = match self.route(event) {
+            Some(policies) => subjects(event, self.limiter.policies(), policies),
+            None => Vec::new(),
+        };
+        let mut requests: Vec<Request<'_>> = identifiers
             .iter()
             .map(|(id, identifier)| {
                 let request = Request::from((*id, identifier)).tier(tier.as_deref());
@@ -172,8 +173,13 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
                 }
             })
             .collect();
+        // Soft rejection on: the connection's mark is probed with the
+        // rest, in their call when one counts the connection.
+        let mark = mark_of(self.limiter.policies());
+        requests.extend(mark.map(|mark| probe(mark, connection)));
         if requests.is_empty() {
-            // No policy of the route counts this message's caller.
+            // An unlimited route, or no policy of the route counts this
+            // message's caller.
             return Ok(self.allowed(event).await);
         }
         let decided = match self.limiter.decide_all(&requests).await {
@@ -196,6 +202,11 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             }
             decided => decided,
         };
+        if let (Some(mark), Ok(verdicts)) = (mark, &decided)
+            && is_marked(verdicts, mark)
+        {
+            return Ok(marked(&self.limiter, &*self.sender, &endpoint, event).await);
+        }
         let refused = refusal_all(&self.limiter, requests[0].policy, decided);
         let Some(refused) = refused else {
             return Ok(self.allowed(event).await);

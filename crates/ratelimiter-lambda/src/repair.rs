@@ -30,37 +30,40 @@ pub const MAX_CHECKED: usize = 10;
 /// How long a holder found open is not asked about again, in milliseconds.
 pub const RECHECK_AFTER_MS: u64 = 60_000;
 
-/// The most holders a container remembers as open.
-const MAX_VERIFIED: usize = 10_000;
+/// The holders this container found open lately.
+pub type Verified = Recent;
 
-/// The holders this container found open, and when (milliseconds by the
-/// limiter's clock). Bounded: when full, the entries past
-/// [`RECHECK_AFTER_MS`] go, and if none did, all of them (asking again is
-/// only a cost).
+/// The most entries a [`Recent`] keeps.
+const MAX_RECENT: usize = 10_000;
+
+/// Names this container remembers until a time (milliseconds by the
+/// limiter's clock): the holders of a full cap found open, the clients
+/// told of a soft rejection. Bounded: when full, the entries past their
+/// time go, and if none did, all of them (forgetting costs only a call
+/// or an invocation more).
 #[derive(Debug, Default)]
-pub struct Verified(Mutex<HashMap<String, u64>>);
+pub struct Recent(Mutex<HashMap<String, u64>>);
 
-impl Verified {
+impl Recent {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `id` was found open less than [`RECHECK_AFTER_MS`] ago.
-    fn recent(&self, id: &str, now_ms: u64) -> bool {
-        self.lock()
-            .get(id)
-            .is_some_and(|&at| now_ms < at.saturating_add(RECHECK_AFTER_MS))
+    /// Whether `name` is remembered at `now_ms`.
+    pub(crate) fn recent(&self, name: &str, now_ms: u64) -> bool {
+        self.lock().get(name).is_some_and(|&until| now_ms < until)
     }
 
-    fn found_open(&self, id: &str, now_ms: u64) {
-        let mut open = self.lock();
-        if open.len() >= MAX_VERIFIED {
-            open.retain(|_, at| now_ms < at.saturating_add(RECHECK_AFTER_MS));
-            if open.len() >= MAX_VERIFIED {
-                open.clear();
+    /// Remembers `name` until `until_ms`.
+    pub(crate) fn remember(&self, name: &str, now_ms: u64, until_ms: u64) {
+        let mut names = self.lock();
+        if names.len() >= MAX_RECENT {
+            names.retain(|_, until| now_ms < *until);
+            if names.len() >= MAX_RECENT {
+                names.clear();
             }
         }
-        open.insert(id.to_owned(), now_ms);
+        names.insert(name.to_owned(), until_ms);
     }
 }
 
@@ -105,7 +108,9 @@ pub async fn free_gone_seats<S: Store, C: Clock, N: ConnectionSender>(
                     Ok(()) => released += 1,
                     Err(error) => tracing::warn!(policy, %error, "cannot release a gone seat"),
                 },
-                Ok(false) => verified.found_open(&seat.id, now_ms),
+                Ok(false) => {
+                    verified.remember(&seat.id, now_ms, now_ms.saturating_add(RECHECK_AFTER_MS))
+                }
                 Err(SendError::Gone) => {}
                 Err(SendError::Failed(error)) => {
                     tracing::warn!(policy, %error, "GetConnection failed; the seat stays");

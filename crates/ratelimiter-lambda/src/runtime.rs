@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use ratelimiter::config::{ConfigError, read_one_of};
-use ratelimiter::{Builder, RateLimitService};
+use ratelimiter::{Builder, Config, RateLimitService};
 use ratelimiter_dynamodb::DynamoDbStore;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Level;
 
 use crate::emf::{Emf, MetricsConfig, flush_after_each};
+use crate::soft::ConnectReject;
 
 /// The most verbose level logged: one of [`LOG_LEVELS`], `info` when unset.
 pub const LOG_LEVEL_VAR: &str = "RATE_LIMIT_LOG_LEVEL";
@@ -177,11 +178,14 @@ pub fn metrics_from_env() -> Result<Option<Emf>, Error> {
 pub type Limiter = RateLimitService<DynamoDbStore>;
 
 /// The rate-limit service on the DynamoDB table, configured by the
-/// environment. A configuration error is found before any AWS client is
-/// made, and returned (a [`ConfigError`]) rather than served with defaults:
-/// [`run`] logs it and stops the container.
+/// environment, with the mark's policy when `$connect` rejects softly
+/// ([`ConnectReject`]). A configuration error is found before any AWS
+/// client is made, and returned (a [`ConfigError`]) rather than served with
+/// defaults: [`run`] logs it and stops the container.
 pub async fn limiter_from_env() -> Result<Arc<Limiter>, Error> {
-    let builder = Builder::from_env()?;
+    let mut config = Config::from_env()?;
+    ConnectReject::from_env()?.apply(&mut config.policies)?;
+    let builder = Builder::from_config(config);
     let table = ratelimiter_dynamodb::DynamoDbConfig::from_env()?;
     let store = DynamoDbStore::with_config(&table).await;
     Ok(Arc::new(builder.build(store)))

@@ -13,6 +13,7 @@ use ratelimiter_lambda::heartbeat::HeartbeatHandler;
 use ratelimiter_lambda::layer::{RateLimitLayer, Refusal, Subject};
 use ratelimiter_lambda::management::{ConnectionSender, SendError};
 use ratelimiter_lambda::message::{MessageHandler, MessageHook};
+use ratelimiter_lambda::soft::{ConnectReject, FollowUp, Scheduled, SoftReject};
 use ratelimiter_testing::{Capturing, Format, Logs};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -247,6 +248,7 @@ async fn the_source_ip_comes_from_the_request_context_only() {
     assert_eq!(status.count, 10);
 }
 
+#[derive(Clone, Default)]
 struct Gatekeeper {
     calls: Arc<AtomicU32>,
 }
@@ -339,6 +341,8 @@ struct Recorder {
     /// asked about.
     gone: Mutex<Vec<String>>,
     asked: Mutex<Vec<String>>,
+    /// The connections `DeleteConnection` closed.
+    deleted: Mutex<Vec<String>>,
 }
 
 impl ConnectionSender for Recorder {
@@ -362,6 +366,11 @@ impl ConnectionSender for Recorder {
     async fn gone(&self, _: &str, connection_id: &str) -> Result<bool, SendError> {
         self.asked.lock().unwrap().push(connection_id.to_owned());
         Ok(self.gone.lock().unwrap().iter().any(|c| c == connection_id))
+    }
+
+    async fn delete(&self, _: &str, connection_id: &str) -> Result<(), SendError> {
+        self.deleted.lock().unwrap().push(connection_id.to_owned());
+        Ok(())
     }
 }
 
@@ -1234,4 +1243,243 @@ async fn the_disconnect_hook_runs_after_the_seats_are_given_back() {
         assert_eq!(response.status_code, 200, "fail: {fail}");
         assert_eq!(*cleanup.seen.lock().unwrap(), [("c1".to_owned(), 0)]);
     }
+}
+
+/// Records the soft rejections `$connect` schedules, and fails when told.
+#[derive(Default)]
+struct FollowUps {
+    jobs: Mutex<Vec<SoftReject>>,
+    fail: AtomicU32,
+}
+
+impl FollowUp for FollowUps {
+    fn schedule(&self, job: SoftReject) -> Scheduled<'_> {
+        let failing = self.fail.load(Ordering::SeqCst) > 0;
+        if !failing {
+            self.jobs.lock().unwrap().push(job);
+        }
+        Box::pin(async move {
+            if failing {
+                Err("the invocation was refused".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Two connection attempts a minute per address, rejected softly, on a
+/// store shared with other processes (with a deny cache).
+fn soft_limiter(clock: &FakeClock) -> Limiter {
+    let mut config = Config::from_lookup(|var| {
+        (var == "RATE_LIMIT_CONNECTION_ATTEMPTS_PER_MIN").then(|| "2".into())
+    })
+    .unwrap();
+    ConnectReject::Soft.apply(&mut config.policies).unwrap();
+    Arc::new(
+        Builder::from_config(config)
+            .clock(clock.clone())
+            .build(MemoryStore::new()),
+    )
+}
+
+/// A `$connect` of `connection`, from one address, connected at `now_ms`.
+fn soft_connect_event(connection: &str, now_ms: u64) -> Value {
+    let mut event = connect_event(Some("198.51.100.7"), None);
+    event["requestContext"]["connectionId"] = json!(connection);
+    event["requestContext"]["connectedAt"] = json!(now_ms);
+    event
+}
+
+/// A message of `connection` on `route`, connected at `connected_ms`.
+fn soft_message_event(route: &str, connection: &str, connected_ms: u64) -> Value {
+    let body = format!(r#"{{"action":"{route}"}}"#);
+    let mut event = message_event(route, connection, None, &body);
+    event["requestContext"]["connectedAt"] = json!(connected_ms);
+    event
+}
+
+#[tokio::test]
+async fn soft_rejection_accepts_marks_and_schedules_the_seeds_body() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let limiter = soft_limiter(&clock);
+    let (sender, follow_ups) = (
+        Arc::new(Recorder::default()),
+        Arc::new(FollowUps::default()),
+    );
+    let hook = Gatekeeper::default();
+    let handler = ConnectHandler::new(limiter.clone())
+        .with_hook(hook.clone())
+        .with_sender(sender.clone())
+        .with_soft_rejection(follow_ups.clone())
+        .unwrap();
+    let now = limiter.now_ms();
+    for id in ["c1", "c2"] {
+        let response = handler
+            .handle(invoke(soft_connect_event(id, now)))
+            .await
+            .unwrap();
+        assert_eq!(response.status_code, 200);
+    }
+    assert_eq!(hook.calls.load(Ordering::SeqCst), 2);
+    // The third is refused by its attempts, and accepted: 200, with no
+    // hook (the application never sees it) and a follow-up scheduled.
+    let soft = handler
+        .handle(invoke(soft_connect_event("c3", now)))
+        .await
+        .unwrap();
+    assert_eq!(soft.status_code, 200, "{soft:?}");
+    assert_eq!(hook.calls.load(Ordering::SeqCst), 2, "the hook never ran");
+    let jobs = follow_ups.jobs.lock().unwrap().clone();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.connection_id, "c3");
+    assert_eq!(
+        job.endpoint,
+        "https://abc123.execute-api.us-east-1.amazonaws.com/prod"
+    );
+    assert_eq!(job.retry_after, 30);
+    let body: Value = serde_json::from_str(&job.body).unwrap();
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    // As every body posted to a connection: the numbers of the RateLimit
+    // fields beside retryAfter, since no header reaches it.
+    assert_eq!(body["details"]["retryAfter"], 30);
+    assert_eq!(body["details"]["policy"], "connection_attempt");
+    assert_eq!(body["details"]["limits"][0]["remaining"], 0);
+    assert_eq!(job.close_reason(), "RATE_LIMIT_EXCEEDED: retry after 30 s");
+    // Connecting again before the retryAfter: this container already knows
+    // the refusal, its client was told, so it is refused hard, for free.
+    let hard = handler
+        .handle(invoke(soft_connect_event("c4", now)))
+        .await
+        .unwrap();
+    assert_rate_limited(&hard, 30);
+    assert_eq!(follow_ups.jobs.lock().unwrap().len(), 1);
+    // The follow-up, as the function's own asynchronous invocation runs
+    // it: the body posted, then the connection deleted.
+    let payload = json!({ "softReject": job });
+    assert_eq!(
+        handler.handle(invoke(payload)).await.unwrap().status_code,
+        200
+    );
+    let posts = sender.posts.lock().unwrap().clone();
+    assert_eq!(posts.len(), 1);
+    assert_eq!((posts[0].1.as_str(), &posts[0].2), ("c3", &body));
+    assert_eq!(*sender.deleted.lock().unwrap(), ["c3"]);
+    // A payload that is not a soft rejection is refused, and does nothing.
+    let bad = json!({"softReject": {"connectionId": "c1"}});
+    assert_eq!(handler.handle(invoke(bad)).await.unwrap().status_code, 400);
+    assert_eq!(sender.posts.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_marked_connections_messages_never_reach_the_app_and_a_late_one_closes_it() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let limiter = soft_limiter(&clock);
+    let (sender, follow_ups) = (
+        Arc::new(Recorder::default()),
+        Arc::new(FollowUps::default()),
+    );
+    let connect = ConnectHandler::new(limiter.clone())
+        .with_sender(sender.clone())
+        .with_soft_rejection(follow_ups.clone())
+        .unwrap();
+    let now = limiter.now_ms();
+    for id in ["ok", "ok2", "refused"] {
+        let response = connect
+            .handle(invoke(soft_connect_event(id, now)))
+            .await
+            .unwrap();
+        assert_eq!(response.status_code, 200);
+    }
+    assert_eq!(follow_ups.jobs.lock().unwrap()[0].connection_id, "refused");
+    let backend = Backend::default();
+    let messages = MessageHandler::new(limiter.clone(), sender.clone()).with_hook(backend.clone());
+    let heartbeats = HeartbeatHandler::new(limiter.clone(), sender.clone());
+    // An unlimited route: the probe alone decides. The accepted connection
+    // reaches the application; the marked one does not, and nothing is
+    // posted to it (its follow-up tells it why).
+    let ok = messages
+        .handle(invoke(soft_message_event("chat", "ok", now)))
+        .await
+        .unwrap();
+    assert_eq!(ok.status_code, 200);
+    let refused = messages
+        .handle(invoke(soft_message_event("chat", "refused", now)))
+        .await
+        .unwrap();
+    assert_eq!(refused.status_code, 403, "{refused:?}");
+    assert_eq!(body(&refused)["code"], "CONNECTION_REFUSED");
+    assert_eq!(backend.0.load(Ordering::SeqCst), 1);
+    // The heartbeat probes the mark in its own call: no ack.
+    let beat = heartbeats
+        .handle(invoke(soft_message_event("heartbeat", "refused", now)))
+        .await
+        .unwrap();
+    assert_eq!(beat.status_code, 403);
+    let beat = heartbeats
+        .handle(invoke(soft_message_event("heartbeat", "ok", now)))
+        .await
+        .unwrap();
+    assert_eq!(beat.status_code, 200);
+    let posts = sender.posts.lock().unwrap().clone();
+    assert_eq!(
+        posts.len(),
+        1,
+        "only the accepted connection's ack: {posts:?}"
+    );
+    assert_eq!(posts[0].1, "ok");
+    assert!(
+        sender.deleted.lock().unwrap().is_empty(),
+        "left to its follow-up"
+    );
+    // Still open past the follow-up's deadline: its follow-up never ran,
+    // so the next message closes it.
+    clock.advance(std::time::Duration::from_secs(6));
+    let late = messages
+        .handle(invoke(soft_message_event("chat", "refused", now)))
+        .await
+        .unwrap();
+    assert_eq!(late.status_code, 403);
+    assert_eq!(*sender.deleted.lock().unwrap(), ["refused"]);
+    assert_eq!(backend.0.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_soft_rejection_that_cannot_be_followed_up_is_hard() {
+    let clock = FakeClock::at_secs(1_700_000_000);
+    let limiter = soft_limiter(&clock);
+    let follow_ups = Arc::new(FollowUps::default());
+    follow_ups.fail.store(1, Ordering::SeqCst);
+    let handler = ConnectHandler::new(limiter.clone())
+        .with_sender(Arc::new(Recorder::default()))
+        .with_soft_rejection(follow_ups.clone())
+        .unwrap();
+    let now = limiter.now_ms();
+    for id in ["c1", "c2"] {
+        handler
+            .handle(invoke(soft_connect_event(id, now)))
+            .await
+            .unwrap();
+    }
+    let refused = handler
+        .handle(invoke(soft_connect_event("c3", now)))
+        .await
+        .unwrap();
+    assert_rate_limited(&refused, 30);
+    // Soft rejection needs the mark's policy and a sender.
+    let error = ConnectHandler::new(limiter.clone())
+        .with_soft_rejection(follow_ups.clone())
+        .err()
+        .expect("no sender");
+    assert!(
+        error.to_string().contains("RATE_LIMIT_CONNECT_REJECT"),
+        "{error}"
+    );
+    let error = ConnectHandler::new(self::limiter(&[]))
+        .with_sender(Arc::new(Recorder::default()))
+        .with_soft_rejection(follow_ups)
+        .err()
+        .expect("no mark");
+    assert!(error.to_string().contains("mark"), "{error}");
 }

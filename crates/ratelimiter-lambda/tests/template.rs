@@ -39,6 +39,7 @@ fn variables_read_by_the_code() -> BTreeSet<String> {
     }
     vars.insert(ratelimiter_lambda::management::MANAGEMENT_ENDPOINT_VAR.to_owned());
     vars.insert(ratelimiter_lambda::forward::FORWARD_FUNCTION_VAR.to_owned());
+    vars.insert(ratelimiter_lambda::soft::CONNECT_REJECT_VAR.to_owned());
     for var in [
         ratelimiter_lambda::authorizer::JWKS_URL_VAR,
         ratelimiter_lambda::authorizer::ISSUER_VAR,
@@ -288,4 +289,46 @@ fn connect_has_an_authorizer_of_yours_or_the_default_one() {
         .next()
         .unwrap();
     assert!(!authorizer.contains("dynamodb:"), "{authorizer}");
+}
+
+#[test]
+fn soft_rejection_is_a_parameter_and_its_follow_up_is_allowed_only_when_on() {
+    use ratelimiter_lambda::soft::CONNECT_REJECT_VAR;
+    let template = template();
+    assert!(template.contains(
+        "  ConnectReject:\n    Type: String\n    Default: hard\n    AllowedValues: [hard, soft]\n"
+    ));
+    let globals = template.split("\nGlobals:\n").nth(1).unwrap();
+    let globals = globals.split("\nResources:\n").next().unwrap();
+    assert!(globals.contains(&format!("{CONNECT_REJECT_VAR}: !Ref ConnectReject")));
+    assert!(template.contains("SoftReject: !Equals [!Ref ConnectReject, soft]"));
+    // $connect may invoke itself (the follow-up), post and delete, only
+    // with soft rejection on; its asynchronous invocations are never
+    // retried nor kept past a minute.
+    let follow_up = template
+        .split("\n  ConnectFollowUpPolicy:\n")
+        .nth(1)
+        .expect("the follow-up's policy")
+        .split("\n\n")
+        .next()
+        .unwrap();
+    assert!(follow_up.contains("Condition: SoftReject"), "{follow_up}");
+    assert!(follow_up.contains("Roles: [!Ref ConnectFunctionRole]"));
+    assert!(follow_up.contains(
+        "Action: lambda:InvokeFunction\n            Resource: !GetAtt ConnectFunction.Arn"
+    ));
+    for method in ["POST", "DELETE"] {
+        assert!(follow_up.contains(&format!("${{Stage}}/{method}/@connections/*")));
+    }
+    assert!(template.contains(
+        "EventInvokeConfig:\n        MaximumEventAgeInSeconds: 60\n        MaximumRetryAttempts: 0\n"
+    ));
+    // The heartbeat and message functions close a marked connection that
+    // outlived its follow-up: DELETE, only with soft rejection on.
+    assert_eq!(
+        template
+            .matches("- SoftReject\n              - Effect: Allow\n                Action: execute-api:ManageConnections\n")
+            .count(),
+        2
+    );
 }

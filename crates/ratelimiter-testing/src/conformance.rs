@@ -398,6 +398,54 @@ pub async fn route_policies<S: Store>(store: S) {
     assert_eq!(verdicts[1].decision.remaining, 0);
 }
 
+/// Probes (requests of cost 0): allowed while a token is left, taking
+/// none, alone or in the call of the other requests on their item; a
+/// one-token bucket taken once (a soft rejection's mark) refuses them
+/// until it refills, and its refusal takes nothing from the others.
+pub async fn probes<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service_with(
+        store,
+        &clock,
+        "[policy.messages]\nkey = \"connection\"\nlimits = [\"2/min\"]\n\
+         [policy.mark]\nkey = \"connection\"\nlimits = [\"1/2h\"]\n",
+    );
+    let (messages, mark) = (
+        service.policy_id("messages").unwrap(),
+        service.policy_id("mark").unwrap(),
+    );
+    let probe = |id| Request::from((mark, id)).cost(0);
+    // Unmarked: the probe passes in the message's own call, taking nothing.
+    let message = |id| [Request::from((messages, id)), probe(id)];
+    let verdicts = service.decide_all(&message("conn-p")).await.unwrap();
+    assert!(verdicts.iter().all(|v| v.allowed()), "{verdicts:?}");
+    assert_eq!(verdicts.iter().map(|v| v.calls).sum::<u32>(), 1, "one call");
+    assert_eq!(verdicts[1].decision.remaining, 1, "the mark is untouched");
+    let probe_of_messages = Request::from((messages, "conn-p")).cost(0);
+    let verdict = allow(&service, probe_of_messages).await;
+    assert_eq!(verdict.decision.remaining, 1, "a probe takes nothing");
+    // Marked: the probe refuses, alone and with the message, which then
+    // takes nothing.
+    allow(&service, Request::from((mark, "conn-q"))).await;
+    assert!(!service.decide(probe("conn-q")).await.unwrap().allowed());
+    let refused = service.decide_all(&message("conn-q")).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].policy, mark);
+    let counted = service
+        .status(Request::from((messages, "conn-q")))
+        .await
+        .unwrap();
+    assert_eq!(counted[0].count, 0, "the refused message took nothing");
+    // Spent: a probe of an empty bucket refuses as a request of one would.
+    allow(&service, Request::from((messages, "conn-p"))).await;
+    let spent = service.decide(probe_of_messages).await.unwrap();
+    assert!(!spent.allowed());
+    assert_eq!(spent.retry_after_secs(), 30);
+    // The mark ends with its period: two hours later, the probe passes.
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert!(service.decide(probe("conn-q")).await.unwrap().allowed());
+}
+
 /// Two checks in a row of several policies on one item (a configured
 /// listener's `$connect`): one call when both are allowed; a refused second
 /// still counts the first; a refused first takes nothing from the second.

@@ -82,7 +82,7 @@ pub enum QuotaError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a cost of {cost} exceeds the capacity of {capacity} tokens")]
 pub struct CostExceedsCapacity {
-    /// The cost that was asked for (0 is reported as such too).
+    /// The cost that was asked for.
     pub cost: u32,
     /// The bucket's capacity, the quota's limit.
     pub capacity: u32,
@@ -143,19 +143,31 @@ impl Quota {
     }
 
     /// Describes a request of `cost` tokens at `now`, for a store to apply.
+    ///
+    /// A cost of 0 is a *probe*: allowed while at least one token is left,
+    /// denied (with the `retry_after` of a one-token request) when none
+    /// is, and it takes nothing either way. A store applies it like any
+    /// step: its increment is 0, its busy ceiling one token below the
+    /// horizon.
     #[inline]
     pub fn step(&self, now: Nanos, cost: u32) -> Result<Step, CostExceedsCapacity> {
-        if cost == 0 || cost > self.limit.get() {
+        if cost > self.limit.get() {
             return Err(CostExceedsCapacity {
                 cost,
                 capacity: self.limit.get(),
             });
         }
+        let full = now.saturating_add(self.capacity_ns());
         Ok(Step {
             now,
             cost,
             increment: self.emission * u64::from(cost),
-            horizon: now.saturating_add(self.capacity_ns()),
+            // A probe needs one token's room without taking it.
+            horizon: if cost == 0 {
+                full - self.emission
+            } else {
+                full
+            },
         })
     }
 
@@ -164,12 +176,14 @@ impl Quota {
     /// when denied), as [`Step::apply`] reports them.
     #[inline]
     pub fn decision(&self, step: &Step, outcome: Outcome, tat: Nanos) -> Decision {
+        // The horizon of a taking step; a probe's is one token lower.
+        let full = step.now.saturating_add(self.capacity_ns());
         match outcome {
             Outcome::Allowed => Decision {
                 allowed: true,
                 limit: self.limit(),
                 window: self.period,
-                remaining: self.tokens_between(tat, step.horizon),
+                remaining: self.tokens_between(tat, full),
                 retry_after: Duration::ZERO,
                 reset_after: Duration::from_nanos(tat.saturating_sub(step.now)),
             },
@@ -179,10 +193,10 @@ impl Quota {
                     allowed: false,
                     limit: self.limit(),
                     window: self.period,
-                    remaining: self.tokens_between(base, step.horizon),
+                    remaining: self.tokens_between(base, full),
                     retry_after: Duration::from_nanos(
-                        base.saturating_add(step.increment)
-                            .saturating_sub(step.horizon),
+                        base.saturating_add(step.increment.max(self.emission))
+                            .saturating_sub(full),
                     ),
                     reset_after: Duration::from_nanos(base - step.now),
                 }
@@ -469,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn cost_larger_than_capacity_or_zero_is_an_error() {
+    fn cost_larger_than_capacity_is_an_error() {
         let quota = per_minute(10);
         assert_eq!(
             quota.decide(0, NOW, 11).unwrap_err(),
@@ -478,8 +492,69 @@ mod tests {
                 capacity: 10
             }
         );
-        assert!(quota.decide(0, NOW, 0).is_err());
         assert!(quota.decide(0, NOW, 10).unwrap().decision.allowed);
+    }
+
+    #[test]
+    fn a_probe_is_allowed_while_a_token_is_left_and_takes_none() {
+        let quota = per_minute(2);
+        let mut tat = 0;
+        // A full bucket: allowed, both tokens still there.
+        let probe = quota.decide(tat, NOW, 0).unwrap();
+        assert!(probe.decision.allowed);
+        assert_eq!(probe.decision.remaining, 2);
+        spend(&quota, &mut tat, NOW, 1);
+        let probe = quota.decide(tat, NOW, 0).unwrap();
+        assert!(probe.decision.allowed);
+        assert_eq!(probe.decision.remaining, 1);
+        // Taking nothing: the TAT it leaves is where it found it.
+        assert_eq!(probe.new_tat, Some(tat));
+        spend(&quota, &mut tat, NOW, 1);
+        // Empty: denied, told to come back when a one-token request would
+        // pass, as a request of cost 1 is.
+        let probe = quota.decide(tat, NOW, 0).unwrap();
+        let one = quota.decide(tat, NOW, 1).unwrap();
+        assert!(!probe.decision.allowed);
+        assert_eq!(probe.decision, one.decision);
+        assert_eq!(probe.decision.retry_after, Duration::from_secs(30));
+        // Half a minute later a token is back: the probe passes.
+        assert!(
+            quota
+                .decide(tat, NOW + 30 * SEC, 0)
+                .unwrap()
+                .decision
+                .allowed
+        );
+        assert!(
+            !quota
+                .decide(tat, NOW + 30 * SEC - 1, 0)
+                .unwrap()
+                .decision
+                .allowed
+        );
+    }
+
+    #[test]
+    fn a_one_token_bucket_probed_tells_taken_from_untouched() {
+        // How a mark works: one token per long period, taken once; a probe
+        // is refused from then until the period ends.
+        let quota = Quota::new(NonZeroU32::new(1).unwrap(), Duration::from_secs(7500)).unwrap();
+        assert!(quota.decide(0, NOW, 0).unwrap().decision.allowed);
+        let marked = quota.decide(0, NOW, 1).unwrap().new_tat.unwrap();
+        assert!(
+            !quota
+                .decide(marked, NOW + 7499 * SEC, 0)
+                .unwrap()
+                .decision
+                .allowed
+        );
+        assert!(
+            quota
+                .decide(marked, NOW + 7500 * SEC, 0)
+                .unwrap()
+                .decision
+                .allowed
+        );
     }
 
     #[test]

@@ -87,7 +87,8 @@ impl<'a> Request<'a> {
         self
     }
 
-    /// The same request, taking `cost` tokens.
+    /// The same request, taking `cost` tokens (1 unless set). A cost of 0
+    /// is a probe: allowed while a token is left, and taking none.
     #[must_use]
     pub fn cost(mut self, cost: u32) -> Self {
         self.cost = cost;

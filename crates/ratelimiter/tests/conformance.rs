@@ -16,6 +16,11 @@ async fn route_policies() {
 }
 
 #[tokio::test]
+async fn probes() {
+    conformance::probes(MemoryStore::new()).await;
+}
+
+#[tokio::test]
 async fn checks_in_turn() {
     conformance::checks_in_turn(MemoryStore::new()).await;
 }
