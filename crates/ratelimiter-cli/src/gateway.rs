@@ -8,7 +8,10 @@
 //!   later event of the connection carries, as API Gateway's does.
 //!   **Development only**: any client can claim any user id or tier here.
 //! - A refused `$connect` is answered with the handler's status, headers and
-//!   body instead of the upgrade.
+//!   body instead of the upgrade; with `RATE_LIMIT_CONNECT_REJECT=soft`, it
+//!   is accepted, and a task posts the seed's 429 body to it through the
+//!   Management API (again while it is not open yet, as the Lambda
+//!   follow-up does), then closes it with 1008 and a reason.
 //! - Messages are routed on `$request.body.action`: `heartbeat` goes to the
 //!   heartbeat handler; an action the configuration limits (`[route.*]`),
 //!   or any other when it limits `$default`, goes to the message handler as

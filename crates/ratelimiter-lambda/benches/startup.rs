@@ -6,7 +6,9 @@
 //!
 //! `connect, caps` is the `connect` binary with a configuration that caps
 //! open connections per address, so that it also builds its Management
-//! API client (to repair full caps).
+//! API client (to repair full caps); `connect, soft` the same binary with
+//! `RATE_LIMIT_CONNECT_REJECT=soft`, so that it builds that client and
+//! the Lambda client of its follow-up.
 //!
 //! The binaries are the bench profile's (the release settings) unless
 //! `LAMBDA_BIN_DIR` names a folder with other builds, such as the shipped
@@ -20,14 +22,11 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 40;
 
-fn time_to_ready(binary: &str, config: Option<&str>) -> Duration {
+fn time_to_ready(binary: &str, env: &[(&str, &str)]) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let mut command = Command::new(binary);
-    command.env_clear();
-    if let Some(config) = config {
-        command.env("RATE_LIMIT_CONFIG", config);
-    }
+    command.env_clear().envs(env.iter().copied());
     let started = Instant::now();
     let mut child = command
         .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
@@ -69,27 +68,35 @@ fn main() {
     )
     .unwrap();
     let caps = caps.to_str().unwrap().to_owned();
-    for (name, file, built, config) in [
-        ("connect", "connect", env!("CARGO_BIN_EXE_connect"), None),
+    let with_caps = [("RATE_LIMIT_CONFIG", caps.as_str())];
+    let soft = [("RATE_LIMIT_CONNECT_REJECT", "soft")];
+    for (name, file, built, env) in [
+        ("connect", "connect", env!("CARGO_BIN_EXE_connect"), &[][..]),
         (
             "connect, caps",
             "connect",
             env!("CARGO_BIN_EXE_connect"),
-            Some(caps.as_str()),
+            &with_caps[..],
+        ),
+        (
+            "connect, soft",
+            "connect",
+            env!("CARGO_BIN_EXE_connect"),
+            &soft[..],
         ),
         (
             "disconnect",
             "disconnect",
             env!("CARGO_BIN_EXE_disconnect"),
-            None,
+            &[][..],
         ),
         (
             "heartbeat",
             "heartbeat",
             env!("CARGO_BIN_EXE_heartbeat"),
-            None,
+            &[][..],
         ),
-        ("message", "message", env!("CARGO_BIN_EXE_message"), None),
+        ("message", "message", env!("CARGO_BIN_EXE_message"), &[][..]),
     ] {
         // Relative to the workspace, where the command is documented to run.
         let binary = match &dir {
@@ -98,8 +105,8 @@ fn main() {
         };
         let size = std::fs::metadata(&binary).unwrap().len();
         println!("{name}: {binary} ({size} bytes)");
-        time_to_ready(&binary, config); // warm the page cache
-        let mut times: Vec<Duration> = (0..RUNS).map(|_| time_to_ready(&binary, config)).collect();
+        time_to_ready(&binary, env); // warm the page cache
+        let mut times: Vec<Duration> = (0..RUNS).map(|_| time_to_ready(&binary, env)).collect();
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(

@@ -21,6 +21,11 @@
 //! connection (its id and `connectedAt`), after the rates and in the same
 //! call when it shares their item; `$disconnect`
 //! ([`crate::disconnect::DisconnectHandler`]) gives it back.
+//!
+//! With soft rejection ([`ConnectHandler::with_soft_rejection`], see
+//! [`crate::soft`]), a refused connection is marked, accepted (200, no
+//! hook) and told why by a follow-up, which this handler also runs when
+//! invoked with `{"softReject": ...}` instead of an API Gateway event.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -89,7 +89,8 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
                 if let Ok(verdicts) = &decided
                     && is_marked(verdicts, mark)
                 {
-                    return marked(&self.limiter, &*self.sender, &endpoint, event).await;
+                    return marked(&self.limiter, &*self.sender, &endpoint, connection, event)
+                        .await;
                 }
                 refusal_all(&self.limiter, request.policy, decided)
             }

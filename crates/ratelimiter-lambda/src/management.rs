@@ -222,13 +222,9 @@ impl ConnectionSender for ManagementApi {
             .data(Blob::new(data))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_gone_exception() => Err(SendError::Gone),
-            Err(e) => Err(SendError::Failed(
-                aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e).to_string(),
-            )),
-        }
+        result
+            .map(drop)
+            .map_err(|e| send_error(e, |e| e.is_gone_exception()))
     }
 
     async fn delete(&self, endpoint: &str, connection_id: &str) -> Result<(), SendError> {
@@ -238,13 +234,9 @@ impl ConnectionSender for ManagementApi {
             .connection_id(connection_id)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_gone_exception() => Err(SendError::Gone),
-            Err(e) => Err(SendError::Failed(
-                aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e).to_string(),
-            )),
-        }
+        result
+            .map(drop)
+            .map_err(|e| send_error(e, |e| e.is_gone_exception()))
     }
 
     async fn gone(&self, endpoint: &str, connection_id: &str) -> Result<bool, SendError> {
@@ -254,12 +246,25 @@ impl ConnectionSender for ManagementApi {
             .connection_id(connection_id)
             .send()
             .await;
-        match result {
+        match result.map_err(|e| send_error(e, |e| e.is_gone_exception())) {
             Ok(_) => Ok(false),
-            Err(SdkError::ServiceError(e)) if e.err().is_gone_exception() => Ok(true),
-            Err(e) => Err(SendError::Failed(
-                aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e).to_string(),
-            )),
+            Err(SendError::Gone) => Ok(true),
+            Err(failed) => Err(failed),
         }
+    }
+}
+
+/// A Management API call's error as a [`SendError`]: the connection gone
+/// (410, `is_gone` of the operation's error) or anything else, in words.
+fn send_error<E, R>(error: SdkError<E, R>, is_gone: impl Fn(&E) -> bool) -> SendError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match &error {
+        SdkError::ServiceError(e) if is_gone(e.err()) => SendError::Gone,
+        _ => SendError::Failed(
+            aws_sdk_apigatewaymanagement::error::DisplayErrorContext(error).to_string(),
+        ),
     }
 }

@@ -205,7 +205,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
         if let (Some(mark), Ok(verdicts)) = (mark, &decided)
             && is_marked(verdicts, mark)
         {
-            return Ok(marked(&self.limiter, &*self.sender, &endpoint, event).await);
+            return Ok(marked(&self.limiter, &*self.sender, &endpoint, connection, event).await);
         }
         let refused = refusal_all(&self.limiter, requests[0].policy, decided);
         let Some(refused) = refused else {

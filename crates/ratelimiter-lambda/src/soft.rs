@@ -180,11 +180,11 @@ pub(crate) async fn marked<S: Store, C: Clock, N: ConnectionSender>(
     limiter: &RateLimitService<S, C>,
     sender: &N,
     endpoint: &str,
+    connection: &str,
     event: &ApiGatewayWebsocketProxyRequest,
 ) -> ApiGatewayProxyResponse {
     let now = limiter.now_ms();
-    let connected = event.request_context.connected_at as u64;
-    let connection = event.request_context.connection_id.as_deref().unwrap_or("");
+    let connected = u64::try_from(event.request_context.connected_at).unwrap_or(0);
     tracing::info!("a message of a connection refused at $connect: refused");
     if now.saturating_sub(connected) > FOLLOW_UP_DEADLINE.as_millis() as u64 {
         match sender.delete(endpoint, connection).await {

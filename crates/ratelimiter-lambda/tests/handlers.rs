@@ -1483,3 +1483,24 @@ async fn a_soft_rejection_that_cannot_be_followed_up_is_hard() {
         .expect("no mark");
     assert!(error.to_string().contains("mark"), "{error}");
 }
+
+#[tokio::test]
+async fn an_empty_message_passes_a_byte_quota_while_a_byte_is_left() {
+    let sender = Arc::new(Recorder::default());
+    let backend = Backend::default();
+    let handler = MessageHandler::new(routed_limiter(), sender.clone()).with_hook(backend.clone());
+    let send = |body: &str| invoke(message_event("sendMessage", "conn-e", None, body));
+    // An empty message takes no byte: it is a probe of the byte quota.
+    assert_eq!(handler.handle(send("")).await.unwrap().status_code, 200);
+    let hundred = format!(r#"{{"action":"sendMessage","text":"{}"}}"#, "x".repeat(66));
+    assert_eq!(hundred.len(), 100);
+    assert_eq!(
+        handler.handle(send(&hundred)).await.unwrap().status_code,
+        200
+    );
+    assert_eq!(backend.0.load(Ordering::SeqCst), 2);
+    // Every byte spent: even an empty message waits for one to come back.
+    let refused = handler.handle(send("")).await.unwrap();
+    assert_rate_limited(&refused, 1);
+    assert_eq!(backend.0.load(Ordering::SeqCst), 2);
+}

@@ -83,6 +83,18 @@ async fn post_to_connection(
     StatusCode::OK
 }
 
+/// The Management API's `DeleteConnection`, as a soft rejection's
+/// follow-up calls it.
+async fn delete_connection(
+    State(api): State<RuntimeApi>,
+    Path((_stage, connection)): Path<(String, String)>,
+) -> StatusCode {
+    api.results
+        .send((connection, "deleted".into(), Value::Null))
+        .unwrap();
+    StatusCode::NO_CONTENT
+}
+
 /// Lambda's `Invoke`, as the message binary forwards an allowed message:
 /// recorded as (function, invocation type, event).
 async fn invoke_function(
@@ -121,7 +133,7 @@ impl Harness {
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .route(
                 "/{stage}/@connections/{connection}",
-                post(post_to_connection),
+                post(post_to_connection).delete(delete_connection),
             )
             .route(
                 "/2015-03-31/functions/{function}/invocations",
@@ -705,6 +717,74 @@ fn a_level_in_any_case_with_white_space_around_is_valid() {
         assert!(
             error.is_some_and(|error| error.contains("cannot read the configuration file")),
             "{binary}: {printed}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_binary_rejects_softly_and_follows_up_as_its_own_invocation() {
+    let mut harness = Harness::start().await;
+    let lambda = format!("http://{}", harness.address);
+    let mut child = harness.spawn_with(
+        env!("CARGO_BIN_EXE_connect"),
+        &[
+            ("RATE_LIMIT_CONNECT_REJECT", "soft"),
+            ("AWS_ENDPOINT_URL_LAMBDA", &lambda),
+        ],
+    );
+    harness.invoke("a", event("$connect", None));
+    let (_, _, response) = harness.receive().await;
+    assert_eq!(response["statusCode"], 200, "{response}");
+    // The second listener join is refused: accepted, and the function
+    // invokes itself, asynchronously, with the follow-up.
+    harness.invoke("b", event("$connect", None));
+    let (function, kind, payload) = harness.receive().await;
+    assert_eq!(
+        (function.as_str(), kind.as_str()),
+        ("test", "Event"),
+        "{payload}"
+    );
+    let job = &payload["softReject"];
+    assert_eq!(job["connectionId"], "conn-1");
+    assert_eq!(job["retryAfter"], 60);
+    let (id, _, response) = harness.receive().await;
+    assert_eq!(
+        (id.as_str(), &response["statusCode"]),
+        ("b", &json!(200)),
+        "{response}"
+    );
+    // Lambda hands the follow-up back to the function: it posts the
+    // seed's body to the connection, then deletes it.
+    harness.invoke("c", payload.clone());
+    let (connection, kind, body) = harness.receive().await;
+    assert_eq!((connection.as_str(), kind.as_str()), ("conn-1", "posted"));
+    assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(body["details"]["retryAfter"], 60);
+    let (connection, kind, _) = harness.receive().await;
+    assert_eq!((connection.as_str(), kind.as_str()), ("conn-1", "deleted"));
+    let (id, kind, response) = harness.receive().await;
+    assert_eq!((id.as_str(), kind.as_str()), ("c", "response"));
+    assert_eq!(response["statusCode"], 200, "{response}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_bad_connect_reject_mode_stops_every_limiting_binary_at_start_up() {
+    for binary in [
+        env!("CARGO_BIN_EXE_connect"),
+        env!("CARGO_BIN_EXE_heartbeat"),
+        env!("CARGO_BIN_EXE_message"),
+        env!("CARGO_BIN_EXE_disconnect"),
+    ] {
+        let stopped = start_up(binary, &[("RATE_LIMIT_CONNECT_REJECT", "gentle")]);
+        assert!(!stopped.status.success());
+        assert!(
+            stopped.printed().contains(
+                r#"RATE_LIMIT_CONNECT_REJECT must be one of hard or soft, got \"gentle\""#
+            ),
+            "{binary}: {}",
+            stopped.printed()
         );
     }
 }

@@ -408,10 +408,12 @@ pub async fn probes<S: Store>(store: S) {
         store,
         &clock,
         "[policy.messages]\nkey = \"connection\"\nlimits = [\"2/min\"]\n\
+         [policy.user_messages]\nkey = \"user\"\nlimits = [\"1/min\"]\n\
          [policy.mark]\nkey = \"connection\"\nlimits = [\"1/2h\"]\n",
     );
-    let (messages, mark) = (
+    let (messages, user_messages, mark) = (
         service.policy_id("messages").unwrap(),
+        service.policy_id("user_messages").unwrap(),
         service.policy_id("mark").unwrap(),
     );
     let probe = |id| Request::from((mark, id)).cost(0);
@@ -441,6 +443,18 @@ pub async fn probes<S: Store>(store: S) {
     let spent = service.decide(probe_of_messages).await.unwrap();
     assert!(!spent.allowed());
     assert_eq!(spent.retry_after_secs(), 30);
+    // A probe alone on its item, beside a request another item refuses:
+    // one call each, and none to give the probe back (it took nothing).
+    let by_user = |id| [Request::from((user_messages, "user-p")), probe(id)];
+    allow(&service, Request::from((user_messages, "user-p"))).await;
+    let refused = service.decide_all(&by_user("conn-u")).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].policy, user_messages);
+    // The user item is known spent (no call); the probe's item, one.
+    assert_eq!(
+        refused[0].calls, 1,
+        "no call to give a probe back: {refused:?}"
+    );
     // The mark ends with its period: two hours later, the probe passes.
     clock.advance(Duration::from_secs(2 * 3600));
     assert!(service.decide(probe("conn-q")).await.unwrap().allowed());

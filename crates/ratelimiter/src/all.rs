@@ -343,6 +343,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     ) -> u32 {
         let key = &plan.resolved.key;
         let mut calls = 0;
+        // A probe (cost 0) took nothing: no call to give it back.
+        let taken: Vec<Op<'_>> = taken
+            .iter()
+            .filter(|op| op.step.increment() > 0)
+            .copied()
+            .collect();
+        let taken = taken.as_slice();
         if !taken.is_empty() {
             calls += 1;
             if let Some(cache) = &self.cache {
