@@ -28,10 +28,10 @@
 //! application ([`marked`]).
 //!
 //! What an abusive client gets from it: the mark and the follow-up cost a
-//! store call and an invocation per soft rejection, so only a refusal the
-//! store made is soft. A client that connects again before its
-//! `retryAfter`, whose refusal this container's deny cache already knows,
-//! is refused hard (429 at the handshake) at no cost: it has been told.
+//! store call and an invocation per soft rejection, so a client (its
+//! address and user) is rejected softly once per `retryAfter` in a
+//! container. Connecting again before then, it is refused hard (429 at the
+//! handshake), at no more cost than any refusal: it has been told.
 
 use std::future::Future;
 use std::pin::Pin;
