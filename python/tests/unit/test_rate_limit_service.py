@@ -209,3 +209,46 @@ def test_closed_and_local_modes_on_an_unavailable_table(monkeypatch):
         assert local.check_heartbeat_limit("conn-l").allowed
     with pytest.raises(RateLimitExceededError):
         local.check_heartbeat_limit("conn-l")
+
+
+def test_a_call_waiting_on_the_table_releases_the_gil(monkeypatch):
+    """While one thread waits on DynamoDB, Python threads run: a table that
+    answers only when the main thread says so (a Python thread, which needs
+    the GIL to accept and read the request) sees the request while the
+    check is still waiting."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    received = threading.Event()
+    release = threading.Event()
+
+    def table():
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        received.set()
+        release.wait(30)
+        connection.close()
+
+    threading.Thread(target=table, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("RATE_LIMIT_TIMEOUT_MS", "60000")
+    monkeypatch.setenv("RATE_LIMIT_CONNECT_TIMEOUT_MS", "60000")
+    service = RateLimitService()
+    results = []
+    checker = threading.Thread(
+        target=lambda: results.append(service.decide("heartbeat", "conn-gil"))
+    )
+    checker.start()
+    assert received.wait(30), "the table's thread never ran while the check waited"
+    assert checker.is_alive(), "the check is still waiting for the table"
+    release.set()
+    checker.join(30)
+    # The table closed without answering: the failure mode (open) decided.
+    assert results and results[0].allowed and results[0].degraded is not None
+    listener.close()
