@@ -1,5 +1,8 @@
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, final
 
+__all__ = ["Decided", "Service"]
+
+@final
 class Decided:
     """One decision (re-exported as ``ratelimiter.Verdict``)."""
 
@@ -22,8 +25,9 @@ class Decided:
     @property
     def would_deny(self) -> bool: ...
 
+@final
 class Service:
-    def __init__(self, store: str = "dynamodb") -> None: ...
+    def __new__(cls, store: str = "dynamodb") -> Service: ...
     def policies(self) -> List[str]: ...
     def decide(
         self, policy: str, identifier: str, cost: int = 1, tier: Optional[str] = None

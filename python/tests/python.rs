@@ -11,8 +11,10 @@
 use std::path::Path;
 use std::process::Command;
 
-/// pytest, pinned to a major version.
+/// pytest and mypy (its stubtest checks the stubs), pinned to a major
+/// version.
 const PYTEST: &str = "pytest>=8,<10";
+const MYPY: &str = "mypy>=1.10,<2";
 
 fn run(what: &str, command: &mut Command) {
     let output = command
@@ -60,7 +62,7 @@ async fn the_python_package_installs_with_pip_and_its_tests_pass() {
             .args(args);
         command
     };
-    run("installing pytest", &mut pip(&[PYTEST]));
+    run("installing pytest and mypy", &mut pip(&[PYTEST, MYPY]));
     // The dev profile: the tests' build of the workspace is reused. A user's
     // `pip install ./python` builds the release one.
     run(
