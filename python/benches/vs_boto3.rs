@@ -17,23 +17,14 @@ use std::time::{Duration, Instant};
 use ratelimiter::{Builder, Config, Request};
 use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
 
+#[path = "../tests/venv.rs"]
+mod venv;
+
+use venv::{Venv, run};
+
 const ROUNDS: usize = 1000;
 
 const CONFIG: &str = "[policy.busy]\nkey = \"connection\"\nlimits = [\"100000/min\"]\n";
-
-fn run(what: &str, command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// p50 and p99 in µs, and calls per decision.
 fn row(mut times: Vec<Duration>, calls: u32) -> (f64, f64, f64) {
@@ -57,43 +48,17 @@ fn main() {
     std::fs::create_dir_all(&scratch).unwrap();
     let config_file = scratch.join("limits.toml");
     std::fs::write(&config_file, CONFIG).unwrap();
-    let venv = scratch.join("venv");
-    if !venv.join("bin/python").exists() {
-        run(
-            "python3 -m venv",
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        );
-    }
-    let pip = |args: &[&str]| {
-        let mut command = Command::new(venv.join("bin/pip"));
-        command
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(args);
-        command
-    };
-    run("pip install boto3", &mut pip(&["boto3>=1.35,<2"]));
-    run(
-        "pip install ./python",
-        pip(&["--force-reinstall", "--no-deps"]).arg(package),
-    );
+    let venv = Venv::with_package(&scratch.join("venv"), &["boto3>=1.35,<2"], None);
 
-    let endpoint = runtime.block_on(async {
+    // The Rust service, same server, same cases; its store makes the table.
+    let (endpoint, rust) = runtime.block_on(async {
         let endpoint = ratelimiter_testing::dynoxide().await;
         let store = DynamoDbStore::new(
             client(&ClientOptions::local(&endpoint, Duration::from_secs(5))).await,
             "RateLimits",
         );
         store.create_table().await.unwrap();
-        endpoint
-    });
-
-    // The Rust service, same server, same cases.
-    let rust = runtime.block_on(async {
         let config = Config::from_file_text("limits.toml", CONFIG, |_| None).expect("a valid file");
-        let store = DynamoDbStore::new(
-            client(&ClientOptions::local(&endpoint, Duration::from_secs(5))).await,
-            "RateLimits",
-        );
         let limiter = Builder::from_config(config).build(store);
         let attempt = limiter.policy_id("connection_attempt").unwrap();
         let busy = limiter.policy_id("busy").unwrap();
@@ -133,12 +98,12 @@ fn main() {
             }
             rows.push((name, row(times, calls)));
         }
-        rows
+        (endpoint, rows)
     });
 
     let printed = run(
         "the Python side (vs_boto3.py)",
-        Command::new(venv.join("bin/python"))
+        Command::new(venv.bin("python"))
             .arg(package.join("benches/vs_boto3.py"))
             .current_dir(&scratch)
             .env("ROUNDS", ROUNDS.to_string())

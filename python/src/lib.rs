@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use ratelimiter::gcra::{Status, ceil_secs};
 use ratelimiter::{
-    Builder, Config, Kind, MemoryStore, RateLimitError, RateLimitService, Request, Verdict,
+    Builder, Config, Kind, MemoryStore, Policies, PolicyId, RateLimitService, Request, Verdict,
 };
 use ratelimiter_dynamodb::{DynamoDbConfig, DynamoDbStore};
 
@@ -205,8 +205,15 @@ impl Decided {
     }
 }
 
-fn error(error: RateLimitError) -> PyErr {
+/// A caller's mistake (a bad configuration, policy, kind or cost), as
+/// Python's `ValueError` with the Rust side's message.
+fn value_error(error: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(error.to_string())
+}
+
+/// The policy named `name` in `policies`, or a `ValueError` listing them.
+fn find(policies: &Policies, name: &str) -> PyResult<PolicyId> {
+    policies.find(name).map_err(value_error)
 }
 
 fn status_dict<'py>(py: Python<'py>, status: &Status) -> PyResult<Bound<'py, PyDict>> {
@@ -226,13 +233,12 @@ impl Service {
     #[new]
     #[pyo3(signature = (store = "dynamodb"))]
     fn new(store: &str) -> PyResult<Self> {
-        let config = Config::from_env().map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let config = Config::from_env().map_err(value_error)?;
         let limiter = match store {
             "memory" => Limiter::Memory(Builder::from_config(config).in_memory()),
             "dynamodb" => Limiter::Table(Table {
                 builder: Mutex::new(Some(Builder::from_config(config))),
-                config: DynamoDbConfig::from_env()
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+                config: DynamoDbConfig::from_env().map_err(value_error)?,
                 service: tokio::sync::OnceCell::new(),
             }),
             other => {
@@ -275,12 +281,9 @@ impl Service {
         tier: Option<&str>,
     ) -> PyResult<Decided> {
         on_service!(self, py, |service| {
-            let id = service
-                .policies()
-                .find(policy)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let id = find(service.policies(), policy)?;
             let request = Request::from((id, identifier)).cost(cost).tier(tier);
-            let verdict = service.decide(request).await.map_err(error)?;
+            let verdict = service.decide(request).await.map_err(value_error)?;
             Ok(Decided::new(policy, &verdict))
         })
     }
@@ -296,19 +299,13 @@ impl Service {
         tier: Option<&str>,
         kind: Option<&str>,
     ) -> PyResult<Vec<Py<PyDict>>> {
-        let kind = kind
-            .map(Kind::new)
-            .transpose()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let kind = kind.map(Kind::new).transpose().map_err(value_error)?;
         let statuses = on_service!(self, py, |service| {
-            let id = service
-                .policies()
-                .find(policy)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let id = find(service.policies(), policy)?;
             let request = Request::from((id, identifier))
                 .tier(tier)
                 .kind(kind.as_ref());
-            service.status(request).await.map_err(error)
+            service.status(request).await.map_err(value_error)
         })?;
         statuses
             .iter()
@@ -325,16 +322,13 @@ impl Service {
         identifier_type: &str,
         identifier_value: &str,
     ) -> PyResult<Py<PyDict>> {
-        let kind = Kind::new(identifier_type).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let kind = Kind::new(identifier_type).map_err(value_error)?;
         let status = on_service!(self, py, |service| {
-            let id = service
-                .policies()
-                .find(operation)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let id = find(service.policies(), operation)?;
             service
                 .get_rate_limit_status(id, &kind, identifier_value)
                 .await
-                .map_err(error)
+                .map_err(value_error)
         })?;
         Ok(status_dict(py, &status)?.unbind())
     }
@@ -349,12 +343,9 @@ impl Service {
         tier: Option<&str>,
     ) -> PyResult<()> {
         on_service!(self, py, |service| {
-            let id = service
-                .policies()
-                .find(policy)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let id = find(service.policies(), policy)?;
             let request = Request::from((id, identifier)).tier(tier);
-            service.reset(request).await.map_err(error)
+            service.reset(request).await.map_err(value_error)
         })
     }
 }

@@ -11,25 +11,14 @@
 use std::path::Path;
 use std::process::Command;
 
+mod venv;
+
+use venv::{Venv, run};
+
 /// pytest and mypy (its stubtest checks the stubs), pinned to a major
 /// version.
 const PYTEST: &str = "pytest>=8,<10";
 const MYPY: &str = "mypy>=1.10,<2";
-
-fn run(what: &str, command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
-    // Shown with `cargo test -- --nocapture`: what pytest ran.
-    print!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_package_installs_with_pip_and_its_tests_pass() {
@@ -48,34 +37,18 @@ async fn the_python_package_installs_with_pip_and_its_tests_pass() {
         .expect("the test table is created");
     let cli = ratelimit_command();
     let package = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
-    if !venv.join("bin/python").exists() {
-        run(
-            "creating a virtual environment (python3 -m venv)",
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        );
-    }
-    let pip = |args: &[&str]| {
-        let mut command = Command::new(venv.join("bin/pip"));
-        command
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(args);
-        command
-    };
-    run("installing pytest and mypy", &mut pip(&[PYTEST, MYPY]));
     // The dev profile: the tests' build of the workspace is reused. A user's
     // `pip install ./python` builds the release one.
-    run(
-        "pip install ./python",
-        pip(&["--force-reinstall", "--no-deps"])
-            .arg(package)
-            .env("MATURIN_PEP517_ARGS", "--profile dev"),
+    let venv = Venv::with_package(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv"),
+        &[PYTEST, MYPY],
+        Some("--profile dev"),
     );
     // From outside the package's folder, so that the installed package is
     // imported, not its sources.
     run(
         "pytest python/tests",
-        Command::new(venv.join("bin/pytest"))
+        Command::new(venv.bin("pytest"))
             .args(["-q", "-p", "no:cacheprovider"])
             .arg(package.join("tests"))
             .current_dir(package.parent().expect("python/ is in the workspace"))

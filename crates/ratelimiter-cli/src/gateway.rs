@@ -82,7 +82,21 @@ enum Outgoing {
 }
 
 /// The open connections, by id: how posts and closes reach their sockets.
-type Connections = Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>;
+#[derive(Default)]
+struct Connections(Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>);
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Outgoing>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `message` to connection `id`'s socket; false if it is not open.
+    fn send(&self, id: &str, message: Outgoing) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|sender| sender.send(message).is_ok())
+    }
+}
 
 /// Soft rejection's follow-up in the local gateway: a task that posts the
 /// reason through the Management API (this server's own, through the
@@ -105,10 +119,7 @@ impl FollowUp for LocalFollowUp {
                 code: soft::CLOSE_CODE,
                 reason: job.close_reason().into(),
             };
-            let connections = connections.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(socket) = connections.get(&job.connection_id) {
-                let _ = socket.send(Outgoing::Close(Some(close)));
-            }
+            connections.send(&job.connection_id, Outgoing::Close(Some(close)));
         });
         Box::pin(async { Ok(()) })
     }
@@ -224,7 +235,7 @@ pub async fn serve<S: Store + 'static>(
     .with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: closing every connection");
-        let senders: Vec<_> = closing.lock().values().cloned().collect();
+        let senders: Vec<_> = closing.connections.lock().values().cloned().collect();
         for sender in senders {
             let _ = sender.send(Outgoing::Close(None));
         }
@@ -426,7 +437,9 @@ impl<S: Store + 'static> Gateway<S> {
     async fn run(self: Arc<Self>, mut socket: WebSocket, connection: Connection) {
         let (sender, mut outgoing) = mpsc::unbounded_channel();
         self.live.fetch_add(1, Ordering::AcqRel);
-        self.lock().insert(connection.id.clone(), sender);
+        self.connections
+            .lock()
+            .insert(connection.id.clone(), sender);
         loop {
             tokio::select! {
                 incoming = socket.recv() => match incoming {
@@ -466,7 +479,7 @@ impl<S: Store + 'static> Gateway<S> {
                 },
             }
         }
-        self.lock().remove(&connection.id);
+        self.connections.lock().remove(&connection.id);
         let payload = self.event(&connection, EventKind::Disconnect);
         match event::parse(payload) {
             Ok(request) => {
@@ -496,7 +509,8 @@ impl<S: Store + 'static> Gateway<S> {
                 );
                 // What API Gateway answers when no route matches and there is no $default.
                 let answer = json!({"message": "Forbidden", "connectionId": connection.id, "requestId": format!("{:x}", self.now_ms())});
-                self.send(&connection.id, Outgoing::Text(answer.to_string()));
+                self.connections
+                    .send(&connection.id, Outgoing::Text(answer.to_string()));
                 return;
             }
         };
@@ -532,16 +546,6 @@ impl<S: Store + 'static> Gateway<S> {
             connection.id
         );
     }
-
-    fn send(&self, id: &str, message: Outgoing) -> bool {
-        self.lock()
-            .get(id)
-            .is_some_and(|sender| sender.send(message).is_ok())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Outgoing>>> {
-        self.connections.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// `PostToConnection`.
@@ -551,7 +555,7 @@ async fn post_to_connection<S: Store + 'static>(
     body: Bytes,
 ) -> Response {
     let text = String::from_utf8_lossy(&body).into_owned();
-    if gateway.send(&id, Outgoing::Text(text)) {
+    if gateway.connections.send(&id, Outgoing::Text(text)) {
         StatusCode::OK.into_response()
     } else {
         gone()
@@ -563,7 +567,7 @@ async fn get_connection<S: Store + 'static>(
     State(gateway): State<Arc<Gateway<S>>>,
     Path((_stage, id)): Path<(String, String)>,
 ) -> Response {
-    if gateway.lock().contains_key(&id) {
+    if gateway.connections.lock().contains_key(&id) {
         axum::Json(json!({"identity": {}})).into_response()
     } else {
         gone()
@@ -575,7 +579,7 @@ async fn delete_connection<S: Store + 'static>(
     State(gateway): State<Arc<Gateway<S>>>,
     Path((_stage, id)): Path<(String, String)>,
 ) -> Response {
-    if gateway.send(&id, Outgoing::Close(None)) {
+    if gateway.connections.send(&id, Outgoing::Close(None)) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         gone()

@@ -341,11 +341,12 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
                 return false;
             }
         }
+        let retry_after = denied.retry_after_secs();
         let job = SoftReject {
             endpoint,
             connection_id: connection.to_owned(),
             body: ErrorBody::limited(report, *timestamp_ms).to_json(),
-            retry_after: denied.retry_after_secs(),
+            retry_after,
         };
         match soft.follow_up.schedule(job).await {
             Ok(()) => {
@@ -353,7 +354,7 @@ impl<S: Store + 'static, C: Clock + 'static, H: ConnectHook, N: ConnectionSender
                     policy = denied.policy_name(),
                     "rejected softly: accepted, to be told why and closed"
                 );
-                let until = now.saturating_add(denied.retry_after_secs().saturating_mul(1000));
+                let until = now.saturating_add(retry_after.saturating_mul(1000));
                 soft.told.remember(&client, now, until);
                 true
             }

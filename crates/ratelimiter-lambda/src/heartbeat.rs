@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 
 use crate::disconnect::release_if_gone;
 use crate::event::{self, authorizer_field, body_json, connection_id};
-use crate::layer::{Responder, SeedResponses, refusal, refusal_all};
+use crate::layer::{Responder, SeedResponses, refusal_all};
 use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{internal_error_response, ok_response};
-use crate::soft::{is_marked, mark_of, marked, probe};
+use crate::soft::{marked, refused_by_mark, with_probe};
 
 /// The heartbeat handler: create one per container and share it.
 pub struct HeartbeatHandler<S, N, C = SystemClock> {
@@ -73,28 +73,15 @@ impl<S: Store, N: ConnectionSender, C: Clock> HeartbeatHandler<S, N, C> {
         };
         let tier = authorizer_field(event, self.limiter.tier_field());
         let request = Request::from((PolicyId::HEARTBEAT, connection)).tier(tier.as_deref());
-        let refused = match mark_of(self.limiter.policies()) {
-            None => refusal(
-                &self.limiter,
-                request.policy,
-                self.limiter.decide(request).await,
-            ),
-            // Soft rejection on: the mark is probed in the heartbeat's own
-            // call (both count the connection).
-            Some(mark) => {
-                let decided = self
-                    .limiter
-                    .decide_all(&[request, probe(mark, connection)])
-                    .await;
-                if let Ok(verdicts) = &decided
-                    && is_marked(verdicts, mark)
-                {
-                    return marked(&self.limiter, &*self.sender, &endpoint, connection, event)
-                        .await;
-                }
-                refusal_all(&self.limiter, request.policy, decided)
-            }
-        };
+        // Soft rejection on: the connection's mark is probed in the
+        // heartbeat's own call (both count the connection).
+        let mut requests = vec![request];
+        let mark = with_probe(self.limiter.policies(), &mut requests, connection);
+        let decided = self.limiter.decide_all(&requests).await;
+        if refused_by_mark(mark, &decided) {
+            return marked(&self.limiter, &*self.sender, &endpoint, connection, event).await;
+        }
+        let refused = refusal_all(&self.limiter, request.policy, decided);
         match refused {
             None => {
                 let ack = json!({"type": "heartbeat_ack", "timestamp": self.limiter.now_ms()});

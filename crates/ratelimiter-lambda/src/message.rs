@@ -46,7 +46,7 @@ use crate::event::{self, authorizer_field, connection_id, subjects};
 use crate::layer::{Responder, SeedResponses, refusal_all};
 use crate::management::{ConnectionSender, post_refusal, post_to};
 use crate::response::{error_response, internal_error_response, ok_response};
-use crate::soft::{is_marked, mark_of, marked, probe};
+use crate::soft::{marked, refused_by_mark, with_probe};
 
 /// The code of a message larger than a byte quota's whole bucket.
 pub const MESSAGE_TOO_LARGE: &str = "MESSAGE_TOO_LARGE";
@@ -175,8 +175,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             .collect();
         // Soft rejection on: the connection's mark is probed with the
         // rest, in their call when one counts the connection.
-        let mark = mark_of(self.limiter.policies());
-        requests.extend(mark.map(|mark| probe(mark, connection)));
+        let mark = with_probe(self.limiter.policies(), &mut requests, connection);
         if requests.is_empty() {
             // An unlimited route, or no policy of the route counts this
             // message's caller.
@@ -202,9 +201,7 @@ impl<S: Store, N: ConnectionSender, C: Clock, H: MessageHook> MessageHandler<S, 
             }
             decided => decided,
         };
-        if let (Some(mark), Ok(verdicts)) = (mark, &decided)
-            && is_marked(verdicts, mark)
-        {
+        if refused_by_mark(mark, &decided) {
             return Ok(marked(&self.limiter, &*self.sender, &endpoint, connection, event).await);
         }
         let refused = refusal_all(&self.limiter, requests[0].policy, decided);

@@ -46,8 +46,8 @@ use aws_sdk_lambda::types::InvocationType;
 use ratelimiter::config::read_one_of;
 use ratelimiter::lease::LEASE_LIFETIME;
 use ratelimiter::{
-    Clock, ConfigError, FailureMode, Kind, LimitSpec, Policies, Policy, PolicyId, RateLimitService,
-    Request, Store, Verdict,
+    Clock, ConfigError, FailureMode, Kind, LimitSpec, Policies, Policy, PolicyId, RateLimitError,
+    RateLimitService, Request, Store, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -161,14 +161,30 @@ pub fn mark_of(policies: &Policies) -> Option<PolicyId> {
     policies.id(MARK_POLICY)
 }
 
-/// The probe of `connection`'s mark, to decide with a message's requests.
-pub(crate) fn probe(mark: PolicyId, connection: &str) -> Request<'_> {
-    Request::from((mark, connection)).cost(0)
+/// Adds to a message's `requests` the probe of `connection`'s mark, when
+/// soft rejection is on (the mark's policy is in `policies`), and returns
+/// that policy: the probe rides in the requests' call when one counts the
+/// connection.
+pub(crate) fn with_probe<'a>(
+    policies: &Policies,
+    requests: &mut Vec<Request<'a>>,
+    connection: &'a str,
+) -> Option<PolicyId> {
+    let mark = mark_of(policies)?;
+    requests.push(Request::from((mark, connection)).cost(0));
+    Some(mark)
 }
 
-/// Whether `verdicts` (a refused decision's) refuse because of the mark.
-pub(crate) fn is_marked(verdicts: &[Verdict], mark: PolicyId) -> bool {
-    verdicts.iter().any(|v| v.policy == mark && !v.allowed())
+/// Whether `decided` (the requests [`with_probe`] added `mark`'s probe to)
+/// was refused because the connection is marked.
+pub(crate) fn refused_by_mark(
+    mark: Option<PolicyId>,
+    decided: &Result<Vec<Verdict>, RateLimitError>,
+) -> bool {
+    match (mark, decided) {
+        (Some(mark), Ok(verdicts)) => verdicts.iter().any(|v| v.policy == mark && !v.allowed()),
+        _ => false,
+    }
 }
 
 /// The answer to a message of a marked connection: refused without
