@@ -65,35 +65,38 @@ class Boto3Buckets:
 
 
 def timed(decide, keys):
+    """Each decision's time in µs, and the calls they made."""
     times, calls = [], 0
     for key in keys:
         started = time.perf_counter()
         calls += decide(key)
-        times.append(time.perf_counter() - started)
-    times.sort()
-    return {
-        "calls": calls / len(keys),
-        "p50_us": statistics.median(times) * 1e6,
-        "p99_us": times[int(len(times) * 0.99)] * 1e6,
-    }
+        times.append((time.perf_counter() - started) * 1e6)
+    return {"calls": calls, "times_us": times}
 
 
 def main():
     endpoint = os.environ["AWS_ENDPOINT_URL_DYNAMODB"]
+    # Which sides to measure, and a prefix that makes this run's new keys
+    # new: the bench runs this several times, alternating with the Rust
+    # side.
+    sides = os.environ.get("SIDES", "ratelimiter,boto3").split(",")
+    prefix = os.environ.get("PREFIX", "py-")
     dynamodb = boto3.resource(
         "dynamodb",
         endpoint_url=endpoint,
         region_name="us-east-1",
         config=Config(retries={"max_attempts": 1}),
     )
-    seed_table = dynamodb.create_table(
-        TableName="SeedBuckets",
-        KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    seed_table = dynamodb.Table("SeedBuckets")
+    if "boto3" in sides:
+        seed_table = dynamodb.create_table(
+            TableName="SeedBuckets",
+            KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
     service = RateLimitService()
-    results = {}
+    results = {"new key": {}, "busy key": {}, "repeated denial": {}}
 
     # A new key: every decision allowed, on a key never seen.
     ours = lambda key: service.decide("connection_attempt", key).calls
@@ -104,12 +107,17 @@ def main():
         assert boto.check(key)[0]
         return boto.calls - before
 
-    # Warm both clients and connections.
+    # Warm the clients and connections.
     for i in range(50):
-        ours(f"warm-{i}")
-        boto_new(f"warm-{i}")
-    keys = [f"new-{uuid.uuid4().hex}" for _ in range(ROUNDS)]
-    results["new key"] = {"ratelimiter": timed(ours, keys), "boto3": timed(boto_new, [k + "b" for k in keys])}
+        if "ratelimiter" in sides:
+            ours(f"{prefix}warm-{i}")
+        if "boto3" in sides:
+            boto_new(f"{prefix}warm-{i}")
+    keys = [f"{prefix}new-{uuid.uuid4().hex}" for _ in range(ROUNDS)]
+    if "ratelimiter" in sides:
+        results["new key"]["ratelimiter"] = timed(ours, keys)
+    if "boto3" in sides:
+        results["new key"]["boto3"] = timed(boto_new, [k + "b" for k in keys])
 
     # A busy key: one key, allowed each time (a limit far above the rounds).
     busy = Boto3Buckets(seed_table, 10 * ROUNDS, 60)
@@ -119,16 +127,15 @@ def main():
         assert busy.check(key)[0]
         return busy.calls - before
 
-    results["busy key"] = {
-        "ratelimiter": timed(lambda key: service.decide("busy", key).calls, ["busy-key"] * ROUNDS),
-        "boto3": timed(boto_busy, ["busy-key"] * ROUNDS),
-    }
+    if "ratelimiter" in sides:
+        results["busy key"]["ratelimiter"] = timed(
+            lambda key: service.decide("busy", key).calls, [f"{prefix}busy"] * ROUNDS
+        )
+    if "boto3" in sides:
+        results["busy key"]["boto3"] = timed(boto_busy, [f"{prefix}busy"] * ROUNDS)
 
     # A repeated denial: a spent key asked again and again.
     spent = Boto3Buckets(seed_table, 2, 60)
-    for _ in range(2):
-        service.decide("heartbeat", "spent")
-        spent.check("spent")
 
     def ours_denied(key):
         verdict = service.decide("heartbeat", key)
@@ -140,26 +147,31 @@ def main():
         assert not spent.check(key)[0]
         return spent.calls - before
 
-    results["repeated denial"] = {
-        "ratelimiter": timed(ours_denied, ["spent"] * ROUNDS),
-        "boto3": timed(boto_denied, ["spent"] * ROUNDS),
-    }
+    if "ratelimiter" in sides:
+        for _ in range(2):
+            service.decide("heartbeat", f"{prefix}spent")
+        results["repeated denial"]["ratelimiter"] = timed(ours_denied, [f"{prefix}spent"] * ROUNDS)
+    if "boto3" in sides:
+        for _ in range(2):
+            spent.check(f"{prefix}spent")
+        results["repeated denial"]["boto3"] = timed(boto_denied, [f"{prefix}spent"] * ROUNDS)
 
-    # Import time, in a fresh interpreter each time.
-    import subprocess
+    if os.environ.get("IMPORTS") == "1":
+        # Import time, in a fresh interpreter each time.
+        import subprocess
 
-    imports = []
-    for _ in range(20):
-        out = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import ratelimiter"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        line = [l for l in out.stderr.splitlines() if l.rstrip().endswith("| ratelimiter")][-1]
-        imports.append(int(line.split("|")[1]) / 1000)
-    imports.sort()
-    results["import ms"] = {"p50": statistics.median(imports), "max": imports[-1]}
+        imports = []
+        for _ in range(20):
+            out = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", "import ratelimiter"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            line = [l for l in out.stderr.splitlines() if l.rstrip().endswith("| ratelimiter")][-1]
+            imports.append(int(line.split("|")[1]) / 1000)
+        imports.sort()
+        results["import ms"] = {"p50": statistics.median(imports), "max": imports[-1]}
     print(json.dumps(results))
 
 

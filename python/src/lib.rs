@@ -9,7 +9,7 @@
 //! `RateLimitService()` costs a Lambda container's start-up nothing but
 //! reading its configuration.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -233,6 +233,12 @@ impl Service {
     #[new]
     #[pyo3(signature = (store = "dynamodb"))]
     fn new(store: &str) -> PyResult<Self> {
+        // Python's logging levels as they are now: a level set after the
+        // import but before the service (a handler module's usual order)
+        // takes effect.
+        if let Some(logging) = LOGGING.get() {
+            logging.reset();
+        }
         let config = Config::from_env().map_err(value_error)?;
         let limiter = match store {
             "memory" => Limiter::Memory(Builder::from_config(config).in_memory()),
@@ -354,11 +360,22 @@ fn names(policies: &ratelimiter::Policies) -> Vec<String> {
     policies.iter().map(|(_, p)| p.name().to_owned()).collect()
 }
 
+/// The bridge from Rust's `log` records to Python's `logging`. It caches
+/// each logger's level the first time a Rust module logs, so that a record
+/// no logger wants (the AWS SDK's debug records, say) costs no GIL; making
+/// a `Service` empties the cache.
+static LOGGING: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
+
 /// The module: Rust's `tracing` events reach Python's `logging` (through
-/// the `log` facade), under the Rust module's name.
+/// the `log` facade), under the Rust module's path with dots
+/// (`ratelimiter.failure`) and at their own level.
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    pyo3_log::init();
+    // Another extension in the process may have installed its own `log`
+    // bridge first; records then go through it instead.
+    if let Ok(handle) = pyo3_log::try_init() {
+        let _ = LOGGING.set(handle);
+    }
     module.add_class::<Service>()?;
     module.add_class::<Decided>()?;
     Ok(())

@@ -2,6 +2,9 @@
 //! that must succeed, and a virtual environment with the package installed
 //! from this folder by pip, as a user installs it.
 
+// The test and the bench each use part of this.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,6 +34,19 @@ pub struct Venv(PathBuf);
 
 impl Venv {
     pub fn with_package(dir: &Path, packages: &[&str], maturin_args: Option<&str>) -> Self {
+        let venv = Venv::new(dir, packages);
+        let mut install = venv.pip(&["--force-reinstall", "--no-deps"]);
+        install.arg(env!("CARGO_MANIFEST_DIR"));
+        if let Some(args) = maturin_args {
+            install.env("MATURIN_PEP517_ARGS", args);
+        }
+        run("pip install ./python", &mut install);
+        venv
+    }
+
+    /// A virtual environment under `dir` (made once, kept between runs),
+    /// with `packages` from PyPI and not this folder's package.
+    pub fn new(dir: &Path, packages: &[&str]) -> Self {
         let venv = Venv(dir.to_owned());
         if !venv.bin("python").exists() {
             run(
@@ -42,18 +58,17 @@ impl Venv {
             &format!("pip install {}", packages.join(" ")),
             &mut venv.pip(packages),
         );
-        let mut install = venv.pip(&["--force-reinstall", "--no-deps"]);
-        install.arg(env!("CARGO_MANIFEST_DIR"));
-        if let Some(args) = maturin_args {
-            install.env("MATURIN_PEP517_ARGS", args);
-        }
-        run("pip install ./python", &mut install);
         venv
+    }
+
+    /// The folder of the environment's programs, for `PATH`.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.0.join("bin")
     }
 
     /// A program of the environment (`python`, `pytest`, ...).
     pub fn bin(&self, program: &str) -> PathBuf {
-        self.0.join("bin").join(program)
+        self.bin_dir().join(program)
     }
 
     fn pip(&self, args: &[&str]) -> Command {

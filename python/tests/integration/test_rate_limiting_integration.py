@@ -19,7 +19,9 @@ import pytest
 
 from ratelimiter import RateLimitExceededError, RateLimitOperation, RateLimitService
 
-HANDLERS = Path(__file__).parent / "handlers"
+# The handlers the Lambda example (examples/python) deploys: the tests run
+# the very files it ships.
+HANDLERS = Path(__file__).resolve().parents[3] / "examples" / "python" / "handlers"
 
 
 @pytest.fixture

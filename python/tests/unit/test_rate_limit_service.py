@@ -196,7 +196,32 @@ def test_an_unavailable_table_fails_open_with_a_warning_through_logging(monkeypa
     assert verdict.degraded == "unavailable"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings, "the fail-open warning reaches Python's logging"
-    assert all(r.name.startswith("ratelimiter") for r in warnings), [r.name for r in warnings]
+    assert [(r.name, r.levelname) for r in warnings] == [("ratelimiter.failure", "WARNING")]
+    assert "rate-limit store unavailable" in warnings[0].getMessage()
+    assert "fail open: allowed" in warnings[0].getMessage()
+
+
+def test_rust_events_reach_logging_with_their_module_and_level(monkeypatch, caplog):
+    """A shadow-mode denial is logged at INFO by the Rust module
+    `ratelimiter::service`: Python's logger `ratelimiter.service` gets it at
+    INFO, and only when its level lets INFO through, as set when the
+    service was made."""
+    monkeypatch.setenv("RATE_LIMIT_SHADOW_MODE", "true")
+
+    def shadow_denial(service):
+        caplog.clear()
+        for _ in range(3):
+            service.check_heartbeat_limit("conn-log")
+        return [r for r in caplog.records if r.name.startswith("ratelimiter")]
+
+    with caplog.at_level(logging.WARNING, logger="ratelimiter"):
+        assert shadow_denial(memory()) == []
+    with caplog.at_level(logging.INFO, logger="ratelimiter"):
+        records = shadow_denial(memory())
+    assert [(r.name, r.levelno) for r in records] == [("ratelimiter.service", logging.INFO)]
+    message = records[0].getMessage()
+    assert "rate limit would deny (shadow mode): allowed" in message
+    assert "heartbeat" in message, message
 
 
 def test_closed_and_local_modes_on_an_unavailable_table(monkeypatch):
