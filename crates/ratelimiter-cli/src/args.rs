@@ -108,6 +108,31 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
+    /// Work out what the limiter costs for some traffic, before deploying it: DynamoDB writes
+    /// and reads per second, capacity units, the monthly bill on on-demand and provisioned
+    /// capacity (us-east-1 prices), and the keys that would be hot.
+    ///
+    /// Calls per decision are the measured ones of each case (BENCHMARKS.md): one per item a
+    /// decision touches, more for a key at its limit's rate (heartbeats, usually).
+    Plan {
+        /// Connections open at once.
+        #[arg(long)]
+        connections: u64,
+        /// How long a connection lasts on average (API Gateway ends one at 2h): 90s, 15min, 2h.
+        #[arg(long, default_value = "2h", value_parser = parse_duration)]
+        lifetime: std::time::Duration,
+        /// The share of connections that are speakers (a userId from the authorizer), 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        speakers: f64,
+        /// Heartbeats per connection, such as 2/min or 1/30s, or `none` [default: the heartbeat
+        /// policy's limit: clients at their rate].
+        #[arg(long, value_parser = parse_rate)]
+        heartbeat: Option<Heartbeats>,
+        /// Messages per connection on a route of the configuration, ACTION=RATE (sendMessage=10/min);
+        /// repeat for each route.
+        #[arg(long = "route", value_parser = parse_route)]
+        routes: Vec<(String, ratelimiter::LimitSpec)>,
+    },
     /// Run one handler on one event and print its response as JSON, like `sam local invoke`.
     Invoke {
         /// The handler.
@@ -160,4 +185,39 @@ pub struct Target {
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
     Kind::new(s).map_err(|e| e.to_string())
+}
+
+/// Heartbeats per connection: a rate, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeats(pub Option<ratelimiter::LimitSpec>);
+
+/// A rate (`2/min`), or `none`.
+fn parse_rate(s: &str) -> Result<Heartbeats, String> {
+    if s == "none" {
+        return Ok(Heartbeats(None));
+    }
+    s.parse()
+        .map(|rate| Heartbeats(Some(rate)))
+        .map_err(|e: ratelimiter::policy::LimitError| e.to_string())
+}
+
+/// `ACTION=RATE`.
+fn parse_route(s: &str) -> Result<(String, ratelimiter::LimitSpec), String> {
+    let (action, rate) = s
+        .split_once('=')
+        .ok_or_else(|| "write ACTION=RATE, such as sendMessage=10/min".to_owned())?;
+    let rate = rate
+        .parse()
+        .map_err(|e: ratelimiter::policy::LimitError| e.to_string())?;
+    Ok((action.to_owned(), rate))
+}
+
+/// A connection's lifetime, written as configuration writes durations
+/// (90s, 15min, 2h): at least a second.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let duration = ratelimiter::config::parse_duration(s)?;
+    if duration < std::time::Duration::from_secs(1) {
+        return Err("a lifetime is at least 1s".to_owned());
+    }
+    Ok(duration)
 }

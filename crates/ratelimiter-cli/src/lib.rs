@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod gateway;
+pub mod plan;
 pub mod stores;
 
 use std::process::ExitCode;
@@ -116,6 +117,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print(&policies_json(&config.policies));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan {
+            connections,
+            lifetime,
+            speakers,
+            heartbeat,
+            routes,
+        } => {
+            // Clients at their limit's rate unless told otherwise.
+            let heartbeat = match heartbeat {
+                Some(args::Heartbeats(rate)) => rate,
+                None => Some(config.policies[ratelimiter::PolicyId::HEARTBEAT].limits()[0].spec()),
+            };
+            let traffic = plan::Traffic {
+                connections,
+                lifetime,
+                speakers,
+                heartbeat,
+                routes,
+            };
+            let plan = plan::Plan::new(&config.policies, traffic)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            out(&plan.render());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
@@ -203,7 +228,11 @@ async fn on_service<S: Store + 'static>(
             Ok(ExitCode::SUCCESS)
         }
         Command::Invoke { handler, event } => invoke(service, handler, &event).await,
-        Command::Policies | Command::Config { .. } | Command::CreateTable | Command::Migrate => {
+        Command::Policies
+        | Command::Plan { .. }
+        | Command::Config { .. }
+        | Command::CreateTable
+        | Command::Migrate => {
             unreachable!("run handles the commands that need no service")
         }
     }
@@ -263,6 +292,10 @@ fn policies_json(policies: &Policies) -> Value {
                 "shadow": policy.shadow(),
                 "builtin": id.index() < ratelimiter::policy::BUILTINS.len(),
             });
+            if !policy.tolerance().is_zero() {
+                // Traded exactness: say so wherever policies are listed.
+                shown["tolerance_ms"] = json!(policy.tolerance().as_millis() as u64);
+            }
             if let Some(cap) = policy.cap() {
                 // A cap: open connections at a time, each a lease.
                 shown["concurrent"] = json!(cap.concurrent());
@@ -408,5 +441,14 @@ async fn check<S: Store>(
 }
 
 fn print(value: &serde_json::Value) {
-    println!("{value}");
+    out(&value.to_string());
+}
+
+/// Writes `text` and a newline to standard output. A reader that closed
+/// the pipe (`| head`) wanted no more: that is not an error, and not a
+/// panic, as `println!` makes it.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
 }

@@ -795,3 +795,68 @@ fn soft_rejection_lists_its_mark_and_a_bad_mode_or_a_taken_name_is_refused() {
     assert_eq!(code(&taken), 2, "{}", stderr(&taken));
     assert!(stderr(&taken).contains("reserves"), "{}", stderr(&taken));
 }
+
+#[test]
+fn plan_prints_the_bill_of_the_seeds_limits_for_100_000_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(ratelimit(dir.path()).args(["plan", "--connections", "100000"]));
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The worked example of docs/operations.md (the arithmetic is checked
+    // by hand in the plan module's tests).
+    for line in [
+        "13.9 connects/s",
+        "heartbeat                              3333.3     1.12       3733.3       3733.3  connection item at its rate",
+        "total                                                        3747.2       3747.2",
+        "on-demand:   $     6154.81",
+        "provisioned: $     2540.47  (5354 WCU, 70% utilised",
+        "hot keys: none",
+    ] {
+        assert!(text.contains(line), "{line:?} is missing from:\n{text}");
+    }
+    // The heartbeat limit comes from the environment, and with it whether
+    // clients at 2/min are at their rate.
+    let output = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_HEARTBEATS_PER_MIN", "4")
+        .args(["plan", "--connections", "100000"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("heartbeat                              6666.7     1.12"),
+        "{text}"
+    );
+    let output = run(ratelimit(dir.path())
+        .env("RATE_LIMIT_HEARTBEATS_PER_MIN", "4")
+        .args(["plan", "--connections", "100000", "--heartbeat", "2/min"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("heartbeat                              3333.3     1.00"),
+        "{text}"
+    );
+    // Bad traffic: status 2 and the reason.
+    for (args, message) in [
+        (
+            vec!["plan", "--connections", "10", "--route", "chat=1/s"],
+            "the configuration limits no route \"chat\" (its routes: none)",
+        ),
+        (
+            vec!["plan", "--connections", "10", "--lifetime", "2d"],
+            "is not a duration: write a whole number of ms, s, min or h",
+        ),
+        (
+            vec!["plan", "--connections", "10", "--heartbeat", "2/fortnight"],
+            "unknown unit",
+        ),
+        (
+            vec!["plan", "--connections", "10", "--speakers", "2"],
+            "--speakers must be a share from 0 to 1, got 2",
+        ),
+    ] {
+        let output = run(ratelimit(dir.path()).args(&args));
+        assert_eq!(code(&output), 2, "{args:?}");
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}

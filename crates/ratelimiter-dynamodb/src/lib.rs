@@ -12,10 +12,13 @@
 //!
 //! Update expressions have `+` but no `max`, so the GCRA rule is applied to
 //! each bucket in one of two conditional shapes (see [`ratelimiter::gcra::Step`]):
-//! - *idle*: `SET b = :idle_target` if `b` is missing or `b <= :now`;
+//! - *idle*: `SET b = :idle_target` if `b` is missing or `b <= :floor`;
 //! - *busy*: `SET b = if_not_exists(b, :now) + :increment` if `b` is
-//!   missing or `:now < b <= :busy_ceiling`. It is relative, so concurrent
+//!   missing or `:floor < b <= :busy_ceiling`. It is relative, so concurrent
 //!   writers on a hot key all succeed while capacity lasts.
+//!
+//! `:floor` is the step's [`busy_floor`](ratelimiter::gcra::Step::busy_floor):
+//! `now`, less the policy's tolerance if it has one.
 //!
 //! All buckets of a request go in one `UpdateItem`, whose condition is the
 //! conjunction of theirs: they are checked and written together. A failed
@@ -185,9 +188,13 @@ impl Shape {
         }
     }
 
-    /// The shape that applies to a bucket whose TAT is `tat` at `now`.
-    fn for_tat(tat: Nanos, now: Nanos) -> Self {
-        if tat > now { Shape::Busy } else { Shape::Idle }
+    /// The shape that applies to `op`'s bucket when its TAT is `tat`.
+    fn for_tat(op: &Op<'_>, tat: Nanos) -> Self {
+        if tat > op.step.busy_floor() {
+            Shape::Busy
+        } else {
+            Shape::Idle
+        }
     }
 }
 
@@ -493,10 +500,9 @@ impl DynamoDbStore {
             .expression_attribute_values(":ttl", number(ttl_secs(keep_until)))
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if !ops.is_empty() {
-            // DynamoDB refuses a value no expression uses.
-            request = request.expression_attribute_values(":now", number(now));
-        }
+        // DynamoDB refuses a value no expression uses: `:now` only goes
+        // with a busy shape.
+        let mut uses_now = false;
         for (i, op) in ops.iter().enumerate() {
             if i > 0 {
                 condition.push_str(" AND ");
@@ -507,22 +513,25 @@ impl DynamoDbStore {
             let shape = if first_call {
                 Shape::hinted(op)
             } else {
-                Shape::for_tat(tats[i], now)
+                Shape::for_tat(op, tats[i])
             };
+            request =
+                request.expression_attribute_values(format!(":f{i}"), number(op.step.busy_floor()));
             match shape {
                 Shape::Idle => {
                     let _ = write!(set, "#b{i} = :t{i}, ");
-                    let _ = write!(condition, "(attribute_not_exists(#b{i}) OR #b{i} <= :now)");
+                    let _ = write!(condition, "(attribute_not_exists(#b{i}) OR #b{i} <= :f{i})");
                     request = request.expression_attribute_values(
                         format!(":t{i}"),
                         number(op.step.idle_target()),
                     );
                 }
                 Shape::Busy => {
+                    uses_now = true;
                     let _ = write!(set, "#b{i} = if_not_exists(#b{i}, :now) + :i{i}, ");
                     let _ = write!(
                         condition,
-                        "(attribute_not_exists(#b{i}) OR (#b{i} > :now AND #b{i} <= :c{i}))"
+                        "(attribute_not_exists(#b{i}) OR (#b{i} > :f{i} AND #b{i} <= :c{i}))"
                     );
                     request = request
                         .expression_attribute_values(format!(":i{i}"), number(op.step.increment()))
@@ -532,6 +541,9 @@ impl DynamoDbStore {
                         );
                 }
             }
+        }
+        if uses_now {
+            request = request.expression_attribute_values(":now", number(now));
         }
         set.push_str("#ttl = :ttl");
         if let Some(lease) = lease {
@@ -703,7 +715,7 @@ impl Store for DynamoDbStore {
             let _ = write!(condition, "#b{i} >= :t{i}");
             request = request
                 .expression_attribute_values(format!(":i{i}"), number(op.step.increment()))
-                .expression_attribute_values(format!(":t{i}"), number(op.step.idle_target()));
+                .expression_attribute_values(format!(":t{i}"), number(op.step.refund_floor()));
         }
         let request = request
             .update_expression(set)

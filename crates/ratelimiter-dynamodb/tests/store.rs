@@ -61,6 +61,12 @@ async fn conformance_probes() {
 }
 
 #[tokio::test]
+async fn conformance_tolerance() {
+    let endpoint = dynoxide().await;
+    conformance::tolerance(store_with_table(&endpoint).await).await;
+}
+
+#[tokio::test]
 async fn conformance_route_policies() {
     let endpoint = dynoxide().await;
     conformance::route_policies(store_with_table(&endpoint).await).await;

@@ -35,6 +35,12 @@ async fn probes() {
 }
 
 #[tokio::test]
+async fn tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::tolerance(embedded(&dir).await).await;
+}
+
+#[tokio::test]
 async fn checks_in_turn() {
     let dir = tempfile::tempdir().unwrap();
     conformance::checks_in_turn(embedded(&dir).await).await;

@@ -749,3 +749,36 @@ pub async fn caps_on_two_items<S: Store>(store: S) {
     assert_eq!(seats.len(), 1);
     assert_eq!(seats[0].id, "c1");
 }
+
+/// A policy with a tolerance (`tolerance = "9s"` on 2 a minute): a bucket
+/// up to 9 s behind now is charged from its state, one further behind from
+/// now; every store decides the same, in at most two calls.
+pub async fn tolerance<S: Store>(store: S) {
+    let clock = clock_now();
+    let service = service_with(
+        store,
+        &clock,
+        "[policy.beat]\nkey = \"connection\"\nlimits = [\"2/min\"]\ntolerance = \"9s\"\n",
+    );
+    let beat = service.policy_id("beat").unwrap();
+    let request = Request::from((beat, "conn-t"));
+    // t0: TAT t0 + 30 s.
+    allow(&service, request).await;
+    // t0 + 35 s: 5 s behind, charged from it: TAT t0 + 60 s (exact: 65).
+    clock.advance(Duration::from_secs(35));
+    let verdict = allow(&service, request).await;
+    assert!(verdict.calls <= 2, "{verdict:?}");
+    // Then at once: TAT t0 + 90 s; a third is refused for 25 s (exact:
+    // the second's TAT t0 + 65 s, the third's t0 + 95 s, 30 s).
+    allow(&service, request).await;
+    let refused = service.decide(request).await.unwrap();
+    assert!(!refused.allowed());
+    assert_eq!(refused.decision.retry_after, Duration::from_secs(25));
+    // 110 s on (t0 + 145 s): 55 s behind, beyond the tolerance: charged
+    // from now, as exactly.
+    clock.advance(Duration::from_secs(110));
+    allow(&service, request).await;
+    allow(&service, request).await;
+    let refused = service.decide(request).await.unwrap();
+    assert_eq!(refused.decision.retry_after, Duration::from_secs(30));
+}

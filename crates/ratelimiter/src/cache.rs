@@ -10,9 +10,9 @@
 //! right `retry_after` for what is known; a flood from one client costs one
 //! call per blocking period. For other requests the same memory gives the
 //! store a hint about each bucket ([`Hint::Seen`]), and for buckets never
-//! seen, a guess from how lately unseen buckets of the same slot turned out
-//! ([`Hint::Guess`]): that lets a store whose writes come in two shapes pick
-//! the right one first.
+//! seen or last seen full, a guess from how lately such buckets of the same
+//! slot turned out ([`Hint::Guess`]): that lets a store whose writes come in
+//! two shapes pick the right one first.
 
 use std::sync::atomic::{AtomicI8, Ordering};
 
@@ -60,20 +60,23 @@ impl DenyCache {
     pub(crate) fn denies(&self, key: &Key<'_>, ops: &mut [Op<'_>], tats: &mut [Nanos]) -> bool {
         let mut denied = false;
         for (op, tat) in ops.iter_mut().zip(tats.iter_mut()) {
-            match self.seen.get(key, op.slot) {
-                Some(seen) => {
-                    *tat = seen;
-                    op.hint = Hint::Seen(seen);
-                    // Denied on what this process saw last; the real TAT is no smaller.
-                    denied |= op.step.apply(seen).0 == Outcome::Denied;
-                }
-                None => {
-                    *tat = 0;
-                    op.hint = Hint::Guess {
-                        busy: self.votes(op.slot).load(Ordering::Relaxed) > 0,
-                    };
-                }
-            }
+            let seen = self.seen.get(key, op.slot);
+            *tat = seen.unwrap_or(0);
+            op.hint = match seen {
+                // Busy when seen, so busy now: a TAT only moves forward
+                // (a refund or a reset, which move it back, are told here).
+                Some(seen) if seen > op.step.busy_floor() => Hint::Seen(seen),
+                // Unseen, or full when seen: what it is now depends on the
+                // other processes since. For a key at its rate (a
+                // heartbeat), "full when last seen here" is the usual
+                // case, and most often wrong; how such buckets turned out
+                // lately is the better guess.
+                _ => Hint::Guess {
+                    busy: self.votes(op.slot).load(Ordering::Relaxed) > 0,
+                },
+            };
+            // Denied on what this process saw last; the real TAT is no smaller.
+            denied |= seen.is_some_and(|seen| op.step.apply(seen).0 == Outcome::Denied);
         }
         denied
     }
@@ -85,10 +88,12 @@ impl DenyCache {
             let now = op.step.now();
             self.seen.record(key, op.slot, tat, now);
             if !matches!(op.hint, Hint::Seen(_)) {
-                // Allowed: the TAT was busy iff the step did not start from now.
+                // Whether the busy shape was the one: allowed, iff the step
+                // did not start from now (the idle shape writes exactly
+                // `idle_target`); denied, iff the TAT was past the floor.
                 let busy = match outcome {
-                    Outcome::Allowed => tat > op.step.idle_target(),
-                    Outcome::Denied => tat > now,
+                    Outcome::Allowed => tat != op.step.idle_target(),
+                    Outcome::Denied => tat > op.step.busy_floor(),
                 };
                 let delta = if busy { 1 } else { -1 };
                 let _ =
@@ -218,5 +223,68 @@ mod tests {
             "{} busy hints",
             cached.busy_hints
         );
+    }
+
+    /// A key at its rate, served by several processes: this one last saw
+    /// its bucket full again by now, but another process has written it
+    /// since. The seen TAT said "idle" every time; the guess learns "busy".
+    #[test]
+    fn buckets_last_seen_full_are_guessed_from_how_such_buckets_turned_out() {
+        let mut cached = Cached::new();
+        let quota = Quota::per_minute(NonZeroU32::new(2).unwrap());
+        let slot = Slot::new("heartbeat@60");
+        let ids: Vec<String> = (0..20).map(|i| format!("conn-{i}")).collect();
+        // Seen here at NOW (new buckets, idle: the votes lean idle).
+        for id in &ids {
+            cached.decide(&Key::new(&Kind::CONNECTION, id), &slot, &quota, NOW);
+        }
+        // Two rounds, a minute apart: each time another process's
+        // heartbeat, then this one's 20 s later (together, at the rate of
+        // 2 a minute). This one last saw a TAT that is before now by then:
+        // full, by what it saw; another process made it busy since.
+        let mut busy = Vec::new();
+        for round in 1..=2u64 {
+            let (theirs, ours) = (NOW + (60 * round - 20) * SEC, NOW + 60 * round * SEC);
+            for id in &ids {
+                let step = quota.step(theirs, 1).unwrap();
+                cached
+                    .store
+                    .apply_step(&Key::new(&Kind::CONNECTION, id), &slot, &step);
+            }
+            cached.busy_hints = 0;
+            for id in &ids {
+                let key = Key::new(&Kind::CONNECTION, id);
+                assert_eq!(cached.decide(&key, &slot, &quota, ours), Outcome::Allowed);
+            }
+            busy.push(cached.busy_hints);
+        }
+        // The guesses turn busy once the votes have: then every one is.
+        assert!(busy[0] >= 10, "busy hints per round: {busy:?}");
+        assert_eq!(busy[1], 20, "busy hints per round: {busy:?}");
+    }
+
+    /// With a tolerance, a bucket last seen a little before now is busy
+    /// for the step (its TAT is above the busy floor): the seen TAT is
+    /// hint enough.
+    #[test]
+    fn with_a_tolerance_a_bucket_a_little_behind_now_is_busy() {
+        let mut cached = Cached::new();
+        let quota = Quota::per_minute(NonZeroU32::new(2).unwrap())
+            .with_tolerance(std::time::Duration::from_secs(9))
+            .unwrap();
+        let (key, slot) = (Key::new(&Kind::CONNECTION, "c"), Slot::new("heartbeat@60"));
+        cached.decide(&key, &slot, &quota, NOW);
+        // TAT NOW + 30 s, asked at NOW + 35 s: 5 s behind, within 9 s.
+        cached.busy_hints = 0;
+        assert_eq!(
+            cached.decide(&key, &slot, &quota, NOW + 35 * SEC),
+            Outcome::Allowed
+        );
+        assert_eq!(cached.busy_hints, 1);
+        let mut tats = [0];
+        let mut ops = [Op::new(&slot, quota.step(NOW + 35 * SEC, 1).unwrap())];
+        cached.cache.denies(&key, &mut ops, &mut tats);
+        // Charged from the old TAT: NOW + 30 s + 30 s.
+        assert_eq!(tats[0], NOW + 60 * SEC);
     }
 }

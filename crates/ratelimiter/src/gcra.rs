@@ -18,6 +18,17 @@
 //! [`Step::busy_ceiling`] when its conditional writes cannot express `max`)
 //! and reports an [`Outcome`] and the TAT it left, from which
 //! [`Quota::decision`] derives the numbers callers see.
+//!
+//! # Tolerance
+//!
+//! A quota may have a *tolerance* `δ ≤ T` ([`Quota::with_tolerance`]): a
+//! TAT up to `δ` before `now` is then charged from itself instead of from
+//! `now` (`base = TAT` if `TAT > now − δ`, else `now`). A client that comes
+//! back a little early or late keeps one write shape (busy), which saves a
+//! store of two shapes its second call; in exchange it may bank up to `δ`
+//! of idle time, never more (the bank is reset, not summed), so that in any
+//! span of time it gets at most one request more than the exact rule
+//! allows. Without a tolerance (the default) the rule is exact.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -59,6 +70,9 @@ pub struct Quota {
     period: Duration,
     /// `T`, rounded up so that rounding can only make the limiter stricter.
     emission: u64,
+    /// `δ`, at most `T`: how far before `now` a TAT is still charged from
+    /// itself (see the module's "Tolerance").
+    tolerance: u64,
 }
 
 /// Why a [`Quota`] could not be built.
@@ -72,6 +86,16 @@ pub enum QuotaError {
     PeriodTooLong {
         /// The period that was asked for.
         period: Duration,
+    },
+    /// The tolerance was longer than the emission interval.
+    #[error(
+        "a tolerance of {tolerance:?} exceeds the emission interval of {interval:?} (period / limit)"
+    )]
+    ToleranceTooLong {
+        /// The tolerance that was asked for.
+        tolerance: Duration,
+        /// The quota's emission interval, the most it may be.
+        interval: Duration,
     },
 }
 
@@ -104,7 +128,44 @@ impl Quota {
             limit,
             period,
             emission,
+            tolerance: 0,
         })
+    }
+
+    /// The same quota with a tolerance of `tolerance`, at most its
+    /// emission interval (see the module's "Tolerance"); zero is exact.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use std::time::Duration;
+    /// use ratelimiter::gcra::{Outcome, Quota};
+    ///
+    /// let quota = Quota::per_minute(NonZeroU32::new(2).unwrap())
+    ///     .with_tolerance(Duration::from_secs(3))?;
+    /// let now = 1_700_000_000_000_000_000;
+    /// // The bucket's TAT is 2 s before now: charged from it, not from now.
+    /// let tat = now - 2_000_000_000;
+    /// assert_eq!(quota.step(now, 1)?.apply(tat), (Outcome::Allowed, tat + 30_000_000_000));
+    /// assert!(Quota::per_minute(NonZeroU32::new(2).unwrap())
+    ///     .with_tolerance(Duration::from_secs(31))
+    ///     .is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_tolerance(mut self, tolerance: Duration) -> Result<Self, QuotaError> {
+        let nanos = u64::try_from(tolerance.as_nanos()).unwrap_or(u64::MAX);
+        if nanos > self.emission {
+            return Err(QuotaError::ToleranceTooLong {
+                tolerance,
+                interval: self.emission_interval(),
+            });
+        }
+        self.tolerance = nanos;
+        Ok(self)
+    }
+
+    /// The tolerance: zero unless set by [`Quota::with_tolerance`].
+    pub fn tolerance(&self) -> Duration {
+        Duration::from_nanos(self.tolerance)
     }
 
     /// `limit` requests per second.
@@ -160,6 +221,7 @@ impl Quota {
         let full = now.saturating_add(self.capacity_ns());
         Ok(Step {
             now,
+            floor: now.saturating_sub(self.tolerance),
             cost,
             increment: self.emission * u64::from(cost),
             // A probe needs one token's room without taking it.
@@ -226,17 +288,21 @@ impl Quota {
 
 /// One consuming request, ready for a store to apply atomically to a key's TAT.
 ///
-/// A store either evaluates [`Step::outcome`] inside its own atomic section
+/// A store either evaluates [`Step::apply`] inside its own atomic section
 /// (an in-memory compare-and-swap), or uses the two linear pieces of the rule
 /// as conditional writes:
-/// - *idle*: if the TAT is at or before [`Step::now`], set it to [`Step::idle_target`];
-/// - *busy*: if the TAT is after `now` and at or before [`Step::busy_ceiling`],
-///   add [`Step::increment`] to it.
+/// - *idle*: if the TAT is at or before [`Step::busy_floor`], set it to
+///   [`Step::idle_target`];
+/// - *busy*: if the TAT is after `busy_floor` and at or before
+///   [`Step::busy_ceiling`], add [`Step::increment`] to it.
 ///
-/// A TAT after `busy_ceiling` means the request is denied.
+/// A TAT after `busy_ceiling` means the request is denied. Without a
+/// tolerance, `busy_floor` is `now`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {
     now: Nanos,
+    /// `now − δ`: a TAT above it is charged from itself.
+    floor: Nanos,
     cost: u32,
     increment: u64,
     horizon: Nanos,
@@ -261,10 +327,18 @@ impl Step {
         self.increment
     }
 
-    /// The new TAT when the bucket was full (TAT at or before `now`).
+    /// The new TAT when the bucket was full (TAT at or before
+    /// [`Step::busy_floor`]).
     #[inline]
     pub fn idle_target(&self) -> Nanos {
         self.now.saturating_add(self.increment)
+    }
+
+    /// The TAT above which the busy shape applies (the increment is added
+    /// to the TAT): `now`, less the quota's tolerance.
+    #[inline]
+    pub fn busy_floor(&self) -> Nanos {
+        self.floor
     }
 
     /// The largest TAT from which the request is still allowed.
@@ -274,14 +348,23 @@ impl Step {
     }
 
     /// The TAT after giving back what this step took, when `tat` may still
-    /// hold it (it is at least [`Step::idle_target`]); `None` when the bucket
-    /// was reset or refilled since, and there is nothing to give back.
+    /// hold it (it is at least [`Step::refund_floor`]); `None` when the
+    /// bucket was reset or refilled since, and there is nothing to give
+    /// back.
     ///
     /// Giving back leaves a state equivalent, for every later decision, to
-    /// the one the step found: `max(old, now)`.
+    /// the one the step found.
     #[inline]
     pub fn refund(&self, tat: Nanos) -> Option<Nanos> {
-        (tat >= self.idle_target()).then(|| tat - self.increment)
+        (tat >= self.refund_floor()).then(|| tat - self.increment)
+    }
+
+    /// The least TAT that may still hold what this step took: every TAT it
+    /// writes is at least this (`busy_floor + increment`; without a
+    /// tolerance, [`Step::idle_target`]).
+    #[inline]
+    pub fn refund_floor(&self) -> Nanos {
+        self.floor.saturating_add(self.increment)
     }
 
     /// The whole rule on one TAT: what a store that can run code atomically
@@ -289,7 +372,8 @@ impl Step {
     /// new one when allowed, `tat` unchanged when denied.
     #[inline]
     pub fn apply(&self, tat: Nanos) -> (Outcome, Nanos) {
-        let base = tat.max(self.now);
+        // Without a tolerance, `max(tat, now)`.
+        let base = if tat > self.floor { tat } else { self.now };
         if base <= self.busy_ceiling() {
             (Outcome::Allowed, base + self.increment)
         } else {

@@ -42,13 +42,13 @@ impl<'a> Op<'a> {
         }
     }
 
-    /// Whether the bucket's TAT is probably after the step's `now` (the
-    /// bucket is not full), by the hint.
+    /// Whether the bucket's TAT is probably after the step's
+    /// [`Step::busy_floor`] (the busy shape applies), by the hint.
     #[inline]
     pub fn likely_busy(&self) -> bool {
         match self.hint {
             Hint::None => false,
-            Hint::Seen(tat) => tat > self.step.now(),
+            Hint::Seen(tat) => tat > self.step.busy_floor(),
             Hint::Guess { busy } => busy,
         }
     }
@@ -62,8 +62,10 @@ pub enum Hint {
     None,
     /// The last TAT this process saw for the bucket.
     Seen(Nanos),
-    /// A guess for a bucket this process has not seen, from how other
-    /// buckets of the same slot were lately.
+    /// A guess for a bucket this process has not seen, or last saw full
+    /// (its TAT at or before the step's busy floor: another process may
+    /// have written it since), from how such buckets of the same slot
+    /// turned out lately.
     Guess {
         /// Whether such buckets were mostly not full.
         busy: bool,

@@ -21,6 +21,11 @@ async fn probes() {
 }
 
 #[tokio::test]
+async fn tolerance() {
+    conformance::tolerance(MemoryStore::new()).await;
+}
+
+#[tokio::test]
 async fn checks_in_turn() {
     conformance::checks_in_turn(MemoryStore::new()).await;
 }

@@ -54,6 +54,9 @@ pub(super) struct PolicySpec {
     pub(super) unit: Option<Spanned<String>>,
     /// A cap on open connections instead of limits.
     pub(super) concurrent: Option<Spanned<i64>>,
+    /// How far before now a bucket's state is still charged from itself
+    /// (`"300ms"`, `"2s"`).
+    pub(super) tolerance: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) tier: BTreeMap<Spanned<String>, Spanned<TierSpec>>,
 }
@@ -183,6 +186,13 @@ impl<'a> FileSource<'a> {
                     at(span, format!("tier {:?}: {e}", shorten(tier.get_ref())))
                 })?;
         }
+        if let Some(tolerance) = &fields.tolerance {
+            let duration = super::parse_duration(tolerance.get_ref())
+                .map_err(|e| at(tolerance.span(), format!("tolerance: {e}")))?;
+            policy = policy
+                .with_tolerance(duration)
+                .map_err(|e| at(tolerance.span(), e.to_string()))?;
+        }
         Ok(policy)
     }
 }
@@ -208,6 +218,7 @@ impl FileSource<'_> {
             ("limits", fields.limits.as_ref().map(Spanned::span)),
             ("unit", fields.unit.as_ref().map(Spanned::span)),
             ("tiers", fields.tier.keys().next().map(Spanned::span)),
+            ("tolerance", fields.tolerance.as_ref().map(Spanned::span)),
         ];
         if let Some((what, Some(span))) = other.into_iter().find(|(_, span)| span.is_some()) {
             return Err(at(

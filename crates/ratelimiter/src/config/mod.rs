@@ -144,6 +144,46 @@ pub enum ConfigError {
     },
 }
 
+/// A duration as configuration writes it: a whole number of `ms`, `s`,
+/// `min` or `h`, with no space (`"300ms"`, `"9s"`, `"2h"`). The message of
+/// an error quotes the text, shortened.
+///
+/// ```
+/// use std::time::Duration;
+/// use ratelimiter::config::parse_duration;
+///
+/// assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+/// assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+/// assert!(parse_duration("1.5s").unwrap_err().contains("not a duration"));
+/// ```
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(format!(
+                "{:?} is not a duration: write a whole number of ms, s, min or h, such as \"300ms\" or \"2s\"",
+                shorten(text)
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(per_unit))
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| {
+            format!(
+                "{:?}: the number is not a whole number that fits",
+                shorten(text)
+            )
+        })
+}
+
 /// Parses a positive integer setting, naming `var` and the value on failure.
 ///
 /// Surrounding white space is ignored; anything else that is not a whole
@@ -580,6 +620,35 @@ limits = ["10/min", "100/h"]
     }
 
     #[test]
+    fn a_tolerance_applies_to_every_limit_and_tier_of_its_policy() {
+        let config = Config::from_file_text(
+            "limits.toml",
+            "[policy.heartbeat]\ntolerance = \"9s\"\n\
+             [policy.api]\nkey = \"tenant\"\nlimits = [\"10/s\", \"1000/h\"]\ntolerance = \"50ms\"\n\
+             [policy.api.tier.pro]\nlimits = [\"20/s\"]\n",
+            env(&[]),
+        )
+        .unwrap();
+        let heartbeat = &config.policies[PolicyId::HEARTBEAT];
+        assert_eq!(heartbeat.tolerance(), Duration::from_secs(9));
+        assert_eq!(
+            heartbeat.limits()[0].quota().tolerance(),
+            Duration::from_secs(9)
+        );
+        let api = &config.policies[config.policies.id("api").unwrap()];
+        let tolerances: Vec<Duration> = api
+            .limits()
+            .iter()
+            .chain(api.tier("pro").unwrap())
+            .map(|l| l.quota().tolerance())
+            .collect();
+        assert_eq!(tolerances, [Duration::from_millis(50); 3]);
+        // Others stay exact.
+        let session = &config.policies[PolicyId::SESSION_CREATE];
+        assert_eq!(session.tolerance(), Duration::ZERO);
+    }
+
+    #[test]
     fn bad_files_name_the_file_the_line_and_the_fault() {
         for (text, line, expect) in [
             (
@@ -635,6 +704,21 @@ limits = ["10/min", "100/h"]
                 "[policy.a]\nkey = \"ip\"\nunit = \"tokens\"\nlimits = [\"1/s\"]\n",
                 3,
                 "unit: unknown unit \"tokens\"",
+            ),
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = [\"2/min\", \"10/s\"]\ntolerance = \"200ms\"\n",
+                4,
+                "tolerance 200ms exceeds the emission interval of 10/s (100ms)",
+            ),
+            (
+                "[policy.a]\nkey = \"ip\"\nlimits = [\"2/min\"]\ntolerance = \"1.5s\"\n",
+                4,
+                "tolerance: \"1.5s\" is not a duration: write a whole number of ms, s, min or h",
+            ),
+            (
+                "[policy.a]\nkey = \"ip\"\nconcurrent = 2\ntolerance = \"1s\"\n",
+                4,
+                "it takes no tolerance",
             ),
             (
                 "[route.send]\npolicies = [\"heartbeat\", \"nope\"]\n",

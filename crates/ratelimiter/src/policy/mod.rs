@@ -16,12 +16,15 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::gcra::Quota;
 use crate::key::{Kind, NameError, Slot, check_name, shorten};
 use crate::lease::{Cap, LEASE_LIFETIME, MAX_CLOCK_AHEAD, MAX_CONCURRENT};
 
+mod limits;
 mod registry;
 mod spec;
+
+pub use limits::Limit;
+use limits::{build_limits, tolerate};
 
 pub use spec::{LimitError, LimitSpec};
 
@@ -144,36 +147,6 @@ impl PolicyId {
     }
 }
 
-/// One of a policy's limits: `count` requests per `period`, as a quota and
-/// the bucket it is kept in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limit {
-    quota: Quota,
-    slot: Slot,
-}
-
-impl Limit {
-    /// The quota: count, period, burst.
-    #[inline]
-    pub fn quota(&self) -> &Quota {
-        &self.quota
-    }
-
-    /// The bucket this limit is kept in.
-    #[inline]
-    pub fn slot(&self) -> &Slot {
-        &self.slot
-    }
-
-    /// The limit as written in configuration: `100/min`, `3/10s`.
-    pub fn spec(&self) -> LimitSpec {
-        LimitSpec {
-            count: self.quota.limit(),
-            period: self.quota.period(),
-        }
-    }
-}
-
 /// A policy's name, shared cheaply by verdicts and errors.
 pub type PolicyName = std::sync::Arc<str>;
 
@@ -189,6 +162,8 @@ pub struct Policy {
     unit: Unit,
     /// A cap on open connections instead of limits.
     cap: Option<Cap>,
+    /// Every limit's tolerance (see [`crate::gcra`], "Tolerance").
+    tolerance: Duration,
 }
 
 /// Why a policy could not be built.
@@ -215,6 +190,18 @@ pub enum PolicyError {
     /// Limits or tiers asked of a cap, which counts open connections.
     #[error("a cap (concurrent = N) counts open connections: it takes no {0}")]
     Cap(&'static str),
+    /// A tolerance longer than a limit's emission interval.
+    #[error(
+        "tolerance {tolerance:?} exceeds the emission interval of {limit} ({interval:?}); it may be at most period / count"
+    )]
+    Tolerance {
+        /// The tolerance asked for.
+        tolerance: Duration,
+        /// The limit it does not fit.
+        limit: LimitSpec,
+        /// That limit's emission interval.
+        interval: Duration,
+    },
 }
 
 impl Policy {
@@ -242,6 +229,7 @@ impl Policy {
             shadow: false,
             unit: Unit::Requests,
             cap: None,
+            tolerance: Duration::ZERO,
         })
     }
 
@@ -272,6 +260,7 @@ impl Policy {
             shadow: false,
             unit: Unit::Connections,
             cap: Some(Cap::new(concurrent, Slot::new(format!("{name}#open")))),
+            tolerance: Duration::ZERO,
         })
     }
 
@@ -284,7 +273,10 @@ impl Policy {
             return Err(PolicyError::Cap("tiers"));
         }
         check_name(tier).map_err(PolicyError::Tier)?;
-        let limits = build_limits(&format!("{}.{tier}", self.name), limits)?;
+        let limits = tolerate(
+            build_limits(&format!("{}.{tier}", self.name), limits)?,
+            self.tolerance,
+        )?;
         self.tiers.retain(|(name, _)| &**name != tier);
         self.tiers.push((tier.into(), limits));
         Ok(self)
@@ -295,8 +287,44 @@ impl Policy {
         if self.cap.is_some() {
             return Err(PolicyError::Cap("limits"));
         }
-        self.limits = build_limits(&self.name, limits)?;
+        self.limits = tolerate(build_limits(&self.name, limits)?, self.tolerance)?;
         Ok(self)
+    }
+
+    /// The same policy with a tolerance of `tolerance` on every limit,
+    /// tiers included: a bucket whose state lies up to that much before
+    /// now is charged from its state, which lets a client at its rate (a
+    /// heartbeat) be decided in one write, for at most one request more
+    /// than the exact rule in any span of time (see [`crate::gcra`],
+    /// "Tolerance"). It may be at most the shortest emission interval
+    /// (period / count) of the policy's limits. Zero, the default, is exact.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ratelimiter::{Kind, Policy};
+    ///
+    /// let beat = Policy::new("beat", Kind::CONNECTION, &["2/min".parse()?])?
+    ///     .with_tolerance(Duration::from_secs(9))?;
+    /// assert_eq!(beat.limits()[0].quota().tolerance(), Duration::from_secs(9));
+    /// assert!(beat.with_tolerance(Duration::from_secs(31)).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_tolerance(mut self, tolerance: Duration) -> Result<Self, PolicyError> {
+        if self.cap.is_some() {
+            return Err(PolicyError::Cap("tolerance"));
+        }
+        self.limits = tolerate(self.limits, tolerance)?;
+        for (_, limits) in &mut self.tiers {
+            *limits = tolerate(std::mem::take(limits), tolerance)?;
+        }
+        self.tolerance = tolerance;
+        Ok(self)
+    }
+
+    /// Every limit's tolerance: zero unless set by [`Policy::with_tolerance`].
+    #[inline]
+    pub fn tolerance(&self) -> Duration {
+        self.tolerance
     }
 
     /// The policy's name.
@@ -413,36 +441,10 @@ impl Policy {
             .iter()
             .flat_map(|(_, limits)| limits.iter())
             .chain(self.limits.iter())
-            .map(|limit| limit.quota.emission_interval() * limit.quota.limit())
+            .map(|limit| limit.quota().emission_interval() * limit.quota().limit())
             .max()
             .unwrap_or_default()
     }
-}
-
-/// The limits of `specs`, kept in buckets named `<prefix>@<period in seconds>`.
-fn build_limits(prefix: &str, specs: &[LimitSpec]) -> Result<Box<[Limit]>, PolicyError> {
-    if specs.is_empty() {
-        return Err(PolicyError::NoLimits);
-    }
-    if specs.len() > MAX_LIMITS {
-        return Err(PolicyError::TooManyLimits(specs.len()));
-    }
-    let mut limits: Vec<Limit> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        if let Some(same) = limits.iter().find(|l| l.quota.period() == spec.period) {
-            return Err(PolicyError::SamePeriod(format!(
-                "{} and {spec}",
-                same.spec()
-            )));
-        }
-        let count = NonZeroU32::new(spec.count).expect("LimitSpec counts are positive");
-        let quota = Quota::new(count, spec.period).expect("LimitSpec periods are valid");
-        limits.push(Limit {
-            quota,
-            slot: Slot::new(format!("{prefix}@{}", spec.period.as_secs())),
-        });
-    }
-    Ok(limits.into_boxed_slice())
 }
 
 #[cfg(test)]
