@@ -430,6 +430,7 @@ async fn check<S: Store>(
         "degraded": verdict.is_degraded(),
         "degraded_reason": verdict.degraded.map(|why| why.as_str()),
         "store_calls": verdict.calls,
+        "capacity_units": {"write": verdict.capacity.write, "read": verdict.capacity.read},
         "cached": verdict.cached,
         "limits": limits,
     }));

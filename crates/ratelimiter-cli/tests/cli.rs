@@ -75,11 +75,17 @@ fn check_status_reset_on_the_embedded_store() {
             "degraded",
             "degraded_reason",
             "store_calls",
+            "capacity_units",
             "cached",
             "limits"
         ]
     );
     assert_eq!(value["store_calls"], 1);
+    // The embedded store answers as DynamoDB does: one write unit.
+    assert_eq!(
+        value["capacity_units"],
+        serde_json::json!({"write": 1, "read": 0})
+    );
     assert_eq!(value["cached"], false);
     assert_eq!(value["degraded_reason"], serde_json::Value::Null);
     assert_eq!(value["limits"].as_array().unwrap().len(), 1);

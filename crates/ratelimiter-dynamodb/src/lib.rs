@@ -56,12 +56,15 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::Builder as ConfigOverride;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure,
+};
 use ratelimiter::config::{ConfigError, parse_positive};
 use ratelimiter::gcra::{Nanos, Outcome};
 use ratelimiter::key::{Key, Slot};
 use ratelimiter::lease::{Lease, Seats};
-use ratelimiter::store::{Applied, Op, Store, StoreError, StoreErrorKind};
+use ratelimiter::store::{Applied, Capacity, Op, Store, StoreError, StoreErrorKind};
 
 pub mod admin;
 mod client;
@@ -237,6 +240,13 @@ macro_rules! send {
     }};
 }
 
+/// What a decision's calls cost so far.
+#[derive(Default)]
+struct Spent {
+    calls: u32,
+    capacity: Capacity,
+}
+
 /// The outcome of one `UpdateItem`.
 enum UpdateResult {
     /// Written; `tats` holds the new TATs, and the lease's set is `members`.
@@ -358,7 +368,7 @@ impl DynamoDbStore {
         lease: Option<&Lease<'_>>,
         retention: Nanos,
         tats: &mut [Nanos],
-        calls: &mut u32,
+        spent: &mut Spent,
     ) -> Result<(Outcome, Seats), StoreError> {
         let now = match (ops.first(), lease) {
             (Some(op), _) => op.step.now(),
@@ -383,9 +393,18 @@ impl DynamoDbStore {
                 // Nothing to write: the holder has its seat.
                 return Ok((Outcome::Allowed, seats));
             }
-            *calls += 1;
+            spent.calls += 1;
             let result = self
-                .update(&pk, ops, taking, now, first_call, keep_until, tats)
+                .update(
+                    &pk,
+                    ops,
+                    taking,
+                    now,
+                    first_call,
+                    keep_until,
+                    tats,
+                    &mut spent.capacity,
+                )
                 .await?;
             first_call = false;
             let members = match result {
@@ -408,9 +427,16 @@ impl DynamoDbStore {
                 UpdateResult::Rejected {
                     returned: false, ..
                 } => {
-                    *calls += 1;
+                    spent.calls += 1;
                     let slots: Vec<&Slot> = ops.iter().map(|op| op.slot).collect();
-                    self.get(&pk, &slots, tats, lease.map(|l| l.slot)).await?
+                    self.get(
+                        &pk,
+                        &slots,
+                        tats,
+                        lease.map(|l| l.slot),
+                        &mut spent.capacity,
+                    )
+                    .await?
                 }
             };
             let seats = match (lease, held) {
@@ -431,11 +457,12 @@ impl DynamoDbStore {
                 taking = None;
                 held = Some(seats);
             }
-            if *calls >= MAX_CALLS_PER_DECISION - 1 {
+            if spent.calls >= MAX_CALLS_PER_DECISION - 1 {
                 return Err(StoreError::new(
                     StoreErrorKind::Contended,
                     format!(
-                        "gave up after {calls} calls: the item kept changing between reads and writes"
+                        "gave up after {} calls: the item kept changing between reads and writes",
+                        spent.calls
                     ),
                 ));
             }
@@ -447,8 +474,8 @@ impl DynamoDbStore {
                     .filter(|m| !Lease::live_at(m, lease.now))
                     .collect();
                 if !ended.is_empty() {
-                    *calls += 1;
-                    self.forget(&pk, lease.slot, ended).await?;
+                    spent.calls += 1;
+                    spent.capacity += self.forget(&pk, lease.slot, ended).await?;
                 }
             }
             // `tats` now holds what the next call's shapes follow from.
@@ -457,7 +484,12 @@ impl DynamoDbStore {
 
     /// Removes `members` from the lease set `slot` of the item `pk`, if
     /// the item is there.
-    async fn forget(&self, pk: &str, slot: &Slot, members: Vec<String>) -> Result<(), StoreError> {
+    async fn forget(
+        &self,
+        pk: &str,
+        slot: &Slot,
+        members: Vec<String>,
+    ) -> Result<Capacity, StoreError> {
         let request = self
             .client
             .update_item()
@@ -468,9 +500,10 @@ impl DynamoDbStore {
             .expression_attribute_values(":m", AttributeValue::Ss(members))
             .update_expression("DELETE #l :m")
             // Never create an empty item for a key that has none.
-            .condition_expression("attribute_exists(#pk)");
+            .condition_expression("attribute_exists(#pk)")
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
         // A failed condition: the item is gone, and its leases with it.
-        done_unless_changed(send!(self, request))
+        written_unless_changed(send!(self, request))
     }
 
     /// One conditional `UpdateItem` on every bucket of `ops` at `now` (the
@@ -487,6 +520,7 @@ impl DynamoDbStore {
         first_call: bool,
         keep_until: Nanos,
         tats: &mut [Nanos],
+        capacity: &mut Capacity,
     ) -> Result<UpdateResult, StoreError> {
         let mut set = String::from("SET ");
         let mut condition = String::new();
@@ -499,7 +533,8 @@ impl DynamoDbStore {
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":ttl", number(ttl_secs(keep_until)))
             .return_values(ReturnValue::UpdatedNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
         // DynamoDB refuses a value no expression uses: `:now` only goes
         // with a busy shape.
         let mut uses_now = false;
@@ -569,6 +604,7 @@ impl DynamoDbStore {
         let lease_slot = lease.map(|lease| lease.slot);
         match send!(self, request) {
             Ok(output) => {
+                capacity.write += units(output.consumed_capacity(), 1);
                 let item = output.attributes().ok_or_else(|| {
                     StoreError::new(
                         StoreErrorKind::Protocol,
@@ -593,6 +629,8 @@ impl DynamoDbStore {
                 let UpdateItemError::ConditionalCheckFailedException(failed) = e.err() else {
                     unreachable!("matched above")
                 };
+                // Billed, but not reported: the item's size says how much.
+                capacity.write += failed.item().map_or(1, write_units_of);
                 match failed.item() {
                     // A missing bucket in a returned item has TAT 0: the
                     // conditions accept it, so another one failed.
@@ -623,13 +661,15 @@ impl DynamoDbStore {
         slots: &[&Slot],
         tats: &mut [Nanos],
         leases: Option<&Slot>,
+        capacity: &mut Capacity,
     ) -> Result<Vec<String>, StoreError> {
         let mut request = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
-            .consistent_read(true);
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
         if !slots.is_empty() || leases.is_some() {
             let mut projection = bucket_list(slots.len());
             if let Some(leases) = leases {
@@ -645,6 +685,7 @@ impl DynamoDbStore {
             }
         }
         let output = send!(self, request).map_err(|e| store_error("GetItem", e))?;
+        capacity.read += units(output.consumed_capacity(), 1);
         for (slot, tat) in slots.iter().zip(tats.iter_mut()) {
             *tat = match output.item() {
                 Some(item) => tat_of(item, slot)?.unwrap_or(0),
@@ -669,34 +710,39 @@ impl Store for DynamoDbStore {
         retention: Nanos,
         tats: &mut [Nanos],
     ) -> Applied {
-        let mut calls = 0;
-        match self
-            .apply_inner(key, ops, lease, retention, tats, &mut calls)
+        let mut spent = Spent::default();
+        let (outcome, seats) = match self
+            .apply_inner(key, ops, lease, retention, tats, &mut spent)
             .await
         {
-            Ok((outcome, seats)) => Applied {
-                outcome: Ok(outcome),
-                calls,
-                seats,
-            },
-            Err(error) => Applied {
-                outcome: Err(error),
-                calls,
-                seats: Seats::default(),
-            },
+            Ok((outcome, seats)) => (Ok(outcome), seats),
+            Err(error) => (Err(error), Seats::default()),
+        };
+        Applied {
+            outcome,
+            calls: spent.calls,
+            capacity: spent.capacity,
+            seats,
         }
     }
 
     async fn leases(&self, key: &Key<'_>, slot: &Slot) -> Result<Vec<String>, StoreError> {
-        self.get(&key.to_string(), &[], &mut [], Some(slot)).await
+        self.get(
+            &key.to_string(),
+            &[],
+            &mut [],
+            Some(slot),
+            &mut Capacity::default(),
+        )
+        .await
     }
 
-    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
+    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<Capacity, StoreError> {
         self.forget(&key.to_string(), lease.slot, vec![lease.member()])
             .await
     }
 
-    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<Capacity, StoreError> {
         let mut request = self
             .client
             .update_item()
@@ -719,9 +765,10 @@ impl Store for DynamoDbStore {
         }
         let request = request
             .update_expression(set)
-            .condition_expression(condition);
+            .condition_expression(condition)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
         // A failed condition: reset or refilled since, nothing to give back.
-        done_unless_changed(send!(self, request))
+        written_unless_changed(send!(self, request))
     }
 
     async fn load(
@@ -730,7 +777,14 @@ impl Store for DynamoDbStore {
         slots: &[&Slot],
         tats: &mut [Nanos],
     ) -> Result<(), StoreError> {
-        self.get(&key.to_string(), slots, tats, None).await?;
+        self.get(
+            &key.to_string(),
+            slots,
+            tats,
+            None,
+            &mut Capacity::default(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -790,6 +844,59 @@ where
         Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(()),
         Err(e) => Err(store_error("UpdateItem", e)),
     }
+}
+
+/// [`done_unless_changed`] for a write that asked for its consumed
+/// capacity: what it consumed (a failed condition is billed one unit, at
+/// least, and reported none).
+fn written_unless_changed<R>(
+    sent: Result<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+        SdkError<UpdateItemError, R>,
+    >,
+) -> Result<Capacity, StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match sent {
+        Ok(output) => Ok(Capacity {
+            write: units(output.consumed_capacity(), 1),
+            read: 0,
+        }),
+        Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+            Ok(Capacity { write: 1, read: 0 })
+        }
+        Err(e) => Err(store_error("UpdateItem", e)),
+    }
+}
+
+/// Whole capacity units of a `reported` consumption, or `otherwise` when
+/// the server reported none.
+fn units(reported: Option<&ConsumedCapacity>, otherwise: u32) -> u32 {
+    reported
+        .and_then(ConsumedCapacity::capacity_units)
+        .map_or(otherwise, |units| {
+            units.ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+        })
+}
+
+/// The write units a write of `item` is billed: one per KB of its size, at
+/// least one. The size counts each attribute's name and value as DynamoDB
+/// does, numbers approximately (about one byte per two digits).
+fn write_units_of(item: &HashMap<String, AttributeValue>) -> u32 {
+    let size: usize = item
+        .iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    AttributeValue::S(text) => text.len(),
+                    AttributeValue::N(digits) => digits.len().div_ceil(2) + 1,
+                    AttributeValue::Ss(members) => members.iter().map(String::len).sum(),
+                    _ => 1,
+                }
+        })
+        .sum();
+    u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
 }
 
 fn number(n: u64) -> AttributeValue {

@@ -386,7 +386,10 @@ async fn a_new_containers_first_call_may_be_a_read_a_refund_or_a_reset() {
     // container: until a call has answered, each has 100 + 400 ms too.
     let started = Instant::now();
     let loaded = store.load(&key, &[&slot], &mut [0]).await;
-    let refunded = store.refund(&key, &[Op::new(&slot, step)]).await;
+    let refunded = store
+        .refund(&key, &[Op::new(&slot, step)])
+        .await
+        .map(|_| ());
     let removed = store.remove(&key, &[&slot]).await;
     let elapsed = started.elapsed();
     for result in [loaded, refunded, removed] {

@@ -401,3 +401,38 @@ async fn conformance_caps_on_two_items() {
     let endpoint = dynoxide().await;
     conformance::caps_on_two_items(store_with_table(&endpoint).await).await;
 }
+
+/// Every call asks for its consumed capacity, and a verdict carries what
+/// its calls consumed: one write unit for a small item, one more for a
+/// first shape that was wrong (a failed condition is billed, though
+/// DynamoDB does not report it), none for a denial the deny cache
+/// answers.
+#[tokio::test]
+async fn verdicts_carry_the_capacity_their_calls_consumed() {
+    let endpoint = dynoxide().await;
+    let clock = clock_now();
+    let file = "[policy.beat]\nkey = \"connection\"\nlimits = [\"2/min\"]\n";
+    // Two containers on one table.
+    let a = conformance::service_with(store_with_table(&endpoint).await, &clock, file);
+    let b = conformance::service_with(
+        store_at(&endpoint, "RateLimits", Duration::from_secs(5)).await,
+        &clock,
+        file,
+    );
+    let beat = a.policy_id("beat").unwrap();
+    let spent =
+        |v: &ratelimiter::Verdict| (v.allowed(), v.calls, v.capacity.write, v.capacity.read);
+    // A new key: one write of one unit.
+    let first = a.decide((beat, "conn-cap")).await.unwrap();
+    assert_eq!(spent(&first), (true, 1, 1, 0));
+    // Another container, which has not seen the key, guesses it idle: the
+    // failed condition and the write after it, two units.
+    let second = b.decide((beat, "conn-cap")).await.unwrap();
+    assert_eq!(spent(&second), (true, 2, 2, 0));
+    // The first container, refused by the table: the failed condition.
+    let refused = a.decide((beat, "conn-cap")).await.unwrap();
+    assert_eq!(spent(&refused), (false, 1, 1, 0));
+    // Then refused by what it knows: nothing.
+    let cached = a.decide((beat, "conn-cap")).await.unwrap();
+    assert_eq!(spent(&cached), (false, 0, 0, 0));
+}

@@ -193,13 +193,19 @@ async fn each_invocation_flushes_its_decisions_and_dynamodb_calls_per_operation(
         "{first:#?}"
     );
     // A listener's two limits share the item of its address: one call,
-    // counted under the first.
+    // counted under the first, with the one write unit it consumed (as
+    // the server reported it).
     assert_eq!(
         summary(&first),
         expect(&[
             (
                 "connection_attempt",
-                &[("Allowed", 1), ("DecisionLatency", 1), ("DynamoDbCalls", 1)]
+                &[
+                    ("Allowed", 1),
+                    ("ConsumedWriteCapacity", 1),
+                    ("DecisionLatency", 1),
+                    ("DynamoDbCalls", 1)
+                ]
             ),
             ("listener_join", &[("Allowed", 1), ("DecisionLatency", 1)]),
         ])
@@ -224,7 +230,12 @@ async fn each_invocation_flushes_its_decisions_and_dynamodb_calls_per_operation(
         expect(&[
             (
                 "connection_attempt",
-                &[("Allowed", 1), ("DecisionLatency", 1), ("DynamoDbCalls", 1)]
+                &[
+                    ("Allowed", 1),
+                    ("ConsumedWriteCapacity", 1),
+                    ("DecisionLatency", 1),
+                    ("DynamoDbCalls", 1)
+                ]
             ),
             ("listener_join", &[("DecisionLatency", 1), ("Denied", 1)]),
         ])

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ratelimiter::gcra::Nanos;
 use ratelimiter::lease::{Lease, Seats};
-use ratelimiter::store::{Applied, Op};
+use ratelimiter::store::{Applied, Capacity, Op};
 use ratelimiter::{FakeClock, Key, MemoryStore, Slot, Store, StoreError, StoreErrorKind};
 
 /// A memory store that counts the calls that reach it and fails as told:
@@ -78,7 +78,7 @@ impl Faulty {
         tats[0]
     }
 
-    fn failure(&self, kind: StoreErrorKind, message: &str) -> Result<(), StoreError> {
+    fn failure<T>(&self, kind: StoreErrorKind, message: &str) -> Result<T, StoreError> {
         Err(StoreError::new(kind, message))
     }
 
@@ -100,6 +100,7 @@ impl Store for Faulty {
         let failed = |kind, message: &str| Applied {
             outcome: Err(StoreError::new(kind, message)),
             calls: 1,
+            capacity: Capacity::default(),
             seats: Seats::default(),
         };
         if self.gone() {
@@ -121,7 +122,7 @@ impl Store for Faulty {
         applied
     }
 
-    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<Capacity, StoreError> {
         if self.gone() {
             return self.failure(StoreErrorKind::Timeout, "no answer");
         }
@@ -135,7 +136,7 @@ impl Store for Faulty {
         self.0.memory.leases(key, slot).await
     }
 
-    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
+    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<Capacity, StoreError> {
         if self.gone() {
             return self.failure(StoreErrorKind::Timeout, "no answer");
         }
@@ -201,12 +202,12 @@ impl Store for Slow {
         self.memory.leases(key, slot).await
     }
 
-    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<(), StoreError> {
+    async fn release(&self, key: &Key<'_>, lease: &Lease<'_>) -> Result<Capacity, StoreError> {
         self.clock.advance(self.delay);
         self.memory.release(key, lease).await
     }
 
-    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<(), StoreError> {
+    async fn refund(&self, key: &Key<'_>, ops: &[Op<'_>]) -> Result<Capacity, StoreError> {
         self.clock.advance(self.delay);
         self.memory.refund(key, ops).await
     }

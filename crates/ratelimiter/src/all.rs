@@ -18,7 +18,7 @@ use crate::gcra::{Nanos, Outcome};
 use crate::lease::{Lease, Seats};
 use crate::policy::Limit;
 use crate::service::RateLimitService;
-use crate::store::{Op, Store};
+use crate::store::{Op, Spent, Store};
 use crate::verdict::{RateLimitError, Request, Verdict};
 use crate::verdicts::{Plan, keep_refusals};
 
@@ -135,17 +135,17 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return Ok(verdicts.into_iter().map(|(_, v)| v).collect());
         }
         // Refused: what the allowed items took is given back.
-        let mut calls = 0;
+        let mut spent = Spent::default();
         let mut refused = Vec::new();
         for (item, d) in decided {
-            calls += d.verdicts.iter().map(|v| v.calls).sum::<u32>();
+            spent += d.verdicts.iter().map(Verdict::spent).sum();
             if d.allowed {
-                calls += self.give_back(&plans[item[0]], &d.taken, &d.leases).await;
+                spent += self.give_back(&plans[item[0]], &d.taken, &d.leases).await;
             } else {
                 refused.extend(d.verdicts);
             }
         }
-        refused[0].calls = calls;
+        refused[0].set_spent(spent);
         Ok(refused)
     }
 
@@ -202,6 +202,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .apply(key, &ops, lease, retention.unwrap_or(0), &mut tats)
             .await;
         let seats = applied.seats;
+        let spent = applied.spent();
         let mut decided = match applied.outcome {
             Ok(outcome) => {
                 self.answered(key, &ops, outcome, &tats);
@@ -242,7 +243,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 }
             }
         };
-        decided.verdicts[0].calls = applied.calls;
+        decided.verdicts[0].set_spent(spent);
         Ok(decided)
     }
 
@@ -270,8 +271,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 verdicts.push(verdict);
                 continue;
             }
-            verdict.calls += verdicts.iter().map(|v: &Verdict| v.calls).sum::<u32>();
-            verdict.calls += self.give_back(plan, &taken, &leases).await;
+            verdict.add_spent(verdicts.iter().map(Verdict::spent).sum());
+            verdict.add_spent(self.give_back(plan, &taken, &leases).await);
             return Ok(Decided {
                 verdicts: vec![verdict],
                 allowed: false,
@@ -317,20 +318,20 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// refused check took nothing): each stored (not degraded) decision's
     /// tokens, and the seats it took; the calls that cost. `verdicts` are
     /// the check's, one per plan when allowed.
-    pub(crate) async fn give_back_check(&self, plans: &[Plan<'_>], verdicts: &[Verdict]) -> u32 {
+    pub(crate) async fn give_back_check(&self, plans: &[Plan<'_>], verdicts: &[Verdict]) -> Spent {
+        let mut spent = Spent::default();
         if !verdicts.iter().all(Verdict::allowed) {
-            return 0;
+            return spent;
         }
-        let mut calls = 0;
         for (plan, verdict) in plans.iter().zip(verdicts) {
             if verdict.decision.allowed && verdict.degraded.is_none() {
                 // A seat its holder had already stays with it.
                 let fresh = plan.lease.filter(|_| verdict.fresh_seat);
                 let leases: Vec<_> = fresh.into_iter().collect();
-                calls += self.give_back(plan, &plan.ops, &leases).await;
+                spent += self.give_back(plan, &plan.ops, &leases).await;
             }
         }
-        calls
+        spent
     }
 
     /// Gives back `taken` and `leases` on `plan`'s item, for an action
@@ -340,9 +341,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         plan: &Plan<'_>,
         taken: &[Op<'_>],
         leases: &[Lease<'_>],
-    ) -> u32 {
+    ) -> Spent {
         let key = &plan.resolved.key;
-        let mut calls = 0;
+        let mut spent = Spent::default();
         // A probe (cost 0) took nothing: no call to give it back.
         let taken: Vec<Op<'_>> = taken
             .iter()
@@ -351,31 +352,33 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .collect();
         let taken = taken.as_slice();
         if !taken.is_empty() {
-            calls += 1;
+            spent.calls += 1;
             if let Some(cache) = &self.cache {
                 cache.refund(key, taken);
             }
-            if let Err(error) = self.store.refund(key, taken).await {
+            match self.store.refund(key, taken).await {
+                Ok(capacity) => spent.capacity += capacity,
                 // The tokens stay taken: stricter, never looser.
-                tracing::warn!(
+                Err(error) => tracing::warn!(
                     policy = plan.resolved.policy.name(),
                     %error,
                     "could not give back a refused request's tokens"
-                );
+                ),
             }
         }
         for lease in leases {
-            calls += 1;
-            if let Err(error) = self.store.release(key, lease).await {
+            spent.calls += 1;
+            match self.store.release(key, lease).await {
+                Ok(capacity) => spent.capacity += capacity,
                 // The seat stays taken until the lease ends: stricter.
-                tracing::warn!(
+                Err(error) => tracing::warn!(
                     policy = plan.resolved.policy.name(),
                     %error,
                     "could not give back a refused request's seat"
-                );
+                ),
             }
         }
-        calls
+        spent
     }
 }
 

@@ -22,7 +22,7 @@ use crate::lease::{Cap, Holder, Lease};
 use crate::pair::join;
 use crate::policy::Policy;
 use crate::service::{RateLimitService, Resolved};
-use crate::store::Store;
+use crate::store::{Spent, Store};
 use crate::verdict::{HolderProblem, RateLimitError, Request, Verdict};
 use crate::verdicts::Plan;
 
@@ -73,9 +73,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 (rated?, seats?)
             }
         };
-        let seat_calls: u32 = seats.iter().map(|v| v.calls).sum();
+        let seat_spent: Spent = seats.iter().map(Verdict::spent).sum();
         for v in &mut seats {
-            v.calls = 0;
+            v.set_spent(Spent::default());
         }
         let (mut v1, mut v2) = rated;
         let rates_allowed = v1.iter().all(Verdict::allowed)
@@ -83,27 +83,31 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 .as_ref()
                 .is_some_and(|v2| v2.iter().all(Verdict::allowed));
         if !rates_allowed {
-            let mut calls = seat_calls;
+            let mut spent = seat_spent;
             if seats.iter().all(Verdict::allowed) {
                 // Allowed, `seats` holds a verdict per cap, in order.
                 for (cap, verdict) in caps.iter().zip(&seats) {
                     // A seat its holder had already stays with it.
                     if verdict.fresh_seat {
-                        calls += 1;
-                        if let Err(error) = self.release(*cap).await {
-                            // The seat ends with its lease: stricter.
-                            tracing::warn!(%error, "could not give back a refused connection's seat");
+                        match self.release_spent(*cap).await {
+                            Ok(released) => spent += released,
+                            Err(error) => {
+                                spent.calls += 1;
+                                // The seat ends with its lease: stricter.
+                                tracing::warn!(%error, "could not give back a refused connection's seat");
+                            }
                         }
                     }
                 }
             }
-            count_calls(&mut v1, v2.as_mut(), calls);
+            count_calls(&mut v1, v2.as_mut(), spent);
             return Ok((v1, v2));
         }
         let mut v2 = v2.expect("rates allowed in both checks");
-        let calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum::<u32>() + seat_calls;
+        let mut spent: Spent = v1.iter().chain(&v2).map(Verdict::spent).sum();
+        spent += seat_spent;
         for v in v1.iter_mut().chain(v2.iter_mut()) {
-            v.calls = 0;
+            v.set_spent(Spent::default());
         }
         if seats.iter().all(Verdict::allowed) {
             let in_second = seats.split_off(caps1.len());
@@ -120,7 +124,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             }
         }
         // There is a verdict to count them under: the caps have verdicts.
-        count_calls(&mut v1, Some(&mut v2), calls);
+        count_calls(&mut v1, Some(&mut v2), spent);
         Ok((v1, Some(v2)))
     }
 
@@ -144,14 +148,14 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if allowed(&v1) && allowed(&v2) {
             return Ok((v1, Some(v2)));
         }
-        let mut calls: u32 = v1.iter().chain(&v2).map(|v| v.calls).sum();
-        calls += self.give_back_check(plans1, &v1).await;
-        calls += self.give_back_check(plans2, &v2).await;
+        let mut spent: Spent = v1.iter().chain(&v2).map(Verdict::spent).sum();
+        spent += self.give_back_check(plans1, &v1).await;
+        spent += self.give_back_check(plans2, &v2).await;
         let plans: Vec<&Plan<'_>> = plans1.iter().chain(plans2).collect();
         let (mut v1, mut v2) = self
             .rates_then_caps(first, second, &plans, now, None)
             .await?;
-        count_calls(&mut v1, v2.as_mut(), calls);
+        count_calls(&mut v1, v2.as_mut(), spent);
         Ok((v1, v2))
     }
 
@@ -172,15 +176,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 }
 
-/// Counts `calls` under the first verdict returned, `first`'s or else
+/// Counts `spent` under the first verdict returned, `first`'s or else
 /// `second`'s: every call of a decision is counted once, there.
-fn count_calls(first: &mut [Verdict], second: Option<&mut Vec<Verdict>>, calls: u32) {
+fn count_calls(first: &mut [Verdict], second: Option<&mut Vec<Verdict>>, spent: Spent) {
     let lead = match first.first_mut() {
         Some(v) => Some(v),
         None => second.and_then(|v| v.first_mut()),
     };
     if let Some(v) = lead {
-        v.calls += calls;
+        v.add_spent(spent);
     }
 }
 

@@ -103,6 +103,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .store
             .apply(key, &ops, None, retention, &mut tats)
             .await;
+        let spent = applied.spent();
         if let Ok(outcome) = applied.outcome {
             self.answered(key, &ops, outcome, &tats);
         }
@@ -117,7 +118,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                     .failures
                     .failed(r1.policy, key, &error, generation, permit, failed);
                 let mut v1 = self.degraded(r1, ops1, tats1, why);
-                v1.calls = applied.calls;
+                v1.set_spent(spent);
                 if !v1.allowed() {
                     return Ok((v1, None));
                 }
@@ -127,7 +128,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if outcome == Outcome::Allowed {
             // One call decided both; it is counted under the first.
             let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Allowed, Seats::default());
-            v1.calls = applied.calls;
+            v1.set_spent(spent);
             let v2 = self.verdict(r2, ops2, tats2, Outcome::Allowed, Seats::default());
             return Ok((v1, Some(v2)));
         }
@@ -137,7 +138,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .all(|(op, &tat)| op.step.apply(tat).0 == Outcome::Allowed);
         if !first_alone {
             let mut v1 = self.verdict(r1, ops1, tats1, Outcome::Denied, Seats::default());
-            v1.calls = applied.calls;
+            v1.set_spent(spent);
             if !v1.allowed() {
                 return Ok((v1, None));
             }
@@ -148,7 +149,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // Only `second` refused: `first` still counts, in a call of its own.
         let v2 = self.verdict(r2, ops2, tats2, Outcome::Denied, Seats::default());
         let mut v1 = self.decide_at(first, now).await?;
-        v1.calls += applied.calls;
+        v1.add_spent(spent);
         if !v1.allowed() {
             return Ok((v1, None));
         }
@@ -193,9 +194,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         }
         // The second's decision is not reported (a refused first takes
         // nothing from it), but its calls were made for this one.
-        v1.calls += v2.calls;
+        v1.add_spent(v2.spent());
         if v2.decision.allowed && v2.degraded.is_none() {
-            v1.calls += self.give_back(&plan2, &plan2.ops, &[]).await;
+            v1.add_spent(self.give_back(&plan2, &plan2.ops, &[]).await);
         }
         Ok((v1, None))
     }
@@ -343,6 +344,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let n1: usize = plans1.iter().map(|p| p.ops.len()).sum();
         let (p1, p2): (Vec<&Plan<'_>>, Vec<&Plan<'_>>) =
             (plans1.iter().collect(), plans2.iter().collect());
+        let spent = applied.spent();
         let outcome = match applied.outcome {
             Ok(outcome) => {
                 self.answered(key, &ops, outcome, &tats);
@@ -362,7 +364,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 let (ops1, ops2) = ops.split_at(n1);
                 let (tats1, tats2) = tats.split_at_mut(n1);
                 let mut v1 = self.degraded_each(&p1, ops1, tats1, why);
-                v1[0].calls = applied.calls;
+                v1[0].set_spent(spent);
                 if !keep_refusals(&mut v1) {
                     return Ok((v1, None));
                 }
@@ -376,7 +378,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if outcome == Outcome::Allowed {
             // One call decided both; it is counted under the first.
             let mut v1 = self.verdicts(&p1, ops1, tats1, Outcome::Allowed, seats);
-            v1[0].calls = applied.calls;
+            v1[0].set_spent(spent);
             let v2 = self.verdicts(&p2, ops2, tats2, Outcome::Allowed, seats);
             return Ok((v1, Some(v2)));
         }
@@ -390,7 +392,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             let full = rates_fit.then(|| self.refused(&all, &ops, &tats, seats));
             let (mut v1, v2) = self.rates_then_caps(first, second, &all, now, full).await?;
             if let Some(v) = v1.first_mut() {
-                v.calls += applied.calls;
+                v.add_spent(spent);
             }
             return Ok((v1, v2));
         }
@@ -398,13 +400,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             !spans(&p1).any(|(plan, span)| refuses(plan, &ops1[span.clone()], &tats1[span], seats));
         if !first_alone {
             let mut v1 = self.refused(&p1, ops1, tats1, seats);
-            v1[0].calls = applied.calls;
+            v1[0].set_spent(spent);
             return Ok((v1, None));
         }
         // Only `second` refused: `first` still counts, in a call of its own.
         let v2 = self.refused(&p2, ops2, tats2, seats);
         let mut v1 = self.all_at(first, now).await?;
-        v1[0].calls += applied.calls;
+        v1[0].add_spent(spent);
         if !v1.iter().all(Verdict::allowed) {
             return Ok((v1, None));
         }
@@ -447,8 +449,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         }
         // A refused first takes nothing from the second: what it took is
         // given back; its calls were made for this decision.
-        v1[0].calls += v2.iter().map(|v| v.calls).sum::<u32>();
-        v1[0].calls += self.give_back_check(plans2, &v2).await;
+        v1[0].add_spent(v2.iter().map(Verdict::spent).sum());
+        v1[0].add_spent(self.give_back_check(plans2, &v2).await);
         Ok((v1, None))
     }
 }

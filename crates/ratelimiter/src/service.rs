@@ -53,7 +53,7 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     /// this process, which has nothing to save.
     pub(crate) cache: Option<DenyCache>,
     pub(crate) failures: Failures,
-    metrics: DecisionMetrics,
+    pub(crate) metrics: DecisionMetrics,
     /// Per policy: how long an item of its kind must be kept (ns).
     retention: Box<[Nanos]>,
     /// Per policy: whether an unknown tier was already reported.
@@ -274,6 +274,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             .apply(&r.key, ops, lease, r.retention, tats)
             .await;
         // 5. The failure mode, or 6. the verdict.
+        let spent = applied.spent();
         let mut verdict = match applied.outcome {
             Ok(outcome) => {
                 self.answered(&r.key, ops, outcome, tats);
@@ -287,7 +288,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 self.degraded(r, ops, tats, why)
             }
         };
-        verdict.calls = applied.calls;
+        verdict.set_spent(spent);
         verdict
     }
 

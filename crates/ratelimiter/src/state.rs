@@ -8,7 +8,7 @@ use crate::gcra::Status;
 use crate::lease::{Lease, Seat};
 use crate::policy::Limit;
 use crate::service::RateLimitService;
-use crate::store::Store;
+use crate::store::{Spent, Store};
 use crate::verdict::{RateLimitError, Request};
 
 impl<S: Store, C: Clock> RateLimitService<S, C> {
@@ -126,14 +126,28 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     /// ```
     pub async fn release<'r>(&self, request: impl Into<Request<'r>>) -> Result<(), RateLimitError> {
         let request = request.into();
+        let spent = self.release_spent(request).await?;
+        // A write like a decision's: counted, with what it cost.
+        self.metrics
+            .spent(request.policy, spent.calls, spent.capacity);
+        Ok(())
+    }
+
+    /// [`RateLimitService::release`], counting nothing: the call and its
+    /// capacity, for the caller to account.
+    pub(crate) async fn release_spent(
+        &self,
+        request: Request<'_>,
+    ) -> Result<Spent, RateLimitError> {
         let policy = self.policy(request.policy)?;
         let cap = cap_of(policy)?;
         let holder = holder_of(policy, &request)?;
         let key = self.key(&request, policy);
-        Ok(self
+        let capacity = self
             .store
             .release(&key, &Lease::to_release(cap.slot(), holder))
-            .await?)
+            .await?;
+        Ok(Spent { calls: 1, capacity })
     }
 }
 

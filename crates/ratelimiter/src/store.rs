@@ -72,6 +72,49 @@ pub enum Hint {
     },
 }
 
+/// Capacity units a store's backing service charged for calls: DynamoDB's
+/// consumed capacity, in whole units (a write of an item up to 1 KB is one
+/// write unit, a consistent read of up to 4 KB one read unit). Zero for a
+/// store without a backing service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// Write capacity units.
+    pub write: u32,
+    /// Read capacity units.
+    pub read: u32,
+}
+
+impl std::ops::AddAssign for Capacity {
+    fn add_assign(&mut self, other: Self) {
+        self.write = self.write.saturating_add(other.write);
+        self.read = self.read.saturating_add(other.read);
+    }
+}
+
+/// Calls to a store's backing service and the capacity they consumed: what
+/// a decision accounts under its verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Spent {
+    pub(crate) calls: u32,
+    pub(crate) capacity: Capacity,
+}
+
+impl std::ops::AddAssign for Spent {
+    fn add_assign(&mut self, other: Self) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.capacity += other.capacity;
+    }
+}
+
+impl std::iter::Sum for Spent {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |mut sum, s| {
+            sum += s;
+            sum
+        })
+    }
+}
+
 /// What a store reports for one request: the outcome, or why there is none,
 /// and how many calls to its backing service it made for it.
 #[derive(Debug)]
@@ -81,9 +124,21 @@ pub struct Applied {
     /// Calls made to the backing service (1 for one in-memory atomic
     /// section).
     pub calls: u32,
+    /// The capacity those calls consumed.
+    pub capacity: Capacity,
     /// The cap's seats, when the request had a lease and the store
     /// answered: after the request if allowed, as found if denied.
     pub seats: Seats,
+}
+
+impl Applied {
+    /// The calls and capacity this report accounts for.
+    pub(crate) fn spent(&self) -> Spent {
+        Spent {
+            calls: self.calls,
+            capacity: self.capacity,
+        }
+    }
 }
 
 /// Where TATs live.
@@ -128,21 +183,22 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Gives back `lease`'s seat, if it is held; releasing a lease that is
-    /// not held does nothing.
+    /// not held does nothing. Returns the capacity the call consumed.
     fn release(
         &self,
         key: &Key<'_>,
         lease: &Lease<'_>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Capacity, StoreError>> + Send;
 
     /// Gives back what allowed `ops` took, where the bucket still holds it
-    /// (its TAT is at least the step's [`Step::idle_target`]): for a request
-    /// that was allowed and then, as a whole, refused.
+    /// (its TAT is at least the step's [`Step::refund_floor`]): for a
+    /// request that was allowed and then, as a whole, refused. Returns the
+    /// capacity the call consumed.
     fn refund(
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Capacity, StoreError>> + Send;
 
     /// The TATs of `slots` of `key`'s item, read consistently, into `tats`
     /// (0 for a missing bucket).

@@ -6,7 +6,10 @@
 //! also counts in [`WOULD_DENY`]; a decision the failure mode made because
 //! the store could not be used also counts in [`DEGRADED`]. A store with a
 //! backing service names a counter of its calls ([`crate::Store::CALLS_METRIC`],
-//! `DynamoDbCalls`), which the service keeps per policy too.
+//! `DynamoDbCalls`), which the service keeps per policy too, beside the
+//! capacity those calls consumed: [`CONSUMED_WRITE_CAPACITY`] and
+//! [`CONSUMED_READ_CAPACITY`] (DynamoDB's capacity units, what the bill
+//! counts).
 //!
 //! A service registers its metrics with the recorder in force when it is
 //! built: install the recorder first (the Lambda functions install a
@@ -30,6 +33,7 @@ use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Unit};
 
 use crate::gcra::Nanos;
 use crate::policy::{Policies, PolicyId};
+use crate::store::Capacity;
 use crate::verdict::Verdict;
 
 /// The label carrying the policy's name (`heartbeat`, …) on every metric.
@@ -51,6 +55,12 @@ pub const HOT_KEY: &str = "HotKey";
 /// Time from the start of a decision to its verdict, store call included
 /// (milliseconds).
 pub const DECISION_LATENCY: &str = "DecisionLatency";
+/// Write capacity units a store's backing service charged for decisions
+/// and for seats given back (count), for stores that have one.
+pub const CONSUMED_WRITE_CAPACITY: &str = "ConsumedWriteCapacity";
+/// Read capacity units a store's backing service charged for decisions
+/// (count), for stores that have one.
+pub const CONSUMED_READ_CAPACITY: &str = "ConsumedReadCapacity";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -83,6 +93,14 @@ pub fn describe() {
         ),
         (DEGRADED, "Decisions made by the failure mode"),
         (HOT_KEY, "Decisions made in process on a hot key"),
+        (
+            CONSUMED_WRITE_CAPACITY,
+            "Write capacity units the rate-limit store charged",
+        ),
+        (
+            CONSUMED_READ_CAPACITY,
+            "Read capacity units the rate-limit store charged",
+        ),
     ] {
         metrics::describe_counter!(name, Unit::Count, text);
     }
@@ -102,8 +120,9 @@ struct PolicyMetrics {
     degraded: Counter,
     hot_key: Counter,
     latency: Histogram,
-    /// The store's calls to its backing service, for stores that have one.
-    calls: Option<Counter>,
+    /// The store's calls to its backing service, and the capacity they
+    /// consumed (write, read), for stores that have one.
+    calls: Option<(Counter, Counter, Counter)>,
 }
 
 /// The service's metric handles, one set per policy, registered once with
@@ -128,7 +147,13 @@ impl DecisionMetrics {
                         degraded: counter(DEGRADED, name),
                         hot_key: counter(HOT_KEY, name),
                         latency: histogram(DECISION_LATENCY, name),
-                        calls: calls.map(|metric| counter(metric, name)),
+                        calls: calls.map(|metric| {
+                            (
+                                counter(metric, name),
+                                counter(CONSUMED_WRITE_CAPACITY, name),
+                                counter(CONSUMED_READ_CAPACITY, name),
+                            )
+                        }),
                     }
                 })
                 .collect(),
@@ -153,10 +178,23 @@ impl DecisionMetrics {
                 metrics.hot_key.increment(1);
             }
         }
-        if let Some(calls) = &metrics.calls
-            && verdict.calls > 0
+        self.spent(verdict.policy, verdict.calls, verdict.capacity);
+    }
+
+    /// Counts `calls` to the store's backing service on `policy`'s behalf,
+    /// and the capacity they consumed.
+    #[inline]
+    pub(crate) fn spent(&self, policy: PolicyId, calls: u32, capacity: Capacity) {
+        if let Some((counted, write, read)) = &self.0[policy.index()].calls
+            && calls > 0
         {
-            calls.increment(u64::from(verdict.calls));
+            counted.increment(u64::from(calls));
+            if capacity.write > 0 {
+                write.increment(u64::from(capacity.write));
+            }
+            if capacity.read > 0 {
+                read.increment(u64::from(capacity.read));
+            }
         }
     }
 

@@ -30,7 +30,7 @@ use crate::gcra::{CostExceedsCapacity, Decision, Nanos, Outcome, ceil_secs};
 use crate::key::Kind;
 use crate::lease::{Holder, HolderError};
 use crate::policy::{Limit, PolicyId, PolicyName};
-use crate::store::{Op, StoreError, StoreErrorKind};
+use crate::store::{Capacity, Op, Spent, StoreError, StoreErrorKind};
 
 /// One request to decide: a policy and an identifier, and optionally a tier,
 /// a cost and another kind of identifier than the policy's.
@@ -185,6 +185,8 @@ pub struct Verdict {
     pub degraded: Option<Degradation>,
     /// Calls the store made to its backing service for this decision.
     pub calls: u32,
+    /// The capacity those calls consumed (DynamoDB's capacity units).
+    pub capacity: Capacity,
     /// True when this process answered from what it already knew (a
     /// denial from the deny cache), without calling the store.
     pub cached: bool,
@@ -197,6 +199,27 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The calls and capacity this verdict accounts for.
+    pub(crate) fn spent(&self) -> Spent {
+        Spent {
+            calls: self.calls,
+            capacity: self.capacity,
+        }
+    }
+
+    /// Accounts exactly `spent` under this verdict.
+    pub(crate) fn set_spent(&mut self, spent: Spent) {
+        self.calls = spent.calls;
+        self.capacity = spent.capacity;
+    }
+
+    /// Accounts `spent` more under this verdict.
+    pub(crate) fn add_spent(&mut self, spent: Spent) {
+        let mut sum = self.spent();
+        sum += spent;
+        self.set_spent(sum);
+    }
+
     /// Whether the request may proceed.
     #[inline]
     pub fn allowed(&self) -> bool {
@@ -254,6 +277,7 @@ impl Verdict {
             shadow: false,
             degraded: None,
             calls: 0,
+            capacity: Capacity::default(),
             cached: false,
             name: None,
             fresh_seat: false,

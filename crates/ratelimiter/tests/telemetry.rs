@@ -162,8 +162,12 @@ fn each_decision_is_counted_and_timed_by_policy() {
     let units = capture.units.lock().unwrap().clone();
     assert_eq!(units[DECISION_LATENCY], Unit::Milliseconds);
     assert_eq!(units["Allowed"], Unit::Count);
-    assert_eq!(units.len(), 6, "{units:?}");
+    assert_eq!(units.len(), 8, "{units:?}");
     assert_eq!(units["HotKey"], Unit::Count);
+    // The capacity a store's calls consumed: none here (a store with no
+    // backing service reports none, and nothing is counted).
+    assert_eq!(units["ConsumedWriteCapacity"], Unit::Count);
+    assert_eq!(units["ConsumedReadCapacity"], Unit::Count);
     assert_eq!(OPERATION_LABEL, "Operation");
 }
 

@@ -20,7 +20,7 @@ use hashbrown::HashTable;
 use crate::gcra::{Nanos, Outcome, Step};
 use crate::key::{Key, OwnedKey, Slot};
 use crate::lease::{Lease, Seats};
-use crate::store::{Applied, Op, Store, StoreError};
+use crate::store::{Applied, Capacity, Op, Store, StoreError};
 
 mod leases;
 
@@ -423,6 +423,7 @@ impl Store for MemoryStore {
         std::future::ready(Applied {
             outcome: Ok(outcome),
             calls: 1,
+            capacity: Capacity::default(),
             seats,
         })
     }
@@ -439,18 +440,18 @@ impl Store for MemoryStore {
         &self,
         key: &Key<'_>,
         lease: &Lease<'_>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    ) -> impl Future<Output = Result<Capacity, StoreError>> + Send {
         self.release_sync(key, lease);
-        std::future::ready(Ok(()))
+        std::future::ready(Ok(Capacity::default()))
     }
 
     fn refund(
         &self,
         key: &Key<'_>,
         ops: &[Op<'_>],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    ) -> impl Future<Output = Result<Capacity, StoreError>> + Send {
         self.refund_sync(key, ops);
-        std::future::ready(Ok(()))
+        std::future::ready(Ok(Capacity::default()))
     }
 
     fn load(
