@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use ratelimiter::clock::FakeClock;
 use ratelimiter::{Builder, Clock, Config, RateLimitService, Request};
-use ratelimiter_dynamodb::{ClientOptions, DynamoDbStore, client};
+use ratelimiter_dynamodb::DynamoDbStore;
+
+mod common;
 
 const KEYS: usize = 40;
 const CONTAINERS: usize = 4;
@@ -79,10 +81,7 @@ async fn run(endpoint: &str, config: &str, label: &str, seed: u64, allowance: u6
     let clock = FakeClock::at_secs(1_800_000_000);
     let mut containers: Vec<RateLimitService<DynamoDbStore, FakeClock>> = Vec::new();
     for _ in 0..CONTAINERS {
-        let store = DynamoDbStore::new(
-            client(&ClientOptions::local(endpoint, Duration::from_secs(5))).await,
-            "RateLimits",
-        );
+        let store = common::store(endpoint, Duration::from_secs(5)).await;
         let config = Config::from_file_text("limits.toml", config, |_| None).expect("a valid file");
         containers.push(
             Builder::from_config(config)
@@ -132,18 +131,8 @@ async fn run(endpoint: &str, config: &str, label: &str, seed: u64, allowance: u6
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let endpoint = ratelimiter_testing::dynoxide().await;
-        let store = DynamoDbStore::new(
-            client(&ClientOptions::local(&endpoint, Duration::from_secs(5))).await,
-            "RateLimits",
-        );
-        store.create_table().await.unwrap();
+    common::runtime().block_on(async {
+        let endpoint = common::table().await;
         println!(
             "{KEYS} keys at their rate (2/min, ±{:.0}% jitter), {CONTAINERS} containers, {BEATS} heartbeats per key",
             JITTER * 100.0

@@ -143,3 +143,45 @@ async fn dropped_connections_fail_open_bounded_and_degraded() {
     assert!(verdict.allowed() && verdict.is_degraded(), "{verdict:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// The proxy's stand-in for the per-item ceiling (what the hot-key bench
+/// measures against): so many requests a second on one key, throttled
+/// beyond, other keys untouched, and room again a second later.
+#[tokio::test]
+async fn the_proxys_ceiling_forwards_so_many_requests_a_second_on_one_key() {
+    use ratelimiter::store::{Store, StoreErrorKind};
+    use ratelimiter::{Key, Kind, Slot};
+
+    let endpoint = dynoxide().await;
+    store_with_table(&endpoint).await;
+    let proxy = FaultProxy::start(&endpoint).await;
+    let store = store_at(proxy.endpoint(), "RateLimits", Duration::from_secs(5)).await;
+    proxy.set(Fault::CeilingKey {
+        key: "connection#hot".to_owned(),
+        per_sec: 3,
+    });
+    let slot = Slot::new("heartbeat@60");
+    let (hot, cold) = (
+        Key::new(&Kind::CONNECTION, "hot"),
+        Key::new(&Kind::CONNECTION, "cold"),
+    );
+    let mut kinds = Vec::new();
+    for _ in 0..5 {
+        kinds.push(store.remove(&hot, &[&slot]).await.err().map(|e| e.kind()));
+    }
+    assert_eq!(
+        kinds,
+        [
+            None,
+            None,
+            None,
+            Some(StoreErrorKind::Throttled),
+            Some(StoreErrorKind::Throttled)
+        ]
+    );
+    assert!(store.remove(&cold, &[&slot]).await.is_ok(), "another key");
+    assert_eq!((proxy.forwarded(), proxy.throttled()), (3, 2));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(store.remove(&hot, &[&slot]).await.is_ok(), "a second later");
+    assert_eq!(proxy.forwarded(), 4);
+}

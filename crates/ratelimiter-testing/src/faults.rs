@@ -23,6 +23,15 @@ pub enum Fault {
     /// Answer requests that name this partition key with
     /// `ThrottlingException`; forward the others.
     ThrottleKey(String),
+    /// A stand-in for DynamoDB's per-item ceiling: forward at most
+    /// `per_sec` requests naming the partition key `key` in any second,
+    /// and answer the others with `ThrottlingException`; forward the rest.
+    CeilingKey {
+        /// The partition key (`tenant#acme`).
+        key: String,
+        /// Requests forwarded per second, at most.
+        per_sec: usize,
+    },
     /// Close the connection without an answer.
     Drop,
 }
@@ -33,6 +42,13 @@ pub struct FaultProxy {
     endpoint: String,
     fault: Arc<Mutex<Fault>>,
     requests: Arc<std::sync::atomic::AtomicU64>,
+    /// When the requests forwarded under a ceiling went, within the last
+    /// second.
+    window: Arc<Mutex<std::collections::VecDeque<tokio::time::Instant>>>,
+    /// Requests answered with `ThrottlingException`.
+    throttled: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests naming a ceiling's key that were forwarded.
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultProxy {
@@ -51,6 +67,9 @@ impl FaultProxy {
             endpoint,
             fault: Arc::default(),
             requests: Arc::default(),
+            window: Arc::default(),
+            throttled: Arc::default(),
+            forwarded: Arc::default(),
         };
         let serving = proxy.clone();
         tokio::spawn(async move {
@@ -76,6 +95,37 @@ impl FaultProxy {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Requests answered with `ThrottlingException` so far.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests naming a [`Fault::CeilingKey`]'s key forwarded so far: the
+    /// writes that item took.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether one more request on the ceiling's key fits in the last
+    /// second's `per_sec`; if so, it is counted as forwarded now.
+    fn under_ceiling(&self, per_sec: usize) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        while window
+            .front()
+            .is_some_and(|&at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            window.pop_front();
+        }
+        if window.len() >= per_sec {
+            return false;
+        }
+        window.push_back(now);
+        self.forwarded
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        true
+    }
+
     async fn serve(self, socket: TcpStream, upstream: String) {
         let mut client = BufReader::new(socket);
         while let Some((head, body)) = read_message(&mut client).await {
@@ -90,9 +140,18 @@ impl FaultProxy {
                 }
                 Fault::ServerError => Some(error(500, "InternalServerError", "injected")),
                 Fault::ThrottleKey(pk) => {
-                    let names_key =
-                        String::from_utf8_lossy(&body).contains(&format!("{{\"S\":\"{pk}\"}}"));
-                    if names_key {
+                    if names_key(&body, &pk) {
+                        self.throttled
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Some(error(400, "ThrottlingException", "Rate exceeded"))
+                    } else {
+                        forward(&upstream, &head, &body).await
+                    }
+                }
+                Fault::CeilingKey { key, per_sec } => {
+                    if names_key(&body, &key) && !self.under_ceiling(per_sec) {
+                        self.throttled
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         Some(error(400, "ThrottlingException", "Rate exceeded"))
                     } else {
                         forward(&upstream, &head, &body).await
@@ -156,6 +215,11 @@ async fn forward(upstream: &str, head: &str, body: &[u8]) -> Option<Vec<u8>> {
     let mut bytes = head.into_bytes();
     bytes.extend_from_slice(&body);
     Some(bytes)
+}
+
+/// Whether a request's body names the partition key `pk`.
+fn names_key(body: &[u8], pk: &str) -> bool {
+    String::from_utf8_lossy(body).contains(&format!("{{\"S\":\"{pk}\"}}"))
 }
 
 /// A DynamoDB error response.

@@ -39,6 +39,7 @@
 //! ```
 
 mod all;
+pub mod batch;
 pub mod builder;
 mod cache;
 mod capped;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use ratelimiter::gcra::{Nanos, Outcome, Quota, Step};
 
-const START: Nanos = 1_700_000_000_000_000_000;
+mod model;
+
+use model::{START, worst_excess};
 
 /// A quota, a tolerance from 0 to its emission interval, and requests of
 /// cost 1: gaps around the emission interval (a client at its rate, early
@@ -48,20 +50,6 @@ fn admitted(quota: &Quota, gaps: &[Nanos]) -> Vec<Nanos> {
         }
     }
     times
-}
-
-/// The most admissions beyond `limit + ⌊span / T⌋` over any span between
-/// two admissions.
-fn worst_excess(quota: &Quota, times: &[Nanos]) -> u64 {
-    let t = quota.emission_interval().as_nanos() as u64;
-    let mut worst = 0;
-    for i in 0..times.len() {
-        for j in i..times.len() {
-            let bound = u64::from(quota.limit()) + (times[j] - times[i]) / t;
-            worst = worst.max(((j - i + 1) as u64).saturating_sub(bound));
-        }
-    }
-    worst
 }
 
 /// One step as a store of two conditional shapes applies it, each shape

@@ -1,0 +1,102 @@
+//! Batches: tokens a process takes from a shared bucket in one write and
+//! spends itself, for a key too busy for one write per decision (a hot
+//! key, past the store's per-item ceiling).
+//!
+//! A batch is a range of the bucket's timeline, from `start` to `end`: the
+//! process took it with one step of cost `B` (which the store allowed like
+//! any step), and that step moved the shared TAT from `start` to
+//! `end = start + B×T`. The process then admits its own requests from the
+//! range with the GCRA rule on a TAT of its own that starts at `start`: a
+//! request of cost `n` at `now` takes the range from `max(tat, now)` to
+//! `max(tat, now) + n×T`, if that ends by `end`. Tokens whose place in the
+//! range `now` has passed are lost.
+//!
+//! **Never more than exact.** Every admitted request, from a batch or
+//! decided by the store directly, owns a part of the shared timeline that
+//! no other request owns:
+//! - it starts no earlier than the request's arrival (its base is at least
+//!   `now`);
+//! - it ends no later than the arrival plus `τ` (a batch ends by its taking
+//!   time plus `τ`, since the store allowed it, and is spent after).
+//!
+//! So the requests admitted in a span `w` own disjoint parts of a span of
+//! `w + τ`: at most `limit + w / T` tokens, the exact bound
+//! (`tests/batch_properties.rs` checks it against an exact model).
+//!
+//! **What is lost** is at most each process's batch: tokens whose place
+//! passes before a request of that process comes. A batch sized from the
+//! process's own recent rate on the key loses little.
+
+use crate::gcra::{Nanos, Quota, Step};
+
+/// Tokens a process took in one write: the part of the shared timeline it
+/// owns, and how far it has spent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The process's own TAT in the batch: the range before it is spent
+    /// (or lost).
+    tat: Nanos,
+    /// Where the batch ends: the shared TAT its step left.
+    end: Nanos,
+    /// `T`, the quota's emission interval.
+    emission: u64,
+}
+
+impl Batch {
+    /// The batch that `step` of `quota` took, which a store allowed and
+    /// which left the bucket's TAT at `after`.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use ratelimiter::batch::Batch;
+    /// use ratelimiter::gcra::{Outcome, Quota};
+    ///
+    /// let quota = Quota::per_second(NonZeroU32::new(100).unwrap());
+    /// let now = 1_700_000_000_000_000_000;
+    /// // Ten tokens in one write.
+    /// let step = quota.step(now, 10).unwrap();
+    /// let (outcome, after) = step.apply(0);
+    /// assert_eq!(outcome, Outcome::Allowed);
+    /// let mut batch = Batch::taken(&quota, &step, after);
+    /// // Spent here, one at a time, with no write.
+    /// for _ in 0..10 {
+    ///     assert!(batch.spend(now, 1));
+    /// }
+    /// assert!(!batch.spend(now, 1), "spent");
+    /// ```
+    pub fn taken(quota: &Quota, step: &Step, after: Nanos) -> Self {
+        Self {
+            tat: after.saturating_sub(step.increment()),
+            end: after,
+            emission: quota.emission_interval().as_nanos() as u64,
+        }
+    }
+
+    /// Takes `cost` tokens at `now`, if the batch still holds them where
+    /// `now` has not passed: whether it did.
+    #[inline]
+    pub fn spend(&mut self, now: Nanos, cost: u32) -> bool {
+        let base = self.tat.max(now);
+        let end = base.saturating_add(self.emission * u64::from(cost));
+        if end <= self.end {
+            self.tat = end;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The whole tokens left at `now`: those whose place `now` has not
+    /// passed.
+    #[inline]
+    pub fn left(&self, now: Nanos) -> u32 {
+        let from = self.tat.max(now);
+        (self.end.saturating_sub(from) / self.emission).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Where the batch ends: the shared TAT its step left, at least.
+    #[inline]
+    pub fn end(&self) -> Nanos {
+        self.end
+    }
+}
