@@ -23,7 +23,8 @@ pub const CALLS_IDLE: f64 = 1.00;
 /// rate, as heartbeats do: its bucket's state is about "now", so the
 /// first write shape is sometimes wrong, and a wrong one costs a second
 /// write (BENCHMARKS.md, "Keys at their own rate": 40 keys at their rate
-/// with ±15% jitter, 4 containers, 1.11 to 1.13).
+/// with ±15% jitter, 4 containers, 1.10 to 1.13 over two versions of the
+/// shape guess; the higher mean is kept).
 pub const CALLS_AT_RATE: f64 = 1.12;
 /// The same, for a policy with a tolerance (there, 0.3 of the emission
 /// interval: 1.02 in each run).
