@@ -296,6 +296,10 @@ fn policies_json(policies: &Policies) -> Value {
                 // Traded exactness: say so wherever policies are listed.
                 shown["tolerance_ms"] = json!(policy.tolerance().as_millis() as u64);
             }
+            if policy.cap().is_none() {
+                // How its hot keys are served: "auto", "off" or a size.
+                shown["batch"] = json!(policy.batching().to_string());
+            }
             if let Some(cap) = policy.cap() {
                 // A cap: open connections at a time, each a lease.
                 shown["concurrent"] = json!(cap.concurrent());

@@ -107,6 +107,8 @@ pub struct Hot {
     pub policy: String,
     /// What one key of it may write per second, at most.
     pub writes: f64,
+    /// How the policy serves such a key (`batch`): `auto`, `off` or a size.
+    pub batch: String,
 }
 
 /// What the traffic costs under the policies.
@@ -223,6 +225,7 @@ impl Plan {
                 (writes > ITEM_WRITES_PER_SEC).then(|| Hot {
                     policy: p.name().to_owned(),
                     writes,
+                    batch: p.batching().to_string(),
                 })
             })
             .collect();
@@ -327,10 +330,19 @@ impl Plan {
         } else {
             let _ = writeln!(
                 out,
-                "\nhot keys (one item takes about {ITEM_WRITES_PER_SEC:.0} writes/s; beyond, the table throttles the key and each container decides it alone):"
+                "\nhot keys (one item takes about {ITEM_WRITES_PER_SEC:.0} writes/s; beyond, the table throttles the key: a batching policy then serves it from batches, a few writes per batch, exactly; with batch = \"off\" each container decides it alone, admitting up to its limit each):"
             );
             for h in &self.hot {
-                let _ = writeln!(out, "  {}: one key may write {:.0}/s", h.policy, h.writes);
+                let how = if h.batch == "off" {
+                    "batch = off: set batch = \"auto\" or a size".to_owned()
+                } else {
+                    format!("batch = {}", h.batch)
+                };
+                let _ = writeln!(
+                    out,
+                    "  {}: one key may write {:.0}/s ({how})",
+                    h.policy, h.writes
+                );
             }
         }
         let _ = write!(
@@ -601,7 +613,8 @@ mod tests {
             hot,
             [Hot {
                 policy: "api".to_owned(),
-                writes: 2000.0
+                writes: 2000.0,
+                batch: "auto".to_owned(),
             }]
         );
     }

@@ -524,6 +524,10 @@ fn policies_from_a_file_are_checked_listed_and_enforced() {
     assert_eq!(policies[4]["tiers"]["pro"], serde_json::json!(["5/min"]));
     assert_eq!(send["unit"], "requests");
     assert_eq!(
+        send["batch"], "auto",
+        "hot keys served from batches, by default"
+    );
+    assert_eq!(
         json(&listed)["routes"],
         serde_json::json!({"sendMessage": ["send_message"]})
     );
@@ -721,6 +725,10 @@ fn caps_are_listed_with_their_seats_and_their_status() {
     let listed = with_config(&["policies"]);
     assert_eq!(code(&listed), 0, "{}", stderr(&listed));
     let cap = json(&listed)["policies"][4].clone();
+    assert!(
+        cap.get("batch").is_none(),
+        "a cap's seats are never batched"
+    );
     assert_eq!(
         (
             &cap["name"],

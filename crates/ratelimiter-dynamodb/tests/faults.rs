@@ -296,15 +296,39 @@ async fn shape_flipping_endpoint(now: u64) -> String {
     format!("http://{address}")
 }
 
+/// A service on `store` whose connection-attempt policy is served as
+/// `batching` says.
+fn attempts_batched(
+    store: ratelimiter_dynamodb::DynamoDbStore,
+    clock: &ratelimiter::FakeClock,
+    batching: ratelimiter::policy::Batching,
+) -> ratelimiter::RateLimitService<ratelimiter_dynamodb::DynamoDbStore, ratelimiter::FakeClock> {
+    let config = Config::from_file_text("limits.toml", "", |_| None).unwrap();
+    let attempts = config.policies[ratelimiter::PolicyId::CONNECTION_ATTEMPT]
+        .clone()
+        .with_batching(batching)
+        .unwrap();
+    Builder::from_config(config)
+        .clock(clock.clone())
+        .policy(attempts)
+        .build(store)
+}
+
+/// A key whose shape keeps changing is given up after three calls, and is
+/// hot: with `batch = "off"`, decided in this process at its own limits,
+/// not failed open; by default (a batching policy), refused until a batch
+/// can be taken. Neither counts for the breaker.
 #[tokio::test]
 async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls_and_decided_here() {
+    use ratelimiter::policy::Batching;
+
     let (logs, _guard) = Logs::capture(Format::Text);
     let clock = clock_now();
     let now = ratelimiter::Clock::now(&clock);
     let endpoint = shape_flipping_endpoint(now).await;
     let store = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
-    let service = service(store, &clock);
-    let verdict = service
+    let off = attempts_batched(store, &clock, Batching::Off);
+    let verdict = off
         .check_connection_attempt_limit("192.0.2.80")
         .await
         .unwrap();
@@ -312,26 +336,46 @@ async fn a_key_whose_shape_keeps_changing_is_given_up_after_three_calls_and_deci
     // failed open, and the breaker does not count it.
     assert!(verdict.allowed(), "{verdict:?}");
     assert_eq!(verdict.degraded, Some(Degradation::Contended));
-    assert_eq!((verdict.calls, service.store().calls()), (3, 3));
+    assert_eq!((verdict.calls, off.store().calls()), (3, 3));
     for _ in 0..25 {
-        service
-            .check_connection_attempt_limit("192.0.2.80")
-            .await
-            .ok();
+        off.check_connection_attempt_limit("192.0.2.80").await.ok();
     }
-    let verdict = service
+    let verdict = off
         .decide((ratelimiter::PolicyId::CONNECTION_ATTEMPT, "192.0.2.80"))
         .await
         .unwrap();
     assert!(!verdict.allowed(), "20 a minute, decided here: {verdict:?}");
     assert_eq!(
-        service.breaker().state(ratelimiter::Clock::now(&clock)),
+        off.breaker().state(ratelimiter::Clock::now(&clock)),
         BreakerState::Closed
     );
     assert!(
         logs.text().contains("gave up after 3 calls"),
         "{}",
         logs.text()
+    );
+
+    // The default: refused for the hold, with no call while held. (The
+    // endpoint serves one connection at a time: another for this client.)
+    let endpoint = shape_flipping_endpoint(now).await;
+    let store = store_at(&endpoint, "RateLimits", common::TEST_TIMEOUT).await;
+    let batched = service(store, &clock);
+    let verdict = batched
+        .decide((ratelimiter::PolicyId::CONNECTION_ATTEMPT, "192.0.2.81"))
+        .await
+        .unwrap();
+    assert!(!verdict.allowed(), "{verdict:?}");
+    assert_eq!(verdict.degraded, Some(Degradation::Contended));
+    assert_eq!(verdict.retry_after_secs(), 1);
+    let held = batched
+        .decide((ratelimiter::PolicyId::CONNECTION_ATTEMPT, "192.0.2.81"))
+        .await
+        .unwrap();
+    assert!(!held.allowed() && held.is_degraded(), "{held:?}");
+    assert_eq!(batched.store().calls(), 3, "no call while held");
+    assert_eq!(
+        batched.breaker().state(ratelimiter::Clock::now(&clock)),
+        BreakerState::Closed
     );
 }
 

@@ -264,7 +264,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             if verdict.allowed() {
                 // Only what the store really took is given back: not a
                 // shadow policy's would-be denial, nor a failure mode's.
-                if verdict.decision.allowed && verdict.degraded.is_none() {
+                if verdict.took_from_store() {
                     taken.extend(plan.ops.iter().copied());
                     leases.extend(plan.lease.filter(|_| verdict.fresh_seat));
                 }
@@ -324,7 +324,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             return spent;
         }
         for (plan, verdict) in plans.iter().zip(verdicts) {
-            if verdict.decision.allowed && verdict.degraded.is_none() {
+            if verdict.took_from_store() {
                 // A seat its holder had already stays with it.
                 let fresh = plan.lease.filter(|_| verdict.fresh_seat);
                 let leases: Vec<_> = fresh.into_iter().collect();

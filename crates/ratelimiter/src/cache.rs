@@ -57,6 +57,12 @@ impl DenyCache {
         &self.votes[slot.fingerprint() as usize % VOTES]
     }
 
+    /// The TAT this process last saw for `slot` of `key`, if it remembers one.
+    #[inline]
+    pub(crate) fn seen(&self, key: &Key<'_>, slot: &Slot) -> Option<Nanos> {
+        self.seen.get(key, slot)
+    }
+
     /// Before a call: whether what this process saw last already denies
     /// the request (then `tats` holds those TATs, as a store's denial
     /// would). Either way, marks each op with a hint, and fills `tats` with

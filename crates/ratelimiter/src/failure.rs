@@ -14,7 +14,7 @@ use crate::gcra::{Decision, Nanos, Outcome, Quota};
 use crate::key::{Key, Slot};
 use crate::lease::Seats;
 use crate::memory::MemoryStore;
-use crate::policy::{FailureMode, Limit, Policy, PolicyId};
+use crate::policy::{Batching, FailureMode, Limit, Policy, PolicyId};
 use crate::store::{Op, StoreError};
 use crate::verdict::{Degradation, Verdict};
 
@@ -22,6 +22,10 @@ use crate::verdict::{Degradation, Verdict};
 /// asking the store again: calling a throttled partition only adds to its
 /// throttling.
 pub const HOT_KEY_HOLD: Duration = Duration::from_secs(1);
+
+/// How long a key the store throttled is remembered as hot after its hold:
+/// a batching policy takes larger batches for it meanwhile.
+pub(crate) const HOT_KEY_MEMORY: Duration = Duration::from_secs(10);
 
 /// Buckets the local fallback limiter, and the hot-key list, keep at most.
 const LOCAL_FALLBACK_KEYS: usize = 10_000;
@@ -34,14 +38,19 @@ pub(crate) struct Failures {
     hot_keys: HotKeys,
     /// Decides for policies in [`FailureMode::Local`] while the store is away.
     local: MemoryStore,
+    /// Whether the service serves hot keys from batches (see
+    /// [`crate::policy::Batching`]): then a throttled key of a batching
+    /// policy is refused until a batch can be taken, never decided here.
+    batching: bool,
 }
 
 impl Failures {
-    pub(crate) fn new(breaker: CircuitBreaker) -> Self {
+    pub(crate) fn new(breaker: CircuitBreaker, batching: bool) -> Self {
         Self {
             breaker,
             hot_keys: HotKeys::new(),
             local: MemoryStore::with_max_keys(LOCAL_FALLBACK_KEYS),
+            batching,
         }
     }
 
@@ -63,6 +72,13 @@ impl Failures {
     #[inline]
     pub(crate) fn held(&self, key: &Key<'_>, now: Nanos) -> bool {
         self.hot_keys.held(key, now)
+    }
+
+    /// Whether the store throttled `key` (or gave up on it) in the
+    /// [`HOT_KEY_MEMORY`] before `now`.
+    #[inline]
+    pub(crate) fn throttled_lately(&self, key: &Key<'_>, now: Nanos) -> bool {
+        self.hot_keys.lately(key, now)
     }
 
     /// The store answered: a success for the breaker.
@@ -155,10 +171,15 @@ impl Failures {
         // A hot key is decided here at its own limits, whatever the mode:
         // failing open on it would hand an attacker who makes a key hot
         // the admissions the limit exists to refuse.
-        let mode = if why.is_hot_key() {
-            FailureMode::Local
-        } else {
+        // A key that can be batched is refused instead, until a batch can
+        // be taken: deciding it here, in every process, admits up to one
+        // limit per process.
+        let mode = if !why.is_hot_key() {
             policy.failure_mode()
+        } else if self.batching && policy.batching() != Batching::Off {
+            FailureMode::Closed
+        } else {
+            FailureMode::Local
         };
         if let Some(cap) = policy.cap() {
             // Seats are not counted here in `local` mode: the release of a
@@ -241,6 +262,17 @@ impl HotKeys {
                 .buckets
                 .get(key, &self.hold)
                 .is_some_and(|until| until > now)
+    }
+
+    /// Whether `key` was marked in the [`HOT_KEY_MEMORY`] before `now`.
+    #[inline]
+    fn lately(&self, key: &Key<'_>, now: Nanos) -> bool {
+        let memory = (HOT_KEY_MEMORY - HOT_KEY_HOLD).as_nanos() as Nanos;
+        self.any.load(Ordering::Relaxed)
+            && self
+                .buckets
+                .get(key, &self.hold)
+                .is_some_and(|until| until.saturating_add(memory) > now)
     }
 
     /// Holds `key` for [`HOT_KEY_HOLD`] from `now`; true when it is time to

@@ -199,7 +199,8 @@ impl Quota {
     }
 
     /// `τ`: the time an empty bucket takes to refill.
-    fn capacity_ns(&self) -> u64 {
+    #[inline]
+    pub(crate) fn capacity_ns(&self) -> u64 {
         self.emission * u64::from(self.limit.get())
     }
 
@@ -276,6 +277,27 @@ impl Quota {
             reset_in_seconds: ceil_secs(Duration::from_nanos(base - now)),
             window_duration: ceil_secs(self.period),
         }
+    }
+
+    /// Whole tokens a request at `now` could take from a bucket at `tat`,
+    /// charged as [`Step::apply`] charges them (the tolerance included):
+    /// what a batch may ask for.
+    #[inline]
+    pub(crate) fn available(&self, tat: Nanos, now: Nanos) -> u32 {
+        let base = if tat > now.saturating_sub(self.tolerance) {
+            tat
+        } else {
+            now
+        };
+        self.tokens_between(base, now.saturating_add(self.capacity_ns()))
+    }
+
+    /// The first instant at which a bucket at `tat` holds `tokens` whole
+    /// tokens, without a tolerance (so never too early).
+    #[inline]
+    pub(crate) fn ready_at(&self, tat: Nanos, tokens: u32) -> Nanos {
+        tat.saturating_add(self.emission * u64::from(tokens))
+            .saturating_sub(self.capacity_ns())
     }
 
     /// Whole tokens that fit between `tat` and `horizon`, capped at the limit.

@@ -48,6 +48,7 @@ pub mod config;
 pub mod failure;
 pub mod gcra;
 pub mod headers;
+mod hot;
 pub mod key;
 pub mod lease;
 pub mod memory;

@@ -195,7 +195,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         // The second's decision is not reported (a refused first takes
         // nothing from it), but its calls were made for this one.
         v1.add_spent(v2.spent());
-        if v2.decision.allowed && v2.degraded.is_none() {
+        if v2.took_from_store() {
             v1.add_spent(self.give_back(&plan2, &plan2.ops, &[]).await);
         }
         Ok((v1, None))

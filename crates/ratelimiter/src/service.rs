@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::batch::{Batched, Batches};
 use crate::cache::DenyCache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -52,6 +53,8 @@ pub struct RateLimitService<S = MemoryStore, C = SystemClock> {
     /// What this process saw of a shared store; `None` for a store in
     /// this process, which has nothing to save.
     pub(crate) cache: Option<DenyCache>,
+    /// Hot keys' batches, beside the deny cache that sizes them.
+    pub(crate) batches: Option<Batches>,
     pub(crate) failures: Failures,
     pub(crate) metrics: DecisionMetrics,
     /// Per policy: how long an item of its kind must be kept (ns).
@@ -96,8 +99,9 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             policies,
             secret,
             tier_field,
+            batches: cache.as_ref().map(|_| Batches::default()),
+            failures: Failures::new(breaker, cache.is_some()),
             cache,
-            failures: Failures::new(breaker),
             retention,
             warned_tier,
         }
@@ -209,6 +213,15 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let resolved = self.prepare(request)?;
         if let Some(lease) = self.lease(request, &resolved, now)? {
             return Ok(self.run(&resolved, &mut [], Some(&lease), &mut []).await);
+        }
+        match self.batched(request, &resolved, now)? {
+            Batched::Plain => {}
+            Batched::Decided(verdict) => return Ok(verdict),
+            // Boxed: only a take waits for the store on this path, and
+            // its future would otherwise grow every decision's.
+            Batched::Take(pending) => {
+                return Box::pin(self.batch_take(&resolved, pending, now)).await;
+            }
         }
         let limits = resolved.limits;
         if let [limit] = limits {
@@ -426,7 +439,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
     }
 
     /// One op per limit, in an array as long as the longest policy.
-    fn ops<'p>(
+    pub(crate) fn ops<'p>(
         &self,
         policy: &Policy,
         limits: &'p [Limit],

@@ -93,6 +93,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if let Some(cache) = &self.cache {
             cache.forget(&key, &slots);
         }
+        if let Some(batches) = &self.batches {
+            // Tokens taken before the reset are not spent after it.
+            batches.forget(&key, &slots);
+        }
         Ok(self.store.remove(&key, &slots).await?)
     }
 }

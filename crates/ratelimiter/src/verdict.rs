@@ -196,6 +196,9 @@ pub struct Verdict {
     /// For a cap: whether this decision took a seat its holder did not hold
     /// before, the only kind a refused action gives back.
     pub(crate) fresh_seat: bool,
+    /// Whether this process decided it from a batch of tokens taken
+    /// earlier ([`crate::batch`]): nothing of it is the store's to give back.
+    pub(crate) batched: bool,
 }
 
 impl Verdict {
@@ -267,6 +270,14 @@ impl Verdict {
         }
     }
 
+    /// Whether the store took this verdict's tokens (allowed, neither
+    /// decided by a failure mode nor from a batch): only those are given
+    /// back when another check refuses the action.
+    #[inline]
+    pub(crate) fn took_from_store(&self) -> bool {
+        self.decision.allowed && self.degraded.is_none() && !self.batched
+    }
+
     /// A verdict on one limit's decision.
     #[inline]
     pub(crate) fn single(policy: PolicyId, decision: Decision) -> Self {
@@ -281,6 +292,7 @@ impl Verdict {
             cached: false,
             name: None,
             fresh_seat: false,
+            batched: false,
         }
     }
 

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{ConfigError, FAILURE_MODES};
 use crate::key::{Kind, shorten};
-use crate::policy::{FailureMode, LimitSpec, Policies, Policy, PolicyId, Unit};
+use crate::policy::{Batching, FailureMode, LimitSpec, Policies, Policy, PolicyId, Unit};
 
 /// The file as written. The fields are read by the precedence rules in
 /// `config` (the file against the environment).
@@ -57,6 +57,8 @@ pub(super) struct PolicySpec {
     /// How far before now a bucket's state is still charged from itself
     /// (`"300ms"`, `"2s"`).
     pub(super) tolerance: Option<Spanned<String>>,
+    /// How hot keys are served: `"auto"`, `"off"`, or a batch size.
+    pub(super) batch: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub(super) tier: BTreeMap<Spanned<String>, Spanned<TierSpec>>,
 }
@@ -84,6 +86,22 @@ impl<'de> Deserialize<'de> for FailureMode {
                 shorten(&text)
             ))
         })
+    }
+}
+
+/// `batch = "auto" | "off" | N`, as written.
+fn batching(value: &toml::Value) -> Result<Batching, String> {
+    const EXPECTED: &str = "batch must be \"auto\", \"off\" or a whole number of tokens from 1";
+    match value {
+        toml::Value::String(word) if word == "auto" => Ok(Batching::Auto),
+        toml::Value::String(word) if word == "off" => Ok(Batching::Off),
+        toml::Value::String(word) => Err(format!("{EXPECTED}, got {:?}", shorten(word))),
+        toml::Value::Integer(n) => u32::try_from(*n)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .map(Batching::Fixed)
+            .ok_or_else(|| format!("{EXPECTED}, got {n}")),
+        other => Err(format!("{EXPECTED}, got a {}", other.type_str())),
     }
 }
 
@@ -193,6 +211,12 @@ impl<'a> FileSource<'a> {
                 .with_tolerance(duration)
                 .map_err(|e| at(tolerance.span(), e.to_string()))?;
         }
+        if let Some(batch) = &fields.batch {
+            let batching = batching(batch.get_ref()).map_err(|e| at(batch.span(), e))?;
+            policy = policy
+                .with_batching(batching)
+                .map_err(|e| at(batch.span(), e.to_string()))?;
+        }
         Ok(policy)
     }
 }
@@ -219,6 +243,7 @@ impl FileSource<'_> {
             ("unit", fields.unit.as_ref().map(Spanned::span)),
             ("tiers", fields.tier.keys().next().map(Spanned::span)),
             ("tolerance", fields.tolerance.as_ref().map(Spanned::span)),
+            ("batch", fields.batch.as_ref().map(Spanned::span)),
         ];
         if let Some((what, Some(span))) = other.into_iter().find(|(_, span)| span.is_some()) {
             return Err(at(

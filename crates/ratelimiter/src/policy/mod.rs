@@ -23,6 +23,9 @@ mod limits;
 mod registry;
 mod spec;
 
+mod batching;
+pub use batching::Batching;
+use batching::check_batch;
 pub use limits::Limit;
 use limits::{build_limits, tolerate};
 
@@ -164,6 +167,8 @@ pub struct Policy {
     cap: Option<Cap>,
     /// Every limit's tolerance (see [`crate::gcra`], "Tolerance").
     tolerance: Duration,
+    /// How its hot keys are served.
+    batching: Batching,
 }
 
 /// Why a policy could not be built.
@@ -190,6 +195,16 @@ pub enum PolicyError {
     /// Limits or tiers asked of a cap, which counts open connections.
     #[error("a cap (concurrent = N) counts open connections: it takes no {0}")]
     Cap(&'static str),
+    /// A fixed batch larger than a limit.
+    #[error(
+        "a batch of {size} tokens exceeds the limit {limit}: a batch may be at most the smallest limit's count"
+    )]
+    Batch {
+        /// The batch size asked for.
+        size: u32,
+        /// The limit it does not fit.
+        limit: LimitSpec,
+    },
     /// A tolerance longer than a limit's emission interval.
     #[error(
         "tolerance {tolerance:?} exceeds the emission interval of {limit} ({interval:?}); it may be at most period / count"
@@ -230,6 +245,7 @@ impl Policy {
             unit: Unit::Requests,
             cap: None,
             tolerance: Duration::ZERO,
+            batching: Batching::Auto,
         })
     }
 
@@ -261,6 +277,7 @@ impl Policy {
             unit: Unit::Connections,
             cap: Some(Cap::new(concurrent, Slot::new(format!("{name}#open")))),
             tolerance: Duration::ZERO,
+            batching: Batching::Off,
         })
     }
 
@@ -277,6 +294,7 @@ impl Policy {
             build_limits(&format!("{}.{tier}", self.name), limits)?,
             self.tolerance,
         )?;
+        check_batch(self.batching, &limits)?;
         self.tiers.retain(|(name, _)| &**name != tier);
         self.tiers.push((tier.into(), limits));
         Ok(self)
@@ -287,7 +305,9 @@ impl Policy {
         if self.cap.is_some() {
             return Err(PolicyError::Cap("limits"));
         }
-        self.limits = tolerate(build_limits(&self.name, limits)?, self.tolerance)?;
+        let limits = tolerate(build_limits(&self.name, limits)?, self.tolerance)?;
+        check_batch(self.batching, &limits)?;
+        self.limits = limits;
         Ok(self)
     }
 

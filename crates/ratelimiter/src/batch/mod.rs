@@ -29,6 +29,10 @@
 
 use crate::gcra::{Nanos, Quota, Step};
 
+mod table;
+
+pub(crate) use table::{Batched, Batches, Pending, Plan, Set, Taking, Took, available, ready_at};
+
 /// Tokens a process took in one write: the part of the shared timeline it
 /// owns, and how far it has spent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +44,9 @@ pub struct Batch {
     end: Nanos,
     /// `T`, the quota's emission interval.
     emission: u64,
+    /// `τ`, the time an empty bucket takes to refill: no request owns a
+    /// part of the timeline beyond its arrival plus this.
+    capacity: u64,
 }
 
 impl Batch {
@@ -69,6 +76,7 @@ impl Batch {
             tat: after.saturating_sub(step.increment()),
             end: after,
             emission: quota.emission_interval().as_nanos() as u64,
+            capacity: quota.capacity_ns(),
         }
     }
 
@@ -76,14 +84,22 @@ impl Batch {
     /// `now` has not passed: whether it did.
     #[inline]
     pub fn spend(&mut self, now: Nanos, cost: u32) -> bool {
+        let fits = self.fits(now, cost);
+        if fits {
+            self.tat = self.tat.max(now) + self.emission * u64::from(cost);
+        }
+        fits
+    }
+
+    /// Whether the batch still holds `cost` tokens at `now`, where `now`
+    /// has not passed: whether [`Batch::spend`] would take them. (A
+    /// request whose `now` is older than the batch, read before another
+    /// task took it, gets no part beyond its own horizon, `now + τ`.)
+    #[inline]
+    pub fn fits(&self, now: Nanos, cost: u32) -> bool {
         let base = self.tat.max(now);
         let end = base.saturating_add(self.emission * u64::from(cost));
-        if end <= self.end {
-            self.tat = end;
-            true
-        } else {
-            false
-        }
+        end <= self.end && end <= now.saturating_add(self.capacity)
     }
 
     /// The whole tokens left at `now`: those whose place `now` has not
@@ -98,5 +114,30 @@ impl Batch {
     #[inline]
     pub fn end(&self) -> Nanos {
         self.end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    const NOW: Nanos = 1_700_000_000_000_000_000;
+    const MS: Nanos = 1_000_000;
+
+    /// A request whose `now` was read before another task took the batch
+    /// gets no part of it beyond its own horizon.
+    #[test]
+    fn a_stale_request_gets_nothing_past_its_horizon() {
+        let quota = Quota::per_second(NonZeroU32::new(10).unwrap());
+        // Taken at NOW + 1 s from a full bucket: the range NOW + 1 s to
+        // NOW + 2 s.
+        let step = quota.step(NOW + 1_000 * MS, 10).unwrap();
+        let (_, after) = step.apply(0);
+        let mut batch = Batch::taken(&quota, &step, after);
+        // A request of NOW (horizon NOW + 1 s) may not own any of it.
+        assert!(!batch.fits(NOW, 1));
+        assert!(batch.spend(NOW + 1_000 * MS, 10));
     }
 }
