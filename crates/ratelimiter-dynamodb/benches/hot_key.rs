@@ -15,9 +15,10 @@
 //! allowed verdicts of all 4; "writes/s" the requests on the key the proxy
 //! forwarded (the item's writes), over the window.
 //!
-//! Each run is made twice, with the policy's `batch = "off"` (a throttled
-//! key decided in each process at its own limits, as before batches) and
-//! with the default, `auto` (the key served from batches). Each task
+//! Each run is made three times: with the policy's `batch = "off"` (a
+//! throttled key decided in each process at its own limits, as before
+//! batches), with the default, `auto` (the key served from batches once
+//! it is hot), and with `batch = 100` (from the first request). Each task
 //! yields after each decision, as a server between requests does.
 
 use std::sync::Arc;
@@ -49,7 +50,7 @@ struct Row {
 async fn run(endpoint: &str, tenant: &str, batch: &str) -> Row {
     let proxy = FaultProxy::start(endpoint).await;
     let file =
-        format!("[policy.hot]\nkey = \"tenant\"\nlimits = [\"{LIMIT}/s\"]\nbatch = \"{batch}\"\n");
+        format!("[policy.hot]\nkey = \"tenant\"\nlimits = [\"{LIMIT}/s\"]\nbatch = {batch}\n");
     let mut limiters: Vec<Arc<RateLimitService<DynamoDbStore>>> = Vec::new();
     for _ in 0..LIMITERS {
         let store = common::store(proxy.endpoint(), Duration::from_millis(100)).await;
@@ -121,8 +122,9 @@ fn main() {
             "run", "batch", "decisions", "admitted", "over bound", "utilisation", "degraded", "writes/s", "throttled"
         );
         for round in 1..=3 {
-            for batch in ["off", "auto"] {
-                let row = run(&endpoint, &format!("acme-{batch}-{round}"), batch).await;
+            for (i, batch) in ["\"off\"", "\"auto\"", "100"].into_iter().enumerate() {
+                let row = run(&endpoint, &format!("acme-{i}-{round}"), batch).await;
+                let batch = batch.trim_matches('"');
                 println!(
                     "{round:<6} {batch:<5} {:>9} {:>9} {:>10} {:>10.0}% {:>9} {:>9.0} {:>10}",
                     row.decisions,

@@ -74,11 +74,11 @@ impl Failures {
         self.hot_keys.held(key, now)
     }
 
-    /// Whether the store throttled `key` (or gave up on it) in the
-    /// [`HOT_KEY_MEMORY`] before `now`.
+    /// When the store last throttled `key` (or gave up on it), if this
+    /// process remembers it.
     #[inline]
-    pub(crate) fn throttled_lately(&self, key: &Key<'_>, now: Nanos) -> bool {
-        self.hot_keys.lately(key, now)
+    pub(crate) fn throttled_at(&self, key: &Key<'_>) -> Option<Nanos> {
+        self.hot_keys.marked_at(key)
     }
 
     /// The store answered: a success for the breaker.
@@ -264,15 +264,14 @@ impl HotKeys {
                 .is_some_and(|until| until > now)
     }
 
-    /// Whether `key` was marked in the [`HOT_KEY_MEMORY`] before `now`.
+    /// When `key` was last marked, if it was.
     #[inline]
-    fn lately(&self, key: &Key<'_>, now: Nanos) -> bool {
-        let memory = (HOT_KEY_MEMORY - HOT_KEY_HOLD).as_nanos() as Nanos;
-        self.any.load(Ordering::Relaxed)
-            && self
-                .buckets
-                .get(key, &self.hold)
-                .is_some_and(|until| until.saturating_add(memory) > now)
+    fn marked_at(&self, key: &Key<'_>) -> Option<Nanos> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let until = self.buckets.get(key, &self.hold)?;
+        Some(until.saturating_sub(HOT_KEY_HOLD.as_nanos() as Nanos))
     }
 
     /// Holds `key` for [`HOT_KEY_HOLD`] from `now`; true when it is time to

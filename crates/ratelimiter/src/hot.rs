@@ -13,15 +13,17 @@
 //! 1. is spent from the batch in hand, when that holds its cost: no call.
 //!    If that leaves less than half a batch, the request also takes the
 //!    next one (one write, its own answer already known);
-//! 2. on a cold key (fewer than 2 tokens asked in the last 100 ms, no
-//!    throttle lately, `auto`) is decided as any request is, in one write;
+//! 2. on a cold key (`auto`: fewer than 20 tokens asked in the last
+//!    100 ms, and no throttle lately) is decided as any request is, in one
+//!    write;
 //! 3. else takes a batch of B for itself, if the bucket, as this process
-//!    last saw it, holds at least half of B (then at most what it holds).
-//!    A lost race (others took the bucket meanwhile) tells the bucket's
-//!    state, and is tried once more on it, if it holds half of B;
-//! 4. else is refused here: until the bucket, as last seen, holds half of
-//!    B again; while another task of this process is taking a batch; for
-//!    a second after the store throttled the key.
+//!    last saw it, holds at least half of B, or 100 ms of refill if that
+//!    is less (then at most what it holds). A lost race (others took the
+//!    bucket meanwhile) tells the bucket's state, and is tried once more on
+//!    it, if it holds that much;
+//! 4. else is refused here: until the bucket, as last seen, holds that
+//!    much again; while another task of this process is taking a batch;
+//!    for 100 ms after the store throttled the key.
 //!
 //! Waiting for half a batch is what keeps a saturated key's writes down:
 //! each process writes about once per half batch, not once per token.
@@ -30,17 +32,21 @@
 //! allows, across any number of processes. Fewer, within bounds:
 //! - tokens of a batch whose place passes before this process spends them
 //!   lapse: at most a batch per process and key, when the key cools;
-//! - a request refused while the bucket holds less than half a batch, or
-//!   during another task's take, would have been admitted one at a time;
+//! - a request refused while the bucket holds less than half a batch (at
+//!   most 100 ms of refill), or during another task's take, would have
+//!   been admitted one at a time;
 //! - a batched decision of an action refused by another of its checks is
 //!   not given back (the store's refund would hand back tokens this process
 //!   still spends): one request's tokens.
 
 use std::time::Duration;
 
-use crate::batch::{Batched, Batches, Pending, Plan, Set, Taking, Took, available, ready_at};
+use crate::batch::{
+    BATCH_HOLD, Batched, Batches, Pending, Plan, Set, Taking, Took, available, batched_for_rate,
+    need, ready_at,
+};
 use crate::clock::Clock;
-use crate::failure::{HOT_KEY_HOLD, Permit};
+use crate::failure::{HOT_KEY_MEMORY, Permit};
 use crate::gcra::{Decision, Nanos, Outcome};
 use crate::policy::{Batching, MAX_LIMITS};
 use crate::service::{RateLimitService, Resolved};
@@ -77,6 +83,17 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if r.policy.batching() == Batching::Off || request.cost == 0 || r.limits.is_empty() {
             return Ok(Batched::Plain);
         }
+        // Throttled lately: held a tenth of the hot-key hold, then served
+        // in batches ten times larger for the rest of the memory.
+        let throttled = self.failures.throttled_at(&r.key);
+        // A key `auto` can batch only once throttled keeps no state here:
+        // most keys of most policies.
+        if r.policy.batching() == Batching::Auto
+            && throttled.is_none()
+            && !batched_for_rate(r.limits)
+        {
+            return Ok(Batched::Plain);
+        }
         let n = r.limits.len();
         // The request's own steps: a cost no bucket holds is an error here too.
         let ops = self.ops(r.policy, r.limits, now, request.cost)?;
@@ -85,8 +102,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         for (seen, limit) in seen.iter_mut().zip(r.limits) {
             *seen = cache.seen(&r.key, limit.slot());
         }
-        let held = self.failures.held(&r.key, now);
-        let lately = self.failures.throttled_lately(&r.key, now);
+        let held = throttled
+            .map(|at| at.saturating_add(BATCH_HOLD))
+            .filter(|&until| until > now);
+        let memory = HOT_KEY_MEMORY.as_nanos() as Nanos;
+        let lately = throttled.is_some_and(|at| now < at.saturating_add(memory));
         let plan = batches.plan(
             &name,
             r.policy.batching(),
@@ -168,7 +188,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         let batches = taking.batches();
         let name = taking.name().to_owned();
         let (mut taken, mut spent) = self.take(r, size, now, taking, Some(cost)).await?;
-        let need = cost.max(size.div_ceil(2));
+        let need = need(r.limits, cost, size);
         // A lost race told the buckets' state: once more on it, if it
         // holds half a batch.
         if let Taken::Lost(tats) = &taken {
@@ -190,7 +210,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 self.waiting(r, &seen, until, now, None)
             }
             Taken::Failed(why) if why.is_hot_key() => {
-                let until = now.saturating_add(HOT_KEY_HOLD.as_nanos() as Nanos);
+                let until = now.saturating_add(BATCH_HOLD);
                 self.waiting(r, seen, until, now, Some(why))
             }
             Taken::Failed(why) => {
@@ -225,8 +245,10 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             taking.finish(Took::Lost, r.limits, now);
             return Ok((Taken::Lost(tats), Spent::default()));
         }
-        let permit = match self.failures.skip(&r.key, now) {
-            Some(why) => Err(why),
+        // The hot-key hold is not asked: the plan held the key for its own,
+        // shorter hold already.
+        let permit = match self.failures.breaker.open_until(now) {
+            Some(_) => Err(Degradation::BreakerOpen),
             None => match self.failures.breaker.permit(now) {
                 Permit::Skip => Err(Degradation::BreakerOpen),
                 permit => Ok(permit),

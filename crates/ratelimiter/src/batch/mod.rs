@@ -31,7 +31,10 @@ use crate::gcra::{Nanos, Quota, Step};
 
 mod table;
 
-pub(crate) use table::{Batched, Batches, Pending, Plan, Set, Taking, Took, available, ready_at};
+pub(crate) use table::{
+    BATCH_HOLD, Batched, Batches, Pending, Plan, Set, Taking, Took, available, batched_for_rate,
+    need, ready_at,
+};
 
 /// Tokens a process took in one write: the part of the shared timeline it
 /// owns, and how far it has spent it.

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::Batch;
-use crate::failure::HOT_KEY_HOLD;
 use crate::gcra::Nanos;
 use crate::policy::{Batching, Limit, MAX_LIMITS};
 use crate::store::Op;
@@ -16,10 +15,17 @@ use crate::verdict::Verdict;
 const WINDOW: Nanos = 100_000_000;
 
 /// The smallest batch `auto` takes on a key the store does not throttle:
-/// 100 tokens in 100 ms is one process alone asking at about a DynamoDB
-/// item's write ceiling (1 000 a second). Below it a key is not hot, and
-/// stays exact, one write each: a batch can only lose tokens.
-const MIN_AUTO_BATCH: u32 = 100;
+/// 20 tokens in 100 ms, 200 a second from one process, a fifth of what a
+/// DynamoDB item takes, so that a few processes warming up together stay
+/// under its ceiling. Below it a key is not hot, and stays exact, one
+/// write each: a batch can only lose tokens (and a limit under 40 is never
+/// batched for its rate, half of it being under this).
+const MIN_AUTO_BATCH: u32 = 20;
+
+/// How long a throttled key of a batching policy with no batch in hand is
+/// refused: a tenth of the hot-key hold, since its next write is one take
+/// of a batch ten times larger, not one per decision.
+pub(crate) const BATCH_HOLD: Nanos = 100_000_000;
 
 /// How much larger a key's batches are while the store throttled it lately.
 const THROTTLED_SCALE: u32 = 10;
@@ -151,8 +157,8 @@ impl Batches {
 
     /// The plan for a request of `cost` at `now` on the key `name`, with
     /// what this process last saw of its buckets (`seen`, per limit),
-    /// whether the key is held as throttled, and whether the store
-    /// throttled it lately.
+    /// until when the key is held as throttled (if it is), and whether the
+    /// store throttled it lately.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn plan(
         &self,
@@ -162,7 +168,7 @@ impl Batches {
         cost: u32,
         now: Nanos,
         seen: &[Option<Nanos>],
-        held: bool,
+        held: Option<Nanos>,
         lately: bool,
     ) -> Plan {
         let mut keys = self.lock();
@@ -195,7 +201,7 @@ impl Batches {
             e.window = now;
         }
         e.asked = e.asked.saturating_add(cost);
-        let throttled = held || lately;
+        let throttled = held.is_some() || lately;
         let most = limits.iter().map(|l| l.quota().limit()).min().unwrap_or(1);
         // What it asked in the last 100 ms: the window before, or this one
         // once it has asked more (a key warming up).
@@ -218,9 +224,9 @@ impl Batches {
                 None => ([0; MAX_LIMITS], 0),
             };
             let mut next = None;
-            if !e.taking && !held && e.next.is_none() && target >= 2 && left < target / 2 {
+            if !e.taking && held.is_none() && e.next.is_none() && target >= 2 && left < target / 2 {
                 let size = target.min(available);
-                if size >= target.div_ceil(2) {
+                if size >= need(limits, 1, target) {
                     e.taking = true;
                     next = Some(size);
                 }
@@ -228,15 +234,12 @@ impl Batches {
             return Plan::Spent { tats, next };
         }
         // 2. A cold key.
-        if target < 2 && !held {
+        if target < 2 && held.is_none() {
             return Plan::Plain;
         }
         // 4. Refused here: throttled, or another task is taking.
-        if held {
-            return Plan::Wait {
-                until: now.saturating_add(HOT_KEY_HOLD.as_nanos() as Nanos),
-                held: true,
-            };
+        if let Some(until) = held {
+            return Plan::Wait { until, held: true };
         }
         if e.taking {
             return Plan::Wait {
@@ -246,7 +249,7 @@ impl Batches {
         }
         // 3. A batch for this request, if the bucket holds half of one.
         let size = target.max(cost).min(most);
-        let need = cost.max(size.div_ceil(2));
+        let need = need(limits, cost, size);
         if available < need {
             return Plan::Wait {
                 until: ready_at(limits, seen, need, now),
@@ -314,6 +317,30 @@ pub(crate) fn available(limits: &[Limit], seen: &[Option<Nanos>], now: Nanos) ->
         })
         .min()
         .unwrap_or(0)
+}
+
+/// Whether `auto` may batch a key of `limits` for its rate alone, before
+/// any throttle: half the smallest limit holds the smallest batch. (Most
+/// policies cannot: they pay nothing for batches.)
+#[inline]
+pub(crate) fn batched_for_rate(limits: &[Limit]) -> bool {
+    let most = limits.iter().map(|l| l.quota().limit()).min().unwrap_or(0);
+    most / 2 >= MIN_AUTO_BATCH
+}
+
+/// The fewest tokens a batch of `size` is taken with, for a request of
+/// `cost`: half the batch, or what the buckets refill in 100 ms if that is
+/// less, and at least the cost. Waiting for half a batch keeps a saturated
+/// key's writes to a few per batch; never waiting longer than about 100 ms
+/// of refill keeps a slow limit (100 an hour) from refusing for minutes
+/// what it holds.
+pub(crate) fn need(limits: &[Limit], cost: u32, size: u32) -> u32 {
+    let refill = limits
+        .iter()
+        .map(|l| (WINDOW / l.quota().emission_interval().as_nanos().max(1) as u64) as u32)
+        .min()
+        .unwrap_or(0);
+    cost.max(size.div_ceil(2).min(refill))
 }
 
 /// When the buckets, as this process last saw them, hold `need` tokens.
@@ -424,7 +451,7 @@ mod tests {
     fn a_key_warms_into_batches() {
         let limits = limits("1000/s");
         let batches = Batches::default();
-        let plan = |now, held| {
+        let plan = |now, held: Option<Nanos>| {
             batches.plan(
                 "ip#a",
                 Batching::Auto,
@@ -436,15 +463,15 @@ mod tests {
                 false,
             )
         };
-        // Cold: the first 99 in 100 ms are decided one write each.
-        for i in 0..99 {
-            assert_eq!(plan(NOW + i * 100_000, false), Plan::Plain, "request {i}");
+        // Cold: the first 19 in 100 ms are decided one write each.
+        for i in 0..19 {
+            assert_eq!(plan(NOW + i * 100_000, None), Plan::Plain, "request {i}");
         }
-        // The 100th in 100 ms: a batch of what was asked.
-        assert_eq!(plan(NOW + 9_900_000, false), Plan::Take(100));
+        // The 20th in 100 ms: a batch of what was asked.
+        assert_eq!(plan(NOW + 9_900_000, None), Plan::Take(20));
         // While it is taken, others wait for about a call.
         assert_eq!(
-            plan(NOW + 9_950_000, false),
+            plan(NOW + 9_950_000, None),
             Plan::Wait {
                 until: NOW + 9_950_000 + TAKING_WAIT,
                 held: false
@@ -452,9 +479,9 @@ mod tests {
         );
         // Throttled: refused for the hold.
         assert_eq!(
-            plan(NOW + 9_960_000, true),
+            plan(NOW + 9_960_000, Some(NOW + 10_000_000)),
             Plan::Wait {
-                until: NOW + 9_960_000 + HOT_KEY_HOLD.as_nanos() as Nanos,
+                until: NOW + 10_000_000,
                 held: true
             }
         );
@@ -467,7 +494,7 @@ mod tests {
         let limits = limits("100/s");
         let batches = Batches::default();
         let fixed = Batching::Fixed(NonZeroU32::new(10).unwrap());
-        let plan = |now| batches.plan("ip#a", fixed, &limits, 1, now, &[None], false, false);
+        let plan = |now| batches.plan("ip#a", fixed, &limits, 1, now, &[None], None, false);
         assert_eq!(plan(NOW), Plan::Take(10));
         let quota = limits[0].quota();
         let ops = [Op::new(limits[0].slot(), quota.step(NOW, 10).unwrap())];

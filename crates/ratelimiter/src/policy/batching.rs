@@ -16,13 +16,13 @@ use super::{Limit, Policy, PolicyError};
 /// `deny_cache(0)`, never batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Batching {
-    /// Batch a key this process asked for at least 100 tokens in the last
-    /// 100 ms (1 000 a second, an item's write ceiling by itself), in
-    /// batches of what it asked for in 100 ms, at most half the smallest
-    /// limit (so a limit under 200 is never batched for its rate alone);
-    /// and a key the store throttled in the last 10 s, in batches of ten
-    /// times that, at least 2 tokens. Every other key costs one write per
-    /// decision and is exact, as with `Off`. The default.
+    /// Batch a key this process asked for at least 20 tokens in the last
+    /// 100 ms (200 a second), in batches of what it asked for in 100 ms,
+    /// at most half the smallest limit (so a limit under 40 is never
+    /// batched for its rate alone); and a key the store throttled in the
+    /// last 10 s, in batches of ten times that, at least 2 tokens. Every
+    /// other key costs one write per decision and is exact, as with `Off`.
+    /// The default.
     #[default]
     Auto,
     /// Never: one write per decision, and a throttled key is decided in
