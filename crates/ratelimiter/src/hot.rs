@@ -321,7 +321,11 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 allowed: false,
                 limit: limit.quota().limit(),
                 window: limit.quota().period(),
-                remaining: 0,
+                // What the bucket holds, as last seen: less than the
+                // request, or than the batch it waits for.
+                remaining: seen.map_or(limit.quota().limit(), |tat| {
+                    limit.quota().available(tat, now)
+                }),
                 retry_after: wait,
                 reset_after: Duration::from_nanos(seen.unwrap_or(0).saturating_sub(now)),
             })

@@ -14,12 +14,13 @@ use crate::verdict::Verdict;
 /// holds what the last one asked for.
 const WINDOW: Nanos = 100_000_000;
 
-/// The smallest batch `auto` takes on a key the store does not throttle:
-/// 20 tokens in 100 ms, 200 a second from one process, a fifth of what a
+/// When `auto` batches a key the store does not throttle: 20 requests in
+/// 100 ms, 200 writes a second from one process, a fifth of what a
 /// DynamoDB item takes, so that a few processes warming up together stay
-/// under its ceiling. Below it a key is not hot, and stays exact, one
-/// write each: a batch can only lose tokens (and a limit under 40 is never
-/// batched for its rate, half of it being under this).
+/// under its ceiling; and batches of at least 20 tokens, so a limit under
+/// 40 is never batched for its rate. Below it a key is not hot, and stays
+/// exact, one write each: a batch can only lose tokens. (Requests, not
+/// tokens, make a key hot: one large message is one write.)
 const MIN_AUTO_BATCH: u32 = 20;
 
 /// How long a throttled key of a batching policy with no batch in hand is
@@ -51,6 +52,9 @@ struct Entry {
     asked: u32,
     /// The tokens asked in the window before it.
     last: u32,
+    /// The requests in the current window, and in the one before it.
+    requests: u32,
+    last_requests: u32,
     /// The batches being spent, and taken ahead.
     spending: Option<Set>,
     next: Option<Set>,
@@ -192,15 +196,15 @@ impl Batches {
         };
         e.touched = now;
         if now >= e.window.saturating_add(WINDOW) {
-            e.last = if now < e.window.saturating_add(2 * WINDOW) {
-                e.asked
-            } else {
-                0
-            };
+            let recent = now < e.window.saturating_add(2 * WINDOW);
+            e.last = if recent { e.asked } else { 0 };
+            e.last_requests = if recent { e.requests } else { 0 };
             e.asked = 0;
+            e.requests = 0;
             e.window = now;
         }
         e.asked = e.asked.saturating_add(cost);
+        e.requests = e.requests.saturating_add(1);
         let throttled = held.is_some() || lately;
         let most = limits.iter().map(|l| l.quota().limit()).min().unwrap_or(1);
         // What it asked in the last 100 ms: the window before, or this one
@@ -213,7 +217,12 @@ impl Batches {
             Batching::Auto if throttled => rate
                 .saturating_mul(THROTTLED_SCALE)
                 .clamp(2.min(most), half.max(2).min(most)),
-            Batching::Auto if rate.min(half) >= MIN_AUTO_BATCH => rate.min(half),
+            Batching::Auto
+                if e.requests.max(e.last_requests) >= MIN_AUTO_BATCH
+                    && rate.min(half) >= MIN_AUTO_BATCH =>
+            {
+                rate.min(half)
+            }
             Batching::Auto => 0,
         };
         let available = available(limits, seen, now);
@@ -485,6 +494,27 @@ mod tests {
                 held: true
             }
         );
+    }
+
+    /// Requests make a key hot, not tokens: ten large messages in 100 ms
+    /// are ten writes, decided one by one.
+    #[test]
+    fn tokens_alone_do_not_make_a_key_hot() {
+        let limits = limits("1000/s");
+        let batches = Batches::default();
+        for i in 0..10 {
+            let plan = batches.plan(
+                "ip#a",
+                Batching::Auto,
+                &limits,
+                100,
+                NOW + i,
+                &[None],
+                None,
+                false,
+            );
+            assert_eq!(plan, Plan::Plain, "request {i}");
+        }
     }
 
     /// A fixed batch: every key, from its first request; a batch in hand
