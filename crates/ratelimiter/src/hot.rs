@@ -245,22 +245,13 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             taking.finish(Took::Lost, r.limits, now);
             return Ok((Taken::Lost(tats), Spent::default()));
         }
-        // The hot-key hold is not asked: the plan held the key for its own,
-        // shorter hold already.
-        let permit = match self.failures.breaker.open_until(now) {
-            Some(_) => Err(Degradation::BreakerOpen),
-            None => match self.failures.breaker.permit(now) {
-                Permit::Skip => Err(Degradation::BreakerOpen),
-                permit => Ok(permit),
-            },
-        };
-        let permit = match permit {
-            Ok(permit) => permit,
-            Err(why) => {
-                taking.finish(Took::Lost, r.limits, now);
-                return Ok((Taken::Failed(why), Spent::default()));
-            }
-        };
+        // Only the breaker is asked, not the hot-key hold: the plan held
+        // the key for its own, shorter hold already.
+        let permit = self.failures.breaker.permit(now);
+        if permit == Permit::Skip {
+            taking.finish(Took::Lost, r.limits, now);
+            return Ok((Taken::Failed(Degradation::BreakerOpen), Spent::default()));
+        }
         let generation = self.failures.breaker.generation();
         let applied = self
             .store
