@@ -131,6 +131,13 @@ struct Decided {
     /// Answered from what this process knew, without the store.
     #[pyo3(get)]
     cached: bool,
+    /// The write capacity units those calls consumed (DynamoDB's: what
+    /// the bill counts).
+    #[pyo3(get)]
+    write_units: u32,
+    /// The read capacity units they consumed.
+    #[pyo3(get)]
+    read_units: u32,
     /// Why the failure mode decided instead of the store, if it did.
     #[pyo3(get)]
     degraded: Option<&'static str>,
@@ -199,6 +206,8 @@ impl Decided {
                 .collect(),
             calls: verdict.calls,
             cached: verdict.cached,
+            write_units: verdict.capacity.write,
+            read_units: verdict.capacity.read,
             degraded: verdict.degraded.map(|d| d.as_str()),
             would_deny: verdict.would_deny(),
         }

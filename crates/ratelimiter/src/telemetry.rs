@@ -4,7 +4,8 @@
 //! policy's name ([`OPERATION_LABEL`]), and records its latency in
 //! [`DECISION_LATENCY`]. A shadow-mode denial that let the request through
 //! also counts in [`WOULD_DENY`]; a decision the failure mode made because
-//! the store could not be used also counts in [`DEGRADED`]. A store with a
+//! the store could not be used also counts in [`DEGRADED`], and one made
+//! by a hot key's batches in [`BATCHED`]. A store with a
 //! backing service names a counter of its calls ([`crate::Store::CALLS_METRIC`],
 //! `DynamoDbCalls`), which the service keeps per policy too, beside the
 //! capacity those calls consumed: [`CONSUMED_WRITE_CAPACITY`] and
@@ -52,6 +53,10 @@ pub const DEGRADED: &str = "Degraded";
 /// Decisions made in this process because the store throttled the key or
 /// gave up on it (a hot key), whatever the failure mode (count).
 pub const HOT_KEY: &str = "HotKey";
+/// Decisions made by this process's batches of a hot key's tokens
+/// ([`crate::policy::Batching`]): allowed from a batch, most with no call,
+/// or refused while one is taken or the bucket refills (count).
+pub const BATCHED: &str = "Batched";
 /// Time from the start of a decision to its verdict, store call included
 /// (milliseconds).
 pub const DECISION_LATENCY: &str = "DecisionLatency";
@@ -93,6 +98,7 @@ pub fn describe() {
         ),
         (DEGRADED, "Decisions made by the failure mode"),
         (HOT_KEY, "Decisions made in process on a hot key"),
+        (BATCHED, "Decisions made by batches of a hot key's tokens"),
         (
             CONSUMED_WRITE_CAPACITY,
             "Write capacity units the rate-limit store charged",
@@ -119,6 +125,7 @@ struct PolicyMetrics {
     would_deny: Counter,
     degraded: Counter,
     hot_key: Counter,
+    batched: Counter,
     latency: Histogram,
     /// The store's calls to its backing service, and the capacity they
     /// consumed (write, read), for stores that have one.
@@ -146,6 +153,7 @@ impl DecisionMetrics {
                         would_deny: counter(WOULD_DENY, name),
                         degraded: counter(DEGRADED, name),
                         hot_key: counter(HOT_KEY, name),
+                        batched: counter(BATCHED, name),
                         latency: histogram(DECISION_LATENCY, name),
                         calls: calls.map(|metric| {
                             (
@@ -177,6 +185,9 @@ impl DecisionMetrics {
             if why.is_hot_key() {
                 metrics.hot_key.increment(1);
             }
+        }
+        if verdict.batched {
+            metrics.batched.increment(1);
         }
         self.spent(verdict.policy, verdict.calls, verdict.capacity);
     }

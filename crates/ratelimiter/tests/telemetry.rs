@@ -162,13 +162,41 @@ fn each_decision_is_counted_and_timed_by_policy() {
     let units = capture.units.lock().unwrap().clone();
     assert_eq!(units[DECISION_LATENCY], Unit::Milliseconds);
     assert_eq!(units["Allowed"], Unit::Count);
-    assert_eq!(units.len(), 8, "{units:?}");
+    assert_eq!(units.len(), 9, "{units:?}");
     assert_eq!(units["HotKey"], Unit::Count);
+    assert_eq!(units["Batched"], Unit::Count);
     // The capacity a store's calls consumed: none here (a store with no
     // backing service reports none, and nothing is counted).
     assert_eq!(units["ConsumedWriteCapacity"], Unit::Count);
     assert_eq!(units["ConsumedReadCapacity"], Unit::Count);
     assert_eq!(OPERATION_LABEL, "Operation");
+}
+
+/// Decisions a hot key's batches made count in `Batched`, beside
+/// `Allowed`: here, one batch of 5 taken in one call, then spent.
+#[test]
+fn decisions_from_batches_are_counted() {
+    let capture = Capture::default();
+    let _local = metrics::set_default_local_recorder(&capture);
+    let config = Config::from_file_text(
+        "limits.toml",
+        "[policy.api]\nkey = \"tenant\"\nlimits = [\"10/s\"]\nbatch = 5\n",
+        |_| None,
+    )
+    .unwrap();
+    let service = Builder::from_config(config)
+        .clock(FakeClock::at_secs(1_700_000_000))
+        .build(Faulty::default());
+    let api = service.policy_id("api").unwrap();
+    block_on(async {
+        for _ in 0..5 {
+            assert!(service.decide((api, "acme")).await.unwrap().allowed());
+        }
+    });
+    assert_eq!(
+        capture.counts(),
+        counts(&[("Allowed{Operation=api}", 5), ("Batched{Operation=api}", 5)])
+    );
 }
 
 #[test]

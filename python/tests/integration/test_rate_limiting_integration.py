@@ -113,10 +113,13 @@ def test_one_call_per_decision_and_none_for_a_known_denial(table):
     for _ in range(2):
         verdict = service.check_heartbeat_limit(connection)
         assert (verdict.calls, verdict.cached, verdict.degraded) == (1, False, None)
+        # One write unit: a small item, as DynamoDB bills it.
+        assert (verdict.write_units, verdict.read_units) == (1, 0)
     with pytest.raises(RateLimitExceededError) as raised:
         service.check_heartbeat_limit(connection)
     # This process saw the bucket spent: refused without a call.
     assert (raised.value.verdict.calls, raised.value.verdict.cached) == (0, True)
+    assert raised.value.verdict.write_units == 0
 
 
 def ratelimit(*args, env=None):
