@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use ratelimiter::policy::Batching;
 use ratelimiter::{Kind, LimitSpec, Policies, PolicyId};
 
 /// Calls per decision for a key whose requests come far below its limit's
@@ -107,8 +108,8 @@ pub struct Hot {
     pub policy: String,
     /// What one key of it may write per second, at most.
     pub writes: f64,
-    /// How the policy serves such a key (`batch`): `auto`, `off` or a size.
-    pub batch: String,
+    /// How the policy serves such a key (`batch`).
+    pub batch: Batching,
 }
 
 /// What the traffic costs under the policies.
@@ -225,7 +226,7 @@ impl Plan {
                 (writes > ITEM_WRITES_PER_SEC).then(|| Hot {
                     policy: p.name().to_owned(),
                     writes,
-                    batch: p.batching().to_string(),
+                    batch: p.batching(),
                 })
             })
             .collect();
@@ -333,10 +334,9 @@ impl Plan {
                 "\nhot keys (one item takes about {ITEM_WRITES_PER_SEC:.0} writes/s; beyond, the table throttles the key: a batching policy then serves it from batches, a few writes per batch, exactly; with batch = \"off\" each container decides it alone, admitting up to its limit each):"
             );
             for h in &self.hot {
-                let how = if h.batch == "off" {
-                    "batch = off: set batch = \"auto\" or a size".to_owned()
-                } else {
-                    format!("batch = {}", h.batch)
+                let how = match h.batch {
+                    Batching::Off => "batch = off: set batch = \"auto\" or a size".to_owned(),
+                    batch => format!("batch = {batch}"),
                 };
                 let _ = writeln!(
                     out,
@@ -614,7 +614,7 @@ mod tests {
             [Hot {
                 policy: "api".to_owned(),
                 writes: 2000.0,
-                batch: "auto".to_owned(),
+                batch: Batching::Auto,
             }]
         );
     }

@@ -13,9 +13,8 @@
 //! 1. is spent from the batch in hand, when that holds its cost: no call.
 //!    If that leaves less than half a batch, the request also takes the
 //!    next one (one write, its own answer already known);
-//! 2. on a cold key (`auto`: fewer than 20 tokens asked in the last
-//!    100 ms, and no throttle lately) is decided as any request is, in one
-//!    write;
+//! 2. on a cold key (`auto`: fewer than 20 requests in the last 100 ms,
+//!    and no throttle lately) is decided as any request is, in one write;
 //! 3. else takes a batch of B for itself, if the bucket, as this process
 //!    last saw it, holds at least half of B, or 100 ms of refill if that
 //!    is less (then at most what it holds). A lost race (others took the
@@ -46,7 +45,7 @@ use crate::batch::{
     need, ready_at,
 };
 use crate::clock::Clock;
-use crate::failure::{HOT_KEY_MEMORY, Permit};
+use crate::failure::Permit;
 use crate::gcra::{Decision, Nanos, Outcome};
 use crate::policy::{Batching, MAX_LIMITS};
 use crate::service::{RateLimitService, Resolved};
@@ -83,8 +82,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if r.policy.batching() == Batching::Off || request.cost == 0 || r.limits.is_empty() {
             return Ok(Batched::Plain);
         }
-        // Throttled lately: held a tenth of the hot-key hold, then served
-        // in batches ten times larger for the rest of the memory.
         let throttled = self.failures.throttled_at(&r.key);
         // A key `auto` can batch only once throttled keeps no state here:
         // most keys of most policies.
@@ -102,11 +99,6 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         for (seen, limit) in seen.iter_mut().zip(r.limits) {
             *seen = cache.seen(&r.key, limit.slot());
         }
-        let held = throttled
-            .map(|at| at.saturating_add(BATCH_HOLD))
-            .filter(|&until| until > now);
-        let memory = HOT_KEY_MEMORY.as_nanos() as Nanos;
-        let lately = throttled.is_some_and(|at| now < at.saturating_add(memory));
         let plan = batches.plan(
             &name,
             r.policy.batching(),
@@ -114,8 +106,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
             request.cost,
             now,
             &seen[..n],
-            held,
-            lately,
+            throttled,
         );
         Ok(match plan {
             Plan::Plain => Batched::Plain,
@@ -226,7 +217,8 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
 
     /// Takes a batch of `size` on `r`'s key (for a request of cost `own`,
     /// spent from it at once, or ahead of need), through the deny cache,
-    /// the hot-key hold, the breaker and the store, as any decision goes.
+    /// the breaker and the store, as any decision goes (the plan already
+    /// held the key, for its own shorter hold).
     async fn take(
         &self,
         r: &Resolved<'_>,
@@ -242,14 +234,14 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
         if let Some(cache) = &self.cache
             && cache.denies(&r.key, ops, &mut tats[..n])
         {
-            taking.finish(Took::Lost, r.limits, now);
+            taking.finish(Took::Lost, now);
             return Ok((Taken::Lost(tats), Spent::default()));
         }
         // Only the breaker is asked, not the hot-key hold: the plan held
         // the key for its own, shorter hold already.
         let permit = self.failures.breaker.permit(now);
         if permit == Permit::Skip {
-            taking.finish(Took::Lost, r.limits, now);
+            taking.finish(Took::Lost, now);
             return Ok((Taken::Failed(Degradation::BreakerOpen), Spent::default()));
         }
         let generation = self.failures.breaker.generation();
@@ -263,12 +255,12 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 self.answered(&r.key, ops, outcome, &tats[..n]);
                 if outcome == Outcome::Allowed {
                     let set = Set::taken(r.limits, ops, &tats[..n]);
-                    match taking.finish(Took::Batch(set, own), r.limits, now) {
+                    match taking.finish(Took::Batch(set, own), now) {
                         Some(tats) => Taken::Allowed(tats),
                         None => Taken::Lost(tats),
                     }
                 } else {
-                    taking.finish(Took::Lost, r.limits, now);
+                    taking.finish(Took::Lost, now);
                     Taken::Lost(tats)
                 }
             }
@@ -278,7 +270,7 @@ impl<S: Store, C: Clock> RateLimitService<S, C> {
                 let why = self
                     .failures
                     .failed(r.policy, &r.key, &error, generation, permit, failed);
-                taking.finish(Took::Lost, r.limits, now);
+                taking.finish(Took::Lost, now);
                 Taken::Failed(why)
             }
         };

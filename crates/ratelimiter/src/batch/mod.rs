@@ -113,6 +113,15 @@ impl Batch {
         (self.end.saturating_sub(from) / self.emission).min(u64::from(u32::MAX)) as u32
     }
 
+    /// The bucket's TAT as this process knows it at `now`, with the
+    /// batch's unspent tokens counted as still there: what a decision
+    /// spent from it reports.
+    #[inline]
+    pub(crate) fn tat_with_unspent(&self, now: Nanos) -> Nanos {
+        self.end
+            .saturating_sub(self.emission * u64::from(self.left(now)))
+    }
+
     /// Where the batch ends: the shared TAT its step left, at least.
     #[inline]
     pub fn end(&self) -> Nanos {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::Batch;
+use crate::failure::HOT_KEY_MEMORY;
 use crate::gcra::Nanos;
 use crate::policy::{Batching, Limit, MAX_LIMITS};
 use crate::store::Op;
@@ -94,12 +95,10 @@ impl Set {
 
     /// The TATs a decision reports: the bucket's as this process knows
     /// it, with its own unspent tokens counted as there.
-    fn tats(&self, limits: &[Limit], now: Nanos) -> [Nanos; MAX_LIMITS] {
+    fn tats(&self, now: Nanos) -> [Nanos; MAX_LIMITS] {
         let mut tats = [0; MAX_LIMITS];
-        for ((tat, batch), limit) in tats.iter_mut().zip(&self.0).zip(limits) {
-            let unspent =
-                limit.quota().emission_interval().as_nanos() as u64 * u64::from(batch.left(now));
-            *tat = batch.end().saturating_sub(unspent);
+        for (tat, batch) in tats.iter_mut().zip(&self.0) {
+            *tat = batch.tat_with_unspent(now);
         }
         tats
     }
@@ -160,9 +159,10 @@ impl Batches {
     }
 
     /// The plan for a request of `cost` at `now` on the key `name`, with
-    /// what this process last saw of its buckets (`seen`, per limit),
-    /// until when the key is held as throttled (if it is), and whether the
-    /// store throttled it lately.
+    /// what this process last saw of its buckets (`seen`, per limit), and
+    /// when the store last throttled the key (if this process remembers):
+    /// held for [`BATCH_HOLD`] after, and served in batches ten times
+    /// larger for [`HOT_KEY_MEMORY`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn plan(
         &self,
@@ -172,8 +172,7 @@ impl Batches {
         cost: u32,
         now: Nanos,
         seen: &[Option<Nanos>],
-        held: Option<Nanos>,
-        lately: bool,
+        throttled_at: Option<Nanos>,
     ) -> Plan {
         let mut keys = self.lock();
         if !keys.contains_key(name) {
@@ -205,7 +204,11 @@ impl Batches {
         }
         e.asked = e.asked.saturating_add(cost);
         e.requests = e.requests.saturating_add(1);
-        let throttled = held.is_some() || lately;
+        let held = throttled_at
+            .map(|at| at.saturating_add(BATCH_HOLD))
+            .filter(|&until| until > now);
+        let memory = HOT_KEY_MEMORY.as_nanos() as Nanos;
+        let throttled = throttled_at.is_some_and(|at| now < at.saturating_add(memory));
         let most = limits.iter().map(|l| l.quota().limit()).min().unwrap_or(1);
         // What it asked in the last 100 ms: the window before, or this one
         // once it has asked more (a key warming up).
@@ -229,7 +232,7 @@ impl Batches {
         // 1. The batch in hand, or the one taken ahead.
         if e.spend(now, cost) {
             let (tats, left) = match &e.spending {
-                Some(set) => (set.tats(limits, now), set.left(now)),
+                Some(set) => (set.tats(now), set.left(now)),
                 None => ([0; MAX_LIMITS], 0),
             };
             let mut next = None;
@@ -392,12 +395,7 @@ impl<'a> Taking<'a> {
 
     /// Ends the take with what it `took`; for the request's own take,
     /// the TATs its decision reports.
-    pub(crate) fn finish(
-        mut self,
-        took: Took,
-        limits: &[Limit],
-        now: Nanos,
-    ) -> Option<[Nanos; MAX_LIMITS]> {
+    pub(crate) fn finish(mut self, took: Took, now: Nanos) -> Option<[Nanos; MAX_LIMITS]> {
         self.done = true;
         let mut keys = self.batches.lock();
         let entry = keys.get_mut(self.name.as_str());
@@ -411,7 +409,7 @@ impl<'a> Taking<'a> {
             }
         };
         let tats = match own {
-            Some(cost) => set.spend(now, cost).then(|| set.tats(limits, now)),
+            Some(cost) => set.spend(now, cost).then(|| set.tats(now)),
             None => None,
         };
         if let Some(e) = entry {
@@ -460,7 +458,7 @@ mod tests {
     fn a_key_warms_into_batches() {
         let limits = limits("1000/s");
         let batches = Batches::default();
-        let plan = |now, held: Option<Nanos>| {
+        let plan = |now, throttled_at: Option<Nanos>| {
             batches.plan(
                 "ip#a",
                 Batching::Auto,
@@ -468,8 +466,7 @@ mod tests {
                 1,
                 now,
                 &[None],
-                held,
-                false,
+                throttled_at,
             )
         };
         // Cold: the first 19 in 100 ms are decided one write each.
@@ -488,7 +485,7 @@ mod tests {
         );
         // Throttled: refused for the hold.
         assert_eq!(
-            plan(NOW + 9_960_000, Some(NOW + 10_000_000)),
+            plan(NOW + 9_960_000, Some(NOW + 10_000_000 - BATCH_HOLD)),
             Plan::Wait {
                 until: NOW + 10_000_000,
                 held: true
@@ -503,16 +500,7 @@ mod tests {
         let limits = limits("1000/s");
         let batches = Batches::default();
         for i in 0..10 {
-            let plan = batches.plan(
-                "ip#a",
-                Batching::Auto,
-                &limits,
-                100,
-                NOW + i,
-                &[None],
-                None,
-                false,
-            );
+            let plan = batches.plan("ip#a", Batching::Auto, &limits, 100, NOW + i, &[None], None);
             assert_eq!(plan, Plan::Plain, "request {i}");
         }
     }
@@ -524,7 +512,7 @@ mod tests {
         let limits = limits("100/s");
         let batches = Batches::default();
         let fixed = Batching::Fixed(NonZeroU32::new(10).unwrap());
-        let plan = |now| batches.plan("ip#a", fixed, &limits, 1, now, &[None], None, false);
+        let plan = |now| batches.plan("ip#a", fixed, &limits, 1, now, &[None], None);
         assert_eq!(plan(NOW), Plan::Take(10));
         let quota = limits[0].quota();
         let ops = [Op::new(limits[0].slot(), quota.step(NOW, 10).unwrap())];
@@ -532,7 +520,6 @@ mod tests {
         let taking = Taking::new(&batches, "ip#a".to_owned());
         let tats = taking.finish(
             Took::Batch(Set::taken(&limits, &ops, &[after]), Some(1)),
-            &limits,
             NOW,
         );
         assert!(tats.is_some(), "the request is spent from its own batch");

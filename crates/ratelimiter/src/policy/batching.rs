@@ -16,8 +16,8 @@ use super::{Limit, Policy, PolicyError};
 /// `deny_cache(0)`, never batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Batching {
-    /// Batch a key this process asked for at least 20 tokens in the last
-    /// 100 ms (200 a second), in batches of what it asked for in 100 ms,
+    /// Batch a key this process was asked for at least 20 times in the
+    /// last 100 ms (200 a second), in batches of the tokens asked in 100 ms,
     /// at most half the smallest limit (so a limit under 40 is never
     /// batched for its rate alone); and a key the store throttled in the
     /// last 10 s, in batches of ten times that, at least 2 tokens. Every
